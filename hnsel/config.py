@@ -1,0 +1,143 @@
+"""Configuration: frozen dataclasses, read from an optional ``hnsel.toml``.
+
+Precedence, lowest first: built-in defaults, ``hnsel.toml``, environment (``HNSEL_MILVUS_URI``,
+``HNSEL_MILVUS_TOKEN``, ``HNSEL_NAMESPACE``), then command-line flags (``with_overrides``).
+
+Example ``hnsel.toml``::
+
+    [store]
+    uri = "http://milvus.internal:19530"
+    token = "root:Milvus"
+    namespace = "flickr"
+    index_type = "HNSW"
+    index_params = { M = 16, efConstruction = 200 }
+    search_params = { ef = 256 }
+
+    # Select read-only from collections hnsel did not create:
+    [store.images]
+    collection_name = "photos"
+    id = "photo_id"
+    vector = "clip_vec"
+    pool = "split"
+    read_only = true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["CollectionConfig", "StoreConfig", "HnselConfig", "load_config", "DEFAULT_CONFIG_PATH"]
+
+DEFAULT_CONFIG_PATH = Path("hnsel.toml")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Names of one collection and of its fields; map them to use a collection hnsel did not create."""
+
+    collection_name: str = ""  # empty: "{namespace}_images" / "{namespace}_texts"
+    id: str = "id"
+    vector: str = "vector"
+    pool: str = "pool"
+    image_id: str = "image_id"
+    uri: str = "uri"
+    text: str = "text"
+    round: str = "round"
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    uri: str = "./hnsel.db"
+    token: str = ""
+    namespace: str = "hnsel"
+    index_type: str = "FLAT"
+    index_params: Mapping[str, Any] = field(default_factory=dict)
+    search_params: Mapping[str, Any] = field(default_factory=dict)
+    images: CollectionConfig = field(default_factory=CollectionConfig)
+    texts: CollectionConfig = field(default_factory=CollectionConfig)
+    insert_batch_bytes: int = 16 * 1024 * 1024  # well under Milvus's 64 MB request cap
+
+    @property
+    def is_lite(self) -> bool:
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+    def collection_name(self, kind: str) -> str:
+        own = getattr(self, kind).collection_name
+        return own or f"{self.namespace}_{kind}"
+
+
+@dataclass(frozen=True)
+class HnselConfig:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    seed: int = 0
+    source: str = ""  # the file this came from, for messages
+
+    def with_overrides(self, **store_overrides: Any) -> "HnselConfig":
+        """Flags win over the file: ``None`` means the flag was not given."""
+        given = {k: v for k, v in store_overrides.items() if v is not None}
+        if not given:
+            return self
+        return dataclasses.replace(self, store=_store(dataclasses.asdict(self.store) | given, self.source))
+
+
+def _collection(raw: Mapping[str, Any], where: str) -> CollectionConfig:
+    known = {f.name for f in dataclasses.fields(CollectionConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
+    return CollectionConfig(**raw)
+
+
+def _store(raw: Mapping[str, Any], source: str) -> StoreConfig:
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(StoreConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source or 'config'} [store]: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
+    for kind in ("images", "texts"):
+        if isinstance(raw.get(kind), Mapping):
+            raw[kind] = _collection(raw[kind], f"{source or 'config'} [store.{kind}]")
+    index_type = str(raw.get("index_type", "FLAT")).upper()
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"{source or 'config'}: index_type {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
+    raw["index_type"] = index_type
+    namespace = str(raw.get("namespace", "hnsel"))
+    if not namespace.replace("_", "").isalnum() or namespace[0].isdigit():
+        raise ConfigError(f"namespace {namespace!r}: use letters, digits and underscores, not starting with a digit")
+    return StoreConfig(**raw)
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> HnselConfig:
+    """Read ``path`` (default ``./hnsel.toml`` when it exists), then apply the environment."""
+    env = os.environ if env is None else env
+    explicit = path is not None
+    path = Path(path) if explicit else DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or pass --config") from None
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+    source = str(path) if path.exists() else ""
+    unknown = set(raw) - {"store", "seed"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; hnsel reads [store] and seed")
+    store_raw = dict(raw.get("store", {}))
+    for key, var in (("uri", "HNSEL_MILVUS_URI"), ("token", "HNSEL_MILVUS_TOKEN"), ("namespace", "HNSEL_NAMESPACE")):
+        if env.get(var):
+            store_raw[key] = env[var]
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError(f"{path}: seed must be an integer, got {seed!r}")
+    return HnselConfig(store=_store(store_raw, source), seed=seed, source=source)
