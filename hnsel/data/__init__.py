@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ImageRecord", "TextRecord", "Dataset"]
+__all__ = [
+    "ImageRecord", "TextRecord", "Dataset",
+    "load_source", "detect_format", "read_folder", "read_manifest", "read_coco", "read_karpathy", "apply_pool",
+    "open_image", "ImageReadError", "IMAGE_EXTENSIONS", "SOURCE_FORMATS",
+]
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,10 @@ class Dataset:
         if name is None:
             return self
         return Dataset([r for r in self.images if r.split == name], list(self.texts), self.source)
+
+
+# Readers import the record types above, so they come last.
+from .annotations import read_coco, read_karpathy  # noqa: E402
+from .images import IMAGE_EXTENSIONS, ImageReadError, open_image  # noqa: E402
+from .manifest import read_manifest  # noqa: E402
+from .sources import SOURCE_FORMATS, apply_pool, detect_format, load_source, read_folder  # noqa: E402

@@ -1,0 +1,89 @@
+"""``load_source``: any supported source into a ``Dataset`` with every pool decided.
+
+Sources are detected from what they are: a folder of images (recursive; jpg, jpeg, png, webp), a
+manifest (.csv, .jsonl, .parquet), or a JSON file in COCO captions or Karpathy-split form.
+
+Pools: ``pool`` (the ``--pool`` flag) wins; else a manifest row's ``pool``; else an image with captions
+is paired and one without is unpaired. Captions of an unpaired image are not embedded (an unpaired
+image has no text); standalone captions are always unpaired texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from . import Dataset, ImageRecord
+from .annotations import json_kind, read_coco, read_json, read_karpathy
+from .images import IMAGE_EXTENSIONS
+from .manifest import MANIFEST_SUFFIXES, read_manifest
+
+__all__ = ["load_source", "detect_format", "read_folder", "apply_pool", "SOURCE_FORMATS", "POOLS"]
+
+SOURCE_FORMATS = ("folder", "manifest", "coco", "karpathy")
+POOLS = ("paired", "unpaired")
+
+
+def detect_format(source: str | os.PathLike) -> str:
+    """One of ``SOURCE_FORMATS`` for a path, or ``InputError`` saying what is accepted."""
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise InputError("source not found; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
+    suffix = path.suffix.lower()
+    if suffix in MANIFEST_SUFFIXES:
+        return "manifest"
+    if suffix == ".json":
+        kind = json_kind(read_json(path))
+        if kind is None:
+            raise InputError("JSON is neither COCO captions (images + annotations) nor Karpathy-split (images[].sentences)", path=source)
+        return kind
+    raise InputError(f"unknown source type {suffix!r}; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
+
+
+def read_folder(path: str | os.PathLike) -> Dataset:
+    """Every image under ``path`` (sorted); id = the path relative to the folder, with '/' separators."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = [ImageRecord(p.relative_to(root).as_posix(), os.path.abspath(p)) for p in files]
+    return Dataset(images, [], str(root))
+
+
+def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None = None, pool: str | None = None,
+                split: str | None = None) -> Dataset:
+    """Read ``source`` (format detected), keep one ``split`` if asked, and decide every record's pool."""
+    if pool is not None and pool not in POOLS:
+        raise InputError(f"--pool {pool!r} is not 'paired' or 'unpaired'")
+    kind = detect_format(source)
+    if kind == "folder":
+        dataset = read_folder(source)
+    elif kind == "manifest":
+        dataset = read_manifest(source, images_dir)
+    else:
+        doc = read_json(Path(source))
+        dataset = (read_coco if kind == "coco" else read_karpathy)(source, images_dir, doc=doc)
+    if split is not None:
+        splits = sorted({r.split for r in dataset.images if r.split})
+        if split not in splits:
+            raise InputError(f"no images in split {split!r} (splits here: {splits or 'none'})", path=source)
+        dataset = dataset.split(split)
+    return apply_pool(dataset, pool)
+
+
+def apply_pool(dataset: Dataset, pool: str | None = None) -> Dataset:
+    """Set every image's and text's pool; a paired image must have captions."""
+    images = []
+    for record in dataset.images:
+        chosen = pool or record.pool or ("paired" if record.captions else "unpaired")
+        images.append(record if chosen == record.pool else dataclasses.replace(record, pool=chosen))
+    bare = [r.id for r in images if r.pool == "paired" and not r.captions]
+    if bare:
+        raise InputError(
+            f"{len(bare)} paired image(s) have no caption (first: {bare[0]!r}); give captions or use --pool unpaired",
+            path=dataset.source or None,
+        )
+    texts = [t if t.pool == "unpaired" else dataclasses.replace(t, pool="unpaired") for t in dataset.texts]
+    return Dataset(images, texts, dataset.source)
