@@ -1,0 +1,12 @@
+"""The workflows the CLI calls, for Python callers too. Everything the CLI can do is here.
+
+>>> from hnsel import api, load_config
+>>> config = load_config()
+>>> result = api.select(config, budget=1000)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .workflows_select import IngestReport, SelectResult, build_problem, ingest, select, status
+
+__all__ = ["ingest", "IngestReport", "select", "SelectResult", "status", "build_problem"]

@@ -1,0 +1,19 @@
+"""The ``hnsel`` command line: one typer sub-app or command module per file, joined here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="hnsel",
+    help="Pick the unpaired images (or captions) worth paying annotators for: hard-negative active learning for image-text retrieval, backed by Milvus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules register themselves on `app` (or add a sub-app) when imported.
+from . import store_cmds as _store_cmds  # noqa: E402,F401
+from . import select as _select  # noqa: E402,F401
+
+__all__ = ["app"]

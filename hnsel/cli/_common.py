@@ -1,0 +1,99 @@
+"""What every command shares: store options, error handling, JSON output and progress bars.
+
+Commands stay thin: read the config, apply flags, call one ``hnsel.api`` function, print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import HnselConfig, load_config
+from ..errors import HnselError, StoreError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="hnsel.toml to read (default: ./hnsel.toml when present).")]
+UriOpt = Annotated[Optional[str], typer.Option("--milvus-uri", help="Milvus Lite file (default ./hnsel.db) or server URI http://host:19530. Env: HNSEL_MILVUS_URI.")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", help="Milvus token (user:password or API key). Env: HNSEL_MILVUS_TOKEN.")]
+NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", help="Collection prefix: {namespace}_images, {namespace}_texts. Env: HNSEL_NAMESPACE.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON document and no progress bars.")]
+
+# A callback libraries call on long work: on_progress(task, completed, total).
+ProgressFn = Callable[[str, int, Optional[int]], None]
+
+
+def get_config(config: Path | None, milvus_uri: str | None = None, token: str | None = None, namespace: str | None = None) -> HnselConfig:
+    return load_config(config).with_overrides(uri=milvus_uri, token=token, namespace=namespace)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A user's mistake becomes one line on stderr and exit code 1; no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HnselError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/red]: work written so far is kept; run the command again to resume")
+            raise typer.Exit(130) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            fail(f"{exc.filename}: {exc.strerror}")
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error[/bold red]: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def show_progress(json_output: bool) -> bool:
+    return not json_output and console.is_terminal
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[ProgressFn | None]:
+    """Yield an ``on_progress`` callback backed by a rich Progress, or ``None`` when disabled."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(task: str, completed: int, total: int | None) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.update(tasks[task], completed=completed, total=total)
+
+        yield on_progress
+
+
+__all__ = [
+    "console", "err_console", "ConfigOpt", "UriOpt", "TokenOpt", "NamespaceOpt", "JsonOpt", "ProgressFn",
+    "get_config", "handle_errors", "fail", "print_json", "show_progress", "progress_bar", "StoreError",
+]

@@ -1,0 +1,56 @@
+"""``hnsel select``: pick the unpaired samples worth annotating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import api
+from . import app
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+
+
+@app.command()
+@handle_errors
+def select(
+    budget: Annotated[int, typer.Option("--budget", "-n", help="How many samples to pick.")] = 1000,
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, random, ...")] = "hardneg",
+    k: Annotated[Optional[int], typer.Option("--k", help="hardneg: Top-k violation condition.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg: surplus (s - xi) or count (1).")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg: full or mini batch thresholds.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg --batch mini: the training batch size.")] = None,
+    modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write picks to .csv, .jsonl or .parquet: rank, id, score, violations, reason, uri.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
+    config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+) -> None:
+    """Select BUDGET unpaired samples: by default the hard negatives of the paired captions (Top-1, Surplus, full batch)."""
+    cfg = get_config(config, milvus_uri, token, namespace)
+    params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size)) if value is not None}
+    with progress_bar(show_progress(json_output)) as on_progress:
+        result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress)
+    summary = result.summary()
+    if json_output:
+        if out is not None:
+            summary.pop("picks")
+        print_json(summary)
+        return
+    _print_selection(summary, top if out is None else min(top, 10))
+
+
+def _print_selection(summary: dict, top: int) -> None:
+    stats = summary["stats"]
+    table = Table(title=f"{summary['strategy']} picks ({summary['modality']} modality, seed {summary['seed']})")
+    for name in ("rank", "id", "score", "violations", "reason", "uri"):
+        table.add_column(name, justify="right" if name in ("rank", "score", "violations") else "left")
+    for p in summary["picks"][:top]:
+        table.add_row(str(p["rank"]), p["id"], f"{p['score']:.4f}", str(p["violations"]), p["reason"], p["uri"])
+    console.print(table)
+    shown = "" if len(summary["picks"]) <= top else f" (top {top} shown)"
+    console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""))
+    details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated")}
+    console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)

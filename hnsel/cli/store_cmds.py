@@ -1,0 +1,49 @@
+"""``hnsel ingest`` and ``hnsel status``: vectors in, counts out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .. import api
+from . import app
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+
+
+@app.command()
+@handle_errors
+def ingest(
+    images: Annotated[Optional[Path], typer.Option("--images", help="Parquet or JSONL: id, vector, pool (paired|unpaired), optional uri.")] = None,
+    texts: Annotated[Optional[Path], typer.Option("--texts", help="Parquet or JSONL: id, vector, pool, image_id (for paired texts), optional text.")] = None,
+    config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+) -> None:
+    """Load precomputed image and caption vectors into Milvus (validated first; nothing is written if any row is bad)."""
+    cfg = get_config(config, milvus_uri, token, namespace)
+    with progress_bar(show_progress(json_output)) as on_progress:
+        report = api.ingest(cfg, images=images, texts=texts, on_progress=on_progress)
+    if json_output:
+        print_json({"images": report.images, "texts": report.texts, "dim": report.dim})
+    else:
+        console.print(f"ingested {report.images} images and {report.texts} texts ({report.dim}-d) into {cfg.store.uri}")
+
+
+@app.command()
+@handle_errors
+def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
+    """Counts per collection and pool, the vector dimension, and how many samples carry a round."""
+    cfg = get_config(config, milvus_uri, token, namespace)
+    info = api.status(cfg)
+    if json_output:
+        print_json(info)
+        return
+    table = Table(title=f"hnsel store {cfg.store.uri} (namespace {cfg.store.namespace})")
+    table.add_column("collection")
+    table.add_column("paired", justify="right")
+    table.add_column("unpaired", justify="right")
+    for kind in ("images", "texts"):
+        table.add_row(kind, str(info[kind]["paired"]), str(info[kind]["unpaired"]))
+    console.print(table)
+    console.print(f"dimension: {info['dim']}   selected (carry a round): {info['selected']}")

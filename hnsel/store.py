@@ -1,0 +1,364 @@
+"""Milvus only: the two collections hnsel reads and writes, on Milvus Lite (a file) or a server URI.
+
+``{namespace}_images`` and ``{namespace}_texts`` hold one row per sample: ``id`` (the user's string id),
+``vector`` (unit FLOAT_VECTOR, COSINE), ``pool`` (``paired`` / ``unpaired``), ``round`` (-1 until
+selected), ``uri`` on images, ``image_id`` and ``text`` on texts. ``{namespace}_meta`` keeps small JSON
+records (the embedding model, the round log). Field and collection names can be mapped in ``hnsel.toml``
+to read a collection hnsel did not create (read-only).
+
+Vocabulary follows pymilvus: ``collection_name``, ``data``, ``filter``, ``limit``, ``output_fields``, ``ids``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .config import CollectionConfig, StoreConfig
+from .errors import ConfigError, StoreError, StoreLockedError
+
+__all__ = ["Store", "open_store", "MilvusIndex", "KINDS", "MAX_TOPK"]
+
+KINDS = ("images", "texts")
+MAX_TOPK = 16384  # Milvus's cap on topk and nq
+MAX_RESULTS_PER_REQUEST = 1_000_000  # nq x limit per search call, to keep responses well under 64 MB
+ID_MAX_LENGTH = 512
+# Canonical field -> (type, max_length) for the collections hnsel creates; vector is added with its dim.
+_SCALARS = {
+    "images": {"pool": 16, "uri": 4096, "round": None},
+    "texts": {"pool": 16, "image_id": ID_MAX_LENGTH, "text": 65535, "round": None},
+}
+
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # errors are raised to callers, not logged twice
+
+
+def _connect(config: StoreConfig):
+    from pymilvus import MilvusClient
+
+    if config.is_lite:
+        path = Path(config.uri)
+        if path.suffix != ".db":
+            raise ConfigError(f"--milvus-uri {config.uri!r}: a Milvus Lite file must end in .db, or give a server URI like http://localhost:19530")
+        if not path.parent.exists():
+            raise ConfigError(f"--milvus-uri {config.uri!r}: folder {path.parent} does not exist; create it first")
+    try:
+        return MilvusClient(uri=config.uri, token=config.token or "", timeout=30)
+    except Exception as exc:  # pymilvus raises several types for the same failures
+        text = str(exc)
+        if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
+            raise StoreLockedError(
+                f"{config.uri} is already open in another process (Milvus Lite allows one process per file); stop it, or share the file "
+                f"by serving it: `milvus-lite server --data-dir {Path(config.uri).parent} --port 19531` and pass --milvus-uri http://127.0.0.1:19531"
+            ) from None
+        raise StoreError(f"cannot connect to Milvus at {config.uri}: {text.strip()[:300]}; check the URI and token, and that the server is running") from None
+
+
+def _milvus_error(action: str, exc: Exception) -> StoreError:
+    message = getattr(exc, "message", None) or str(exc)
+    return StoreError(f"Milvus refused to {action}: {message.strip()[:300]}")
+
+
+class Store:
+    """One connection and the hnsel collections behind it. Use ``open_store(config)`` as a context manager."""
+
+    def __init__(self, config: StoreConfig):
+        self.config = config
+        self.client = _connect(config)
+        self._loaded: set[str] = set()
+        self._fields: dict[str, set[str]] = {}
+
+    # --- naming -------------------------------------------------------------------------------
+    def name(self, kind: str) -> str:
+        return self.config.collection_name(kind) if kind in KINDS else f"{self.config.namespace}_{kind}"
+
+    def fields(self, kind: str) -> CollectionConfig:
+        return getattr(self.config, kind)
+
+    def pool_filter(self, kind: str, pool: str, unselected: bool = False) -> str:
+        f = self.fields(kind)
+        expr = f'{f.pool} == "{pool}"'
+        if unselected and self.has_field(kind, "round"):
+            expr += f" and {f.round} == -1"
+        return expr
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing a dead connection is not the user's problem
+            pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, kind: str) -> bool:
+        return bool(self.client.has_collection(self.name(kind)))
+
+    def _describe(self, kind: str) -> dict:
+        try:
+            return self.client.describe_collection(self.name(kind))
+        except Exception as exc:
+            raise _milvus_error(f"describe collection {self.name(kind)}", exc) from None
+
+    def has_field(self, kind: str, canonical: str) -> bool:
+        if kind not in self._fields:
+            self._fields[kind] = {f["name"] for f in self._describe(kind)["fields"]} if self.has(kind) else set()
+        return getattr(self.fields(kind), canonical) in self._fields[kind]
+
+    @property
+    def dim(self) -> int | None:
+        for kind in KINDS:
+            if self.has(kind):
+                vector = self.fields(kind).vector
+                for f in self._describe(kind)["fields"]:
+                    if f["name"] == vector:
+                        return int(f["params"]["dim"])
+        return None
+
+    def _load(self, kind: str) -> str:
+        name = self.name(kind)
+        if name not in self._loaded:
+            try:
+                self.client.load_collection(name)
+            except Exception as exc:
+                raise _milvus_error(f"load collection {name}", exc) from None
+            self._loaded.add(name)
+        return name
+
+    def read_only(self, kind: str) -> bool:
+        return self.fields(kind).read_only
+
+    # --- schema -------------------------------------------------------------------------------
+    def ensure_collections(self, dim: int) -> None:
+        """Create the image, text and meta collections when absent; refuse a different dimension."""
+        held = self.dim
+        if held is not None and held != dim:
+            raise StoreError(f"the store holds {held}-dimensional vectors, these are {dim}-dimensional; use another --namespace or the same model")
+        for kind in KINDS:
+            if not self.has(kind):
+                if self.read_only(kind):
+                    raise StoreError(f"collection {self.name(kind)} does not exist and is configured read_only; create it or fix hnsel.toml")
+                self._create(kind, dim)
+        self._ensure_meta()
+
+    def _index_params(self, field: str, index_type: str, params: Mapping[str, Any]):
+        index_params = self.client.prepare_index_params()
+        index_params.add_index(field_name=field, index_type=index_type, metric_type="COSINE", params={"params": dict(params)} if params else {})
+        return index_params
+
+    def _create(self, kind: str, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        f = self.fields(kind)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(f.id, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+        schema.add_field(f.vector, DataType.FLOAT_VECTOR, dim=dim)
+        for canonical, max_length in _SCALARS[kind].items():
+            if max_length is None:
+                schema.add_field(getattr(f, canonical), DataType.INT64)
+            else:
+                schema.add_field(getattr(f, canonical), DataType.VARCHAR, max_length=max_length)
+        index = self._index_params(f.vector, self.config.index_type, self.config.index_params)
+        try:
+            self.client.create_collection(self.name(kind), schema=schema, index_params=index, consistency_level="Strong")
+        except Exception as exc:
+            raise _milvus_error(f"create collection {self.name(kind)}", exc) from None
+        self._fields.pop(kind, None)
+
+    def _ensure_meta(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        name = self.name("meta")
+        if self.client.has_collection(name):
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("value", DataType.VARCHAR, max_length=65535)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires a vector field
+        self.client.create_collection(name, schema=schema, index_params=self._index_params("vector", "FLAT", {}), consistency_level="Strong")
+
+    # --- meta records -------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        if not self.client.has_collection(self.name("meta")):
+            return None
+        rows = self.client.query(self._load("meta"), ids=[key], output_fields=["value"], consistency_level="Strong")
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._ensure_meta()
+        text = json.dumps(value, sort_keys=True)
+        if len(text) > 65535:
+            raise StoreError(f"meta record {key!r} is {len(text)} characters; Milvus VARCHAR holds 65535")
+        self.client.upsert(self.name("meta"), [{"id": key, "value": text, "vector": [1.0, 0.0]}])
+
+    def meta_keys(self, prefix: str = "") -> list[str]:
+        if not self.client.has_collection(self.name("meta")):
+            return []
+        rows = self.client.query(self._load("meta"), filter='id != ""', output_fields=["id"], consistency_level="Strong")
+        return sorted(r["id"] for r in rows if r["id"].startswith(prefix))
+
+    # --- writes -------------------------------------------------------------------------------
+    def upsert(self, kind: str, data: Mapping[str, Any]) -> int:
+        """Insert or replace rows given as columns (canonical names); batched under the request cap.
+
+        A row's ``round`` is kept when the columns do not set it, so re-ingesting never forgets a selection.
+        """
+        if self.read_only(kind):
+            raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
+        ids = [str(x) for x in data["id"]]
+        if not ids:
+            return 0
+        vectors = np.asarray(data["vector"], dtype=np.float32)
+        columns = {c: list(data[c]) for c in _SCALARS[kind] if c in data and self.has_field(kind, c)}
+        if "round" not in columns and self.has_field(kind, "round"):
+            kept = self.get_rounds(kind, ids)
+            columns["round"] = [kept.get(i, -1) for i in ids]
+        for c in _SCALARS[kind]:
+            if c not in columns and self.has_field(kind, c):
+                columns[c] = [""] * len(ids)
+        f = self.fields(kind)
+        row_bytes = vectors.shape[1] * 4 + sum(len(i) for i in ids) // len(ids) + 256
+        step = max(1, self.config.insert_batch_bytes // row_bytes)
+        for start in range(0, len(ids), step):
+            rows = [{f.id: ids[i], f.vector: vectors[i].tolist(), **{getattr(f, c): v[i] for c, v in columns.items()}}
+                    for i in range(start, min(start + step, len(ids)))]
+            try:
+                self.client.upsert(self.name(kind), rows)
+            except Exception as exc:
+                raise _milvus_error(f"write {len(rows)} rows to {self.name(kind)}", exc) from None
+        return len(ids)
+
+    def delete(self, kind: str, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(self.name(kind), ids=list(ids))
+
+    def set_round(self, kind: str, ids: Sequence[str], round_: int) -> int:
+        """Mark samples with a round number (-1 releases them). Rewrites the rows: Milvus has no partial update."""
+        f = self.fields(kind)
+        wanted = [getattr(f, c) for c in _SCALARS[kind] if self.has_field(kind, c)]
+        changed = 0
+        for start in range(0, len(ids), 1000):
+            rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
+            for row in rows:
+                row[f.round] = int(round_)
+            if rows:
+                self.client.upsert(self.name(kind), rows)
+            changed += len(rows)
+        return changed
+
+    # --- reads --------------------------------------------------------------------------------
+    def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True) -> list[dict]:
+        """Rows by id (missing ids are absent); ``output_fields`` in canonical names unless ``canonical=False``."""
+        if not ids or not self.has(kind):
+            return []
+        f = self.fields(kind)
+        names = [getattr(f, c) for c in output_fields] if canonical else list(output_fields)
+        out: list[dict] = []
+        for start in range(0, len(ids), 1000):
+            try:
+                rows = self.client.get(self._load(kind), ids=list(ids[start:start + 1000]), output_fields=names, consistency_level="Strong")
+            except Exception as exc:
+                raise _milvus_error(f"read ids from {self.name(kind)}", exc) from None
+            out.extend(rows)
+        if canonical:
+            rename = {getattr(f, c): c for c in output_fields}
+            out = [{rename.get(k, k): v for k, v in row.items()} for row in out]
+        return out
+
+    def get_rounds(self, kind: str, ids: Sequence[str]) -> dict[str, int]:
+        if not self.has(kind) or not self.has_field(kind, "round"):
+            return {}
+        return {r["id"]: int(r["round"]) for r in self.get(kind, ids, ["id", "round"])}
+
+    def existing_ids(self, kind: str, ids: Sequence[str]) -> set[str]:
+        return {r["id"] for r in self.get(kind, ids, ["id"])}
+
+    def count(self, kind: str, filter: str = "") -> int:
+        if not self.has(kind):
+            return 0
+        f = self.fields(kind)
+        try:
+            rows = self.client.query(self._load(kind), filter=filter or f'{f.id} != ""', output_fields=["count(*)"], consistency_level="Strong")
+        except Exception as exc:
+            raise _milvus_error(f"count rows of {self.name(kind)}", exc) from None
+        return int(rows[0]["count(*)"])
+
+    def iter_rows(self, kind: str, filter: str = "", output_fields: Sequence[str] = ("id",), batch_size: int = 4096) -> Iterator[list[dict]]:
+        """Stream rows (canonical field names) in batches; memory is one batch."""
+        if not self.has(kind):
+            return
+        f = self.fields(kind)
+        names = [getattr(f, c) for c in output_fields]
+        rename = dict(zip(names, output_fields))
+        try:
+            iterator = self.client.query_iterator(self._load(kind), batch_size=batch_size, filter=filter or f'{f.id} != ""',
+                                                  output_fields=names, consistency_level="Strong")
+        except Exception as exc:
+            raise _milvus_error(f"read {self.name(kind)}", exc) from None
+        try:
+            while batch := iterator.next():
+                yield [{rename.get(k, k): v for k, v in row.items()} for row in batch]
+        finally:
+            iterator.close()
+
+    def search(self, kind: str, vectors: np.ndarray, limit: int, filter: str, *, radius: Sequence[float] | None = None,
+               upper: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-``limit`` by cosine similarity per query row: (ids, similarities), most similar first.
+
+        With ``radius``/``upper`` (one per row), a range search keeps ``radius < similarity <= upper``.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        limit = int(min(limit, MAX_TOPK))
+        per_call = max(1, min(MAX_TOPK, MAX_RESULTS_PER_REQUEST // limit, (16 << 20) // (4 * vectors.shape[1])))
+        if radius is not None:
+            per_call = 1  # each row has its own radius
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for start in range(0, len(vectors), per_call):
+            params = dict(self.config.search_params)
+            if self.config.index_type == "HNSW":
+                params["ef"] = max(int(params.get("ef", 0)), limit)
+            if radius is not None:
+                params.update(radius=float(radius[start]), range_filter=float(upper[start]))
+            out.extend(self._search_call(kind, vectors[start:start + per_call], limit, filter, params))
+        return out
+
+    def _search_call(self, kind: str, vectors: np.ndarray, limit: int, filter: str, params: dict):
+        f = self.fields(kind)
+        try:
+            result = self.client.search(self._load(kind), data=vectors.tolist(), limit=limit, filter=filter, anns_field=f.vector,
+                                        output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
+                                        consistency_level="Strong")
+        except Exception as exc:
+            raise _milvus_error(f"search {self.name(kind)}", exc) from None
+        return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]
+
+
+class MilvusIndex:
+    """The strategies' ``NeighborIndex`` on Milvus: ``paired`` and ``candidates`` pools of one collection."""
+
+    def __init__(self, store: Store, kind: str, paired_filter: str, candidate_filter: str, max_limit: int = MAX_TOPK):
+        self.store = store
+        self.kind = kind
+        self.filters = {"paired": paired_filter, "candidates": candidate_filter}
+        self.max_limit = max_limit
+        self.calls = 0
+
+    def search(self, vectors: np.ndarray, limit: int, pool: str):
+        self.calls += 1
+        return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool])
+
+    def range_search(self, vectors: np.ndarray, radius: Sequence[float], upper: Sequence[float], limit: int, pool: str):
+        self.calls += 1
+        return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool], radius=radius, upper=upper)
+
+
+def open_store(config: StoreConfig) -> Store:
+    """Connect to the Milvus Lite file or server that ``config.uri`` names."""
+    return Store(config)

@@ -1,0 +1,178 @@
+"""What every strategy shares: the registry, the neighbour-search protocol, and ``Selection``.
+
+A strategy never talks to Milvus or a model. It receives a ``SelectionProblem`` (arrays, a way to stream
+the anchors, and a ``NeighborIndex``) and an ``np.random.Generator``; ``hnsel.store`` implements the
+index on Milvus, and ``ExactIndex`` here implements it with numpy for tests and small pools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import SelectionError
+
+__all__ = [
+    "NeighborIndex", "ExactIndex", "AnchorChunk", "SelectionProblem", "Selection", "Strategy",
+    "register", "get_strategy", "list_strategies", "check_budget", "fill_random", "top_by_score",
+]
+
+# Pools a NeighborIndex answers for: "paired" (the negatives' side) and "candidates" (selectable samples).
+POOLS = ("paired", "candidates")
+
+
+class NeighborIndex(Protocol):
+    """Nearest neighbours by cosine similarity among one side's vectors.
+
+    ``search`` returns, for each query row, the ids (object array) and similarities (float32) of its
+    ``limit`` most similar vectors in ``pool``, most similar first; an approximate index may return fewer.
+    ``range_search`` returns those with ``radius < similarity <= upper`` (at most ``limit``).
+    """
+
+    max_limit: int
+
+    def search(self, vectors: np.ndarray, limit: int, pool: str) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def range_search(self, vectors: np.ndarray, radius: Sequence[float], upper: Sequence[float], limit: int, pool: str) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ExactIndex:
+    """A brute-force ``NeighborIndex`` over in-memory unit vectors; the exact answer, O(query x pool) per call."""
+
+    def __init__(self, pools: dict[str, tuple[Sequence[str], np.ndarray]], max_limit: int = 16384):
+        self.pools = {name: (np.asarray(ids, dtype=object), np.asarray(vecs, dtype=np.float32)) for name, (ids, vecs) in pools.items()}
+        self.max_limit = max_limit
+
+    def _sims(self, vectors: np.ndarray, pool: str) -> tuple[np.ndarray, np.ndarray]:
+        ids, vecs = self.pools[pool]
+        return ids, np.asarray(vectors, dtype=np.float32) @ vecs.T
+
+    def search(self, vectors, limit, pool):
+        ids, sims = self._sims(vectors, pool)
+        limit = min(limit, self.max_limit, len(ids))
+        out = []
+        for row in sims:
+            order = np.lexsort((ids.astype(str), -row))[:limit] if len(ids) else np.array([], dtype=int)
+            out.append((ids[order], row[order]))
+        return out
+
+    def range_search(self, vectors, radius, upper, limit, pool):
+        ids, sims = self._sims(vectors, pool)
+        out = []
+        for row, lo, hi in zip(sims, radius, upper):
+            keep = np.flatnonzero((row > lo) & (row <= hi))
+            order = keep[np.argsort(-row[keep], kind="stable")][: min(limit, self.max_limit)]
+            out.append((ids[order], row[order]))
+        return out
+
+
+@dataclass(frozen=True)
+class AnchorChunk:
+    """Anchors of one chunk: paired captions (modality image) or paired images (modality text).
+
+    ``positives[i]`` are the ids on the other side that anchor i describes or is described by; they are
+    never negatives of anchor i.
+    """
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    positives: tuple[frozenset[str], ...]
+
+
+@dataclass
+class SelectionProblem:
+    """Everything a strategy may read. ``anchors(chunk_size)`` streams the anchors again on each call."""
+
+    candidate_ids: np.ndarray
+    index: NeighborIndex
+    anchors: Callable[[int], Iterator[AnchorChunk]]
+    n_anchors: int
+    candidate_vectors: Callable[[Sequence[int]], np.ndarray] | None = None  # by candidate indices
+    paired_vectors: Callable[[Sequence[str]], np.ndarray] | None = None  # negatives' side, by ids
+    on_progress: Callable[[str, int, int | None], None] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, task: str, completed: int, total: int | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(task, completed, total)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The picks, best first: ``ids``, their ``scores``, ``violations`` and why each was picked."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    violations: np.ndarray
+    reasons: np.ndarray
+    strategy: str
+    params: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Strategy(Protocol):
+    name: str
+
+    def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection: ...
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_strategies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """Build a registered strategy; unknown names and parameters are one-line errors."""
+    if name not in _REGISTRY:
+        raise SelectionError(f"unknown strategy {name!r}; choose one of {', '.join(list_strategies())}")
+    cls = _REGISTRY[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise SelectionError(f"strategy {name!r} takes no parameter(s) {unknown}; it takes {sorted(known)}")
+    return cls(**params)
+
+
+def check_budget(budget: int, n_candidates: int) -> None:
+    if budget < 1:
+        raise SelectionError(f"--budget must be at least 1, got {budget}")
+    if n_candidates == 0:
+        raise SelectionError("no candidates: the unpaired pool is empty (or every sample is already selected); ingest or embed unpaired samples first")
+    if budget > n_candidates:
+        raise SelectionError(f"--budget {budget} is larger than the {n_candidates} candidates; ask for at most {n_candidates}")
+
+
+def top_by_score(ids: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the ``budget`` best candidates with score > 0, by (score descending, id ascending)."""
+    positive = np.flatnonzero(scores > 0)
+    order = np.lexsort((ids[positive].astype(str), -scores[positive]))
+    return positive[order[:budget]]
+
+
+def fill_random(n: int, taken: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` indices drawn uniformly without replacement from ``range(n)`` minus ``taken``."""
+    if count <= 0:
+        return np.array([], dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[taken] = False
+    rest = np.flatnonzero(mask)
+    return rng.choice(rest, size=count, replace=False) if count < len(rest) else rest

@@ -1,0 +1,234 @@
+"""Hard-negative selection (Jo et al., arXiv 2405.16301), exactly as ../shared/ALGORITHM.md defines it.
+
+For each anchor (a paired caption for modality ``image``, a paired image for modality ``text``) a
+threshold ``xi_j`` is the k-th largest similarity to its negatives (full batch: every paired sample it does
+not describe; mini batch: those of its seeded training batch). A candidate violates anchor ``j`` when its
+similarity exceeds ``xi_j``; its score sums ``1`` (counting) or ``s - xi_j`` (surplus) over violated anchors.
+
+Cost: per anchor chunk one top-(k + positives) search among paired samples and one top-``depth`` search
+among candidates, deepened (doubling to the index's ``max_limit``, then paged range searches) only for
+anchors whose ``depth``-th hit still violates. Memory is O(pool + chunk x depth): one float score and
+one count per candidate; no anchors x pool matrix is ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import SelectionError
+from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, register, top_by_score
+
+__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores"]
+
+WEIGHTS = ("surplus", "count")
+BATCHES = ("full", "mini")
+
+
+def kth_threshold(sims: np.ndarray, k: int) -> float:
+    """The k-th largest of ``sims``; the smallest when there are fewer than k; NaN when empty."""
+    if len(sims) == 0:
+        return float("nan")
+    if len(sims) < k:
+        return float(np.min(sims))
+    return float(np.partition(-np.asarray(sims, dtype=np.float64), k - 1)[k - 1] * -1)
+
+
+def full_thresholds(chunk: AnchorChunk, index: NeighborIndex, k: int) -> np.ndarray:
+    """Full-batch ``xi_j``: top-(k + positives) among paired samples, each anchor's positives dropped."""
+    extra = max((len(p) for p in chunk.positives), default=0)
+    hits = index.search(chunk.vectors, k + extra, "paired")
+    xi = np.empty(len(chunk.ids), dtype=np.float64)
+    for i, (ids, sims) in enumerate(hits):
+        negative = np.array([x not in chunk.positives[i] for x in ids], dtype=bool)
+        kept = np.asarray(sims, dtype=np.float64)[negative][:k]
+        xi[i] = kth_threshold(kept, k)
+    return xi
+
+
+def minibatch_thresholds(anchor_vectors: np.ndarray, positives: Sequence[frozenset[str]], order: np.ndarray,
+                         batch_size: int, k: int, paired_vectors) -> np.ndarray:
+    """Mini-batch ``xi_j``: anchors cut into batches in ``order``; negatives of anchor j are the positives of
+    the batch's other anchors, less j's own positives. ``paired_vectors(ids)`` gives their vectors."""
+    xi = np.full(len(order), np.nan, dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        side_ids = sorted(set().union(*(positives[j] for j in batch)))
+        side = paired_vectors(side_ids) if side_ids else np.zeros((0, anchor_vectors.shape[1]), np.float32)
+        sims = anchor_vectors[batch] @ side.T
+        for row, j in enumerate(batch):
+            # side_ids is the union of the batch's positives: whatever is not j's own came from another anchor.
+            others = np.array([sid not in positives[j] for sid in side_ids], dtype=bool)
+            xi[j] = kth_threshold(sims[row, others] if len(side_ids) else sims[row, :0], k)
+    return xi
+
+
+def _violators(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth: int, stats: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each anchor, every candidate with similarity > xi: top-``depth`` first, deepened where saturated."""
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xi)
+    pending = np.arange(len(xi))
+    limit = first = min(depth, index.max_limit)
+    while len(pending):
+        hits = index.search(vectors[pending], limit, "candidates")
+        again = []
+        for j, (ids, sims) in zip(pending, hits):
+            saturated = len(sims) >= limit and sims[-1] > xi[j]
+            stats["deepened"] += int(saturated and limit == first)
+            if saturated and limit < index.max_limit:
+                again.append(j)
+            elif saturated:
+                out[j] = _page_range(index, vectors[j], xi[j], ids, sims, stats)
+            else:
+                keep = sims > xi[j]
+                out[j] = (ids[keep], sims[keep])
+        pending = np.asarray(again, dtype=np.int64)
+        limit = min(limit * 2, index.max_limit)
+    return out  # type: ignore[return-value]
+
+
+def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.ndarray, sims: np.ndarray, stats: dict):
+    """All candidates above ``xi`` when more than ``max_limit`` are: range searches paged down by similarity."""
+    stats["range_searched"] += 1
+    all_ids, all_sims = [ids], [sims]
+    upper = float(sims[-1])
+    seen = set(ids[sims == sims[-1]])  # ties at the page boundary come back in the next page
+    while True:
+        r_ids, r_sims = index.range_search(vector[None, :], [xi], [upper], index.max_limit, "candidates")[0]
+        fresh = np.array([x not in seen for x in r_ids], dtype=bool)
+        all_ids.append(r_ids[fresh])
+        all_sims.append(r_sims[fresh])
+        if len(r_ids) < index.max_limit:
+            break
+        if float(r_sims[-1]) >= upper:  # a whole page of ties: cannot page further
+            stats["truncated"] += 1
+            break
+        upper = float(r_sims[-1])
+        seen = set(r_ids[r_sims == r_sims[-1]])
+    return np.concatenate(all_ids), np.concatenate(all_sims)
+
+
+def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats) -> None:
+    for (ids, sims), threshold in zip(hits, xi):
+        if len(ids) == 0:
+            continue
+        idx = np.fromiter((id_to_index.get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
+        known = idx >= 0
+        stats["unknown_hits"] += int((~known).sum())
+        w = np.ones(int(known.sum())) if weight == "count" else np.asarray(sims, np.float64)[known] - threshold
+        np.add.at(scores, idx[known], w)
+        np.add.at(counts, idx[known], 1)
+
+
+def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str, batch_size: int,
+                                   chunk_size: int, rng: np.random.Generator) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
+    if batch == "full":
+        for chunk in problem.anchors(chunk_size):
+            yield chunk, full_thresholds(chunk, problem.index, k)
+        return
+    if problem.paired_vectors is None:
+        raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
+    chunks = list(problem.anchors(chunk_size))  # mini-batch shuffles over all anchors: O(paired) memory
+    if not chunks:
+        return
+    vectors = np.concatenate([c.vectors for c in chunks])
+    positives = [p for c in chunks for p in c.positives]
+    order = rng.permutation(len(positives))
+    xi = minibatch_thresholds(vectors, positives, order, batch_size, k, problem.paired_vectors)
+    start = 0
+    for c in chunks:
+        yield c, xi[start:start + len(c.ids)]
+        start += len(c.ids)
+
+
+def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
+                   batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    ids = problem.candidate_ids
+    id_to_index = {x: i for i, x in enumerate(ids)}
+    scores = np.zeros(len(ids), dtype=np.float64)
+    counts = np.zeros(len(ids), dtype=np.int64)
+    stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0}
+    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng):
+        valid = np.flatnonzero(~np.isnan(xi))
+        stats["anchors"] += len(xi)
+        stats["anchors_without_negatives"] += len(xi) - len(valid)
+        if len(valid):
+            hits = _violators(problem.index, chunk.vectors[valid], xi[valid], depth, stats)
+            _accumulate(hits, xi[valid], weight, id_to_index, scores, counts, stats)
+        problem.progress("scoring anchors", stats["anchors"], problem.n_anchors)
+    return scores, counts, stats
+
+
+@register("hardneg")
+@dataclass(frozen=True)
+class HardNegative:
+    """Unpaired samples that violate the Top-k hard-negative condition of paired anchors (ALGORITHM.md).
+
+    ``k``: Top-k condition; ``weight``: ``surplus`` (s - xi) or ``count`` (1); ``batch``: ``full`` or ``mini``
+    thresholds with ``batch_size``; ``chunk_size`` anchors per search request; ``depth`` first search depth.
+    """
+
+    k: int = 1
+    weight: str = "surplus"
+    batch: str = "full"
+    batch_size: int = 128
+    chunk_size: int = 512
+    depth: int = 64
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise SelectionError(f"--k must be at least 1, got {self.k}")
+        if self.weight not in WEIGHTS:
+            raise SelectionError(f"--weight {self.weight!r}: use one of {', '.join(WEIGHTS)}")
+        if self.batch not in BATCHES:
+            raise SelectionError(f"--batch {self.batch!r}: use one of {', '.join(BATCHES)}")
+        if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1:
+            raise SelectionError("--batch-size must be at least 2, chunk size and depth at least 1")
+
+    def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
+        check_budget(budget, len(problem.candidate_ids))
+        if problem.n_anchors == 0:
+            raise SelectionError("no paired data: hardneg needs paired captions and images; ingest or embed a paired set first")
+        scores, counts, stats = hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
+                                               chunk_size=self.chunk_size, depth=self.depth, rng=rng)
+        return rank_with_fill(problem.candidate_ids, scores, counts, budget, rng, "hardneg", self.__dict__.copy(), stats)
+
+
+def rank_with_fill(ids: np.ndarray, scores: np.ndarray, counts: np.ndarray, budget: int, rng: np.random.Generator,
+                   strategy: str, params: dict, stats: dict) -> Selection:
+    """The best ``budget`` by score (> 0 only), then seeded random fill marked ``reason=fill``."""
+    merit = top_by_score(ids, scores, budget)
+    fill = fill_random(len(ids), merit, budget - len(merit), rng)
+    picked = np.concatenate([merit, fill]).astype(np.int64)
+    reasons = np.array(["score"] * len(merit) + ["fill"] * len(fill), dtype=object)
+    stats = dict(stats, picked_on_merit=int(len(merit)), filled=int(len(fill)), candidates=int(len(ids)),
+                 candidates_with_score=int((scores > 0).sum()))
+    return Selection(ids[picked], scores[picked], counts[picked], reasons, strategy, params, stats)
+
+
+def dense_hardneg_scores(anchor_vectors: np.ndarray, positives: Sequence[frozenset[str]], negative_ids: Sequence[str],
+                         negative_vectors: np.ndarray, candidate_vectors: np.ndarray, *, k: int = 1, weight: str = "surplus",
+                         chunk_size: int = 1024, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact reference by dense algebra, chunked over anchors (memory chunk x pool): (scores, counts).
+
+    ``thresholds`` overrides the full-batch ones (pass mini-batch thresholds to check those).
+    """
+    neg_ids = np.asarray(negative_ids, dtype=object)
+    scores = np.zeros(len(candidate_vectors), dtype=np.float64)
+    counts = np.zeros(len(candidate_vectors), dtype=np.int64)
+    for start in range(0, len(anchor_vectors), chunk_size):
+        a = anchor_vectors[start:start + chunk_size].astype(np.float32)
+        if thresholds is None:
+            neg = a @ negative_vectors.T
+            xi = np.array([kth_threshold(row[[x not in positives[start + i] for x in neg_ids]], k) for i, row in enumerate(neg)])
+        else:
+            xi = thresholds[start:start + len(a)]
+        sims = (a @ candidate_vectors.T).astype(np.float64)
+        viol = sims > np.where(np.isnan(xi), np.inf, xi)[:, None]
+        counts += viol.sum(axis=0)
+        scores += (viol * (1.0 if weight == "count" else sims - np.nan_to_num(xi)[:, None])).sum(axis=0)
+    return scores, counts

@@ -1,0 +1,63 @@
+"""Writing and reading small tables (selections, exports) as CSV, JSONL or Parquet, chosen by extension.
+
+Writes are atomic: a temporary file beside the target is renamed over it, so an interrupted run never
+leaves half a file where a user expects a whole one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import InputError
+
+__all__ = ["write_table", "table_format", "FORMATS"]
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path: Path) -> str:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"unknown output type {Path(path).suffix!r}; use .csv, .jsonl or .parquet", path=path)
+    return fmt
+
+
+def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> Path:
+    """Write ``columns`` (equal-length sequences) to ``path``; returns the path."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.parent.exists():
+        raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
+    names = list(columns)
+    n = len(columns[names[0]]) if names else 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({k: list(v) for k, v in columns.items()}), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                if fmt == "csv":
+                    writer = csv.writer(handle)
+                    writer.writerow(names)
+                    writer.writerows(zip(*(columns[k] for k in names)))
+                else:
+                    for i in range(n):
+                        handle.write(json.dumps({k: _plain(columns[k][i]) for k in names}) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,302 @@
+"""Training on the paired set: projection heads on cached features (arrays in), or the full towers.
+
+The core is ``train_heads(image_feats, text_feats, text_image_index, ...) -> (heads, curve)``: a pure
+function on arrays, cheap enough to run every active-learning round. ``apply_heads`` maps features
+through trained heads, ``split_validation`` holds out images. ``train_full`` fine-tunes an open_clip
+model (optionally with one tower locked, LiT-style) with the same loop.
+
+One epoch is one pass over the captions in a seeded random order, cut into batches of ``batch_size``
+captions; a batch's images are the distinct images of its captions (an image with two captions in the
+batch appears once, owning both). After every epoch the validation R-sum is measured; training stops
+after ``patience`` epochs without a better one, and the best epoch's weights are returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .evaluate import evaluate_recall
+from .heads import HEAD_KINDS, ProjectionHead
+from .losses import LossSpec, caption_labels, parse_loss
+
+__all__ = ["train_heads", "apply_heads", "split_validation", "train_full", "fit", "check_paired"]
+
+EpochFn = Callable[[dict], None]  # called with each curve entry as it is made
+
+
+def check_paired(image_feats: np.ndarray, text_feats: np.ndarray, text_image_index: np.ndarray, what: str = "paired set") -> None:
+    """One-line InputError for an empty or inconsistent (images, captions, index) triple."""
+    n_img, n_txt = len(image_feats), len(text_feats)
+    if n_img == 0 or n_txt == 0:
+        raise InputError(f"{what} is empty ({n_img} images, {n_txt} captions): add paired images with captions first")
+    index = np.asarray(text_image_index)
+    if index.shape != (n_txt,) or not np.issubdtype(index.dtype, np.integer):
+        raise InputError(f"{what}: text_image_index must hold one integer per caption ({n_txt}), got shape {index.shape}")
+    if index.min() < 0 or index.max() >= n_img:
+        raise InputError(f"{what}: caption image indices {int(index.min())}..{int(index.max())} fall outside 0..{n_img - 1}")
+
+
+def split_validation(image_feats, text_feats, text_image_index, fraction: float, rng: np.random.Generator):
+    """Hold out ``round(fraction * n_images)`` images with all their captions: (train, val) triples.
+
+    ``val`` is None when that rounds to no image (or would leave no training image).
+    """
+    index = np.asarray(text_image_index)
+    n_img = len(image_feats)
+    n_val = int(round(fraction * n_img))
+    if n_val < 1 or n_val >= n_img:
+        return (image_feats, text_feats, index), None
+    is_val = np.zeros(n_img, dtype=bool)
+    is_val[rng.choice(n_img, size=n_val, replace=False)] = True
+    return _subset(image_feats, text_feats, index, ~is_val), _subset(image_feats, text_feats, index, is_val)
+
+
+def _subset(image_feats, text_feats, index, keep_images: np.ndarray):
+    remap = np.cumsum(keep_images) - 1
+    keep_texts = keep_images[index]
+    return image_feats[keep_images], text_feats[keep_texts], remap[index[keep_texts]]
+
+
+def _own_captions(index: np.ndarray, n_img: int) -> torch.Tensor:
+    """(n_img, C) caption indices of each image, -1 padded (C = most captions of any image)."""
+    order = np.argsort(index, kind="stable")
+    counts = np.bincount(index, minlength=n_img)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.full((n_img, max(1, counts.max())), -1, dtype=np.int64)
+    slot = np.arange(len(index)) - np.repeat(starts, counts)
+    out[index[order], slot] = order
+    return torch.from_numpy(out)
+
+
+def _batches(n_txt: int, batch_size: int, index: np.ndarray, rng: np.random.Generator):
+    """Yield (image indices, caption indices, pos mask) for one epoch."""
+    perm = rng.permutation(n_txt)
+    for start in range(0, n_txt, batch_size):
+        captions = perm[start:start + batch_size]
+        images, owner = np.unique(index[captions], return_inverse=True)
+        pos = torch.from_numpy(owner[None, :] == np.arange(len(images))[:, None])
+        yield images, captions, pos
+
+
+def fit(
+    embed: Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    params: Sequence[torch.nn.Parameter],
+    modules: Sequence[torch.nn.Module],
+    text_image_index: np.ndarray,
+    *,
+    loss: LossSpec,
+    labels: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None,
+    validate: Callable[[], float] | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    rng: np.random.Generator,
+    on_epoch: EpochFn | None = None,
+) -> list[dict]:
+    """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve."""
+    index = np.asarray(text_image_index)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    curve = [_entry(0, None, validate, time.perf_counter())]
+    best, best_state, stale = curve[0]["val_rsum"], _state(modules), 0
+    _report(on_epoch, curve[0], epochs)
+    for epoch in range(1, epochs + 1):
+        started, total, seen = time.perf_counter(), 0.0, 0
+        for m in modules:
+            m.train()
+        for images, captions, pos in _batches(len(index), batch_size, index, rng):
+            img, txt = embed(images, captions)
+            value = loss(img @ txt.T, pos, labels(images, captions) if labels else None)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            total, seen = total + float(value) * len(captions), seen + len(captions)
+        for m in modules:
+            m.eval()
+        curve.append(_entry(epoch, total / max(seen, 1), validate, started))
+        _report(on_epoch, curve[-1], epochs)
+        rsum = curve[-1]["val_rsum"]
+        if rsum is None or best is None or rsum > best:
+            best, best_state, stale = rsum, _state(modules), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    for m, s in zip(modules, best_state):
+        m.load_state_dict(s)
+    return curve
+
+
+def _entry(epoch: int, loss: float | None, validate: Callable[[], float] | None, started: float) -> dict:
+    with torch.no_grad():
+        rsum = validate() if validate else None
+    return {"epoch": epoch, "loss": loss, "val_rsum": rsum, "seconds": time.perf_counter() - started}
+
+
+def _report(on_epoch: EpochFn | None, entry: dict, epochs: int) -> None:
+    if on_epoch is not None:
+        on_epoch(dict(entry, epochs=epochs))
+
+
+def _state(modules: Sequence[torch.nn.Module]) -> list[dict]:
+    return [copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for m in modules]
+
+
+def build_heads(kind: str, dim_in: int, dim_out: int | None, hidden: int, seed: int) -> dict[str, ProjectionHead]:
+    """An image and a text head, drawn from ``seed`` (both start as the identity map when dims agree)."""
+    if kind not in HEAD_KINDS:
+        raise InputError(f"head kind {kind!r} is not one of {', '.join(HEAD_KINDS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {side: ProjectionHead(kind, dim_in, dim_out, hidden) for side in ("image", "text")}
+
+
+def apply_heads(head: ProjectionHead | None, feats: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Features -> float32 unit rows through ``head`` (None: just normalise)."""
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            y = x[start:start + batch_size]
+            out.append(F.normalize(head(y) if head is not None else y, dim=-1))
+    dim = head.spec["dim_out"] if head is not None else x.shape[1]
+    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+
+
+def _val_rsum(heads: dict[str, ProjectionHead], val) -> float:
+    images, texts, index = val
+    return evaluate_recall(apply_heads(heads["image"], images), apply_heads(heads["text"], texts), index)["rsum"]
+
+
+def train_heads(
+    image_feats: np.ndarray,
+    text_feats: np.ndarray,
+    text_image_index: np.ndarray,
+    *,
+    loss: str | LossSpec = "infonce",
+    loss_params: dict[str, float] | None = None,
+    head: str = "linear",
+    hidden: int = 1024,
+    dim_out: int | None = None,
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    val_fraction: float = 0.1,
+    patience: int = 3,
+    on_epoch: EpochFn | None = None,
+) -> tuple[dict[str, ProjectionHead], list[dict]]:
+    """Train an image and a text head on frozen features; returns the best heads and the curve.
+
+    ``image_feats`` (n_img, d), ``text_feats`` (n_txt, d) backbone features (normalised here);
+    ``text_image_index[j]`` is the row of caption j's image. ``val`` is a held-out triple of the same
+    form; without it ``val_fraction`` of the images is held out (seeded). With no validation set at
+    all, every epoch runs and the last is kept. Curve entries: epoch (0 = untrained), loss, val_rsum, seconds.
+    """
+    check_paired(image_feats, text_feats, text_image_index)
+    spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
+    rng = np.random.default_rng(seed)
+    image_feats, text_feats = _unit(image_feats), _unit(text_feats)
+    if val is None:
+        (image_feats, text_feats, text_image_index), val = split_validation(image_feats, text_feats, text_image_index, val_fraction, rng)
+    else:
+        check_paired(*val, what="validation set")
+        val = (_unit(val[0]), _unit(val[1]), np.asarray(val[2]))
+    heads = build_heads(head, image_feats.shape[1], dim_out, hidden, seed)
+    X, T = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
+    index = np.asarray(text_image_index)
+
+    def embed(images: np.ndarray, captions: np.ndarray):
+        return F.normalize(heads["image"](X[images]), dim=-1), F.normalize(heads["text"](T[captions]), dim=-1)
+
+    labels = _label_fn(T, index, len(X)) if spec.needs_labels else None
+    params = [p for h in heads.values() for p in h.parameters()]
+    curve = fit(embed, params, list(heads.values()), index, loss=spec, labels=labels,
+                validate=(lambda: _val_rsum(heads, val)) if val is not None else None,
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                patience=patience, rng=rng, on_epoch=on_epoch)
+    return heads, curve
+
+
+def _unit(feats: np.ndarray) -> np.ndarray:
+    x = np.asarray(feats, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _label_fn(label_feats: torch.Tensor, index: np.ndarray, n_img: int):
+    """labels(images, captions) -> (m, n) continuous labels from fixed (backbone) text features."""
+    own = _own_captions(index, n_img)
+
+    def labels(images: np.ndarray, captions: np.ndarray) -> torch.Tensor:
+        idx = own[images]
+        return caption_labels(label_feats[idx.clamp(min=0)], idx >= 0, label_feats[captions])
+
+    return labels
+
+
+def train_full(
+    encoder: Any,
+    load_images: Callable[[np.ndarray], torch.Tensor],
+    captions: Sequence[str],
+    text_image_index: np.ndarray,
+    *,
+    loss: str | LossSpec = "infonce",
+    loss_params: dict[str, float] | None = None,
+    label_feats: np.ndarray | None = None,
+    lock: str | None = None,
+    epochs: int = 5,
+    batch_size: int = 128,
+    lr: float = 1e-5,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    validate: Callable[[], float] | None = None,
+    patience: int = 3,
+    on_epoch: EpochFn | None = None,
+) -> list[dict]:
+    """Fine-tune ``encoder.model`` in place on (images, captions) pairs; returns the curve.
+
+    ``load_images(image_indices)`` returns the preprocessed image tensors (m, 3, H, W);
+    ``lock`` = ``"image"`` or ``"text"`` freezes that tower (LiT-style); ``label_feats`` are the fixed
+    text features the ``kendall`` loss needs; ``validate()`` returns an R-sum with the current weights.
+    """
+    spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
+    if spec.needs_labels and label_feats is None:
+        raise InputError("the kendall loss needs backbone text features of the captions (label_feats)")
+    model, device, index = encoder.model, encoder.device, np.asarray(text_image_index)
+    torch.manual_seed(seed)  # open_clip's dropout and the like draw from torch's default generator
+    tower_params = _tower_params(model, lock)
+    tokens = encoder.tokenizer(list(captions))
+
+    def embed(images: np.ndarray, caps: np.ndarray):
+        img = model.encode_image(load_images(images).to(device))
+        txt = model.encode_text(tokens[caps].to(device))
+        return F.normalize(img.float(), dim=-1).cpu(), F.normalize(txt.float(), dim=-1).cpu()
+
+    labels = _label_fn(torch.from_numpy(_unit(label_feats)), index, int(index.max()) + 1) if spec.needs_labels else None
+    return fit(embed, tower_params, [model], index, loss=spec, labels=labels, validate=validate, epochs=epochs,
+               batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+               rng=np.random.default_rng(seed), on_epoch=on_epoch)
+
+
+def _tower_params(model: torch.nn.Module, lock: str | None) -> list[torch.nn.Parameter]:
+    """Trainable parameters, with the locked tower frozen (``visual`` is open_clip's image tower)."""
+    if lock not in (None, "image", "text"):
+        raise InputError(f"--lock {lock!r}: use 'image' or 'text'")
+    trainable = []
+    for name, p in model.named_parameters():
+        is_image = name.startswith("visual.")
+        frozen = (lock == "image" and is_image) or (lock == "text" and not is_image and name != "logit_scale")
+        p.requires_grad_(not frozen and name not in ("logit_scale", "logit_bias"))
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable

@@ -1,0 +1,210 @@
+"""Workflows over the store: ``ingest`` precomputed vectors, ``select`` samples, report ``status``.
+
+Called through ``hnsel.api``; each takes an ``HnselConfig`` and plain values, returns a result object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import HnselConfig
+from .errors import InputError, SelectionError
+from .store import KINDS, MilvusIndex, Store, open_store
+from .strategies import AnchorChunk, Selection, SelectionProblem, get_strategy
+from .tables import table_format, write_table
+from .vectors import FileSummary, VectorFile, normalised_batches, validate_file
+
+__all__ = ["ingest", "IngestReport", "select", "SelectResult", "status", "build_problem", "MODALITIES"]
+
+MODALITIES = ("image", "text")
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class IngestReport:
+    images: int = 0
+    texts: int = 0
+    dim: int | None = None
+
+
+def _check_paired_texts(store: Store, texts: VectorFile, summary: FileSummary, images: FileSummary | None) -> None:
+    """Every paired text names a paired image: in this ingest's images file, or already paired in the store."""
+    pending = {i: row for i, row in summary.image_ids.items() if images is None or i not in images.paired_ids}
+    if images is not None:
+        for image_id, row in pending.items():
+            if image_id in images.unpaired_ids:
+                raise InputError(f"paired text names image {image_id!r}, which the images file makes unpaired", path=texts.path, row=row)
+    ids = sorted(pending)
+    found = {r["id"]: r["pool"] for r in store.get("images", ids, ["id", "pool"])}
+    for image_id in ids:
+        if found.get(image_id) != "paired":
+            state = "not in the store" if image_id not in found else "unpaired in the store"
+            raise InputError(f"paired text names image {image_id!r}, which is {state}; ingest it as a paired image first (or in the same call)",
+                             path=texts.path, row=pending[image_id])
+
+
+def _check_unpairing(store: Store, images: VectorFile, summary: FileSummary, texts: FileSummary | None) -> None:
+    """An image made unpaired must not keep paired captions in the store (unless they are re-ingested too)."""
+    ids = sorted(summary.unpaired_ids)
+    f = store.fields("texts")
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        expr = f'{f.pool} == "paired" and {f.image_id} in {json.dumps(chunk)}'
+        for batch in store.iter_rows("texts", expr, ("id", "image_id")):
+            for row in batch:
+                if texts is None or row["id"] not in texts.paired_ids | texts.unpaired_ids:
+                    raise InputError(f"image {row['image_id']!r} would become unpaired but paired text {row['id']!r} in the store describes it; "
+                                     "re-ingest that text too or keep the image paired", path=images.path)
+
+
+def ingest(config: HnselConfig, images: str | Path | None = None, texts: str | Path | None = None,
+           on_progress: ProgressFn | None = None) -> IngestReport:
+    """Validate both files completely, then upsert them (images first). A bad file writes nothing."""
+    if images is None and texts is None:
+        raise InputError("nothing to ingest: pass --images FILE and/or --texts FILE")
+    files = {kind: VectorFile(Path(p), kind) for kind, p in (("images", images), ("texts", texts)) if p is not None}
+    with open_store(config.store) as store:
+        dim = store.dim
+        summaries: dict[str, FileSummary] = {}
+        for kind, vf in files.items():
+            summaries[kind] = validate_file(vf, dim)
+            if dim is not None and summaries[kind].dim != dim:
+                raise InputError(f"vectors have {summaries[kind].dim} dimensions but the store holds {dim}; use another --namespace", path=vf.path)
+            dim = summaries[kind].dim
+        if "texts" in files:
+            _check_paired_texts(store, files["texts"], summaries["texts"], summaries.get("images"))
+        if "images" in files and store.has("texts"):
+            _check_unpairing(store, files["images"], summaries["images"], summaries.get("texts"))
+        store.ensure_collections(dim)
+        report = IngestReport(dim=dim)
+        for kind, vf in files.items():
+            written = 0
+            for data in normalised_batches(vf):
+                written += store.upsert(kind, data)
+                if on_progress:
+                    on_progress(f"ingest {kind}", written, summaries[kind].rows)
+            setattr(report, kind, written)
+        return report
+
+
+# --- select -------------------------------------------------------------------------------------
+@dataclass
+class SelectResult:
+    selection: Selection
+    uris: list[str]
+    modality: str
+    seed: int
+    seconds: float
+    out: Path | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.selection
+        return {
+            "strategy": s.strategy, "params": s.params, "modality": self.modality, "seed": self.seed, "budget": len(s),
+            "seconds": round(self.seconds, 3), "out": str(self.out) if self.out else None, "stats": s.stats,
+            "picks": [{"rank": i + 1, "id": s.ids[i], "score": float(s.scores[i]), "violations": int(s.violations[i]),
+                       "reason": s.reasons[i], "uri": self.uris[i]} for i in range(len(s))],
+        }
+
+
+def _kinds(modality: str) -> tuple[str, str]:
+    """(candidate and negative side kind, anchor kind) for a modality."""
+    if modality not in MODALITIES:
+        raise SelectionError(f"--modality {modality!r}: use image or text")
+    return ("images", "texts") if modality == "image" else ("texts", "images")
+
+
+def _candidate_ids(store: Store, kind: str) -> np.ndarray:
+    ids = [row["id"] for batch in store.iter_rows(kind, store.pool_filter(kind, "unpaired", unselected=True), ("id",), 16384) for row in batch]
+    return np.array(sorted(ids), dtype=object)
+
+
+def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[AnchorChunk]]:
+    side, anchor_kind = _kinds(modality)
+    captions_of: dict[str, set[str]] = {}
+    if modality == "text":
+        for batch in store.iter_rows("texts", store.pool_filter("texts", "paired"), ("id", "image_id")):
+            for row in batch:
+                captions_of.setdefault(row["image_id"], set()).add(row["id"])
+
+    def positives(row: dict) -> frozenset[str]:
+        return frozenset([row["image_id"]]) if modality == "image" else frozenset(captions_of.get(row["id"], ()))
+
+    fields = ("id", "vector", "image_id") if modality == "image" else ("id", "vector")
+
+    def anchors(chunk_size: int) -> Iterator[AnchorChunk]:
+        for batch in store.iter_rows(anchor_kind, store.pool_filter(anchor_kind, "paired"), fields, chunk_size):
+            for start in range(0, len(batch), chunk_size):
+                rows = batch[start:start + chunk_size]
+                yield AnchorChunk(np.array([r["id"] for r in rows], dtype=object), np.asarray([r["vector"] for r in rows], dtype=np.float32),
+                                  tuple(positives(r) for r in rows))
+
+    return anchors
+
+
+def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = None, max_limit: int | None = None) -> SelectionProblem:
+    """The strategies' view of the store for one modality: candidates, anchors, and a Milvus-backed index."""
+    side, anchor_kind = _kinds(modality)
+    for kind in KINDS:
+        if not store.has(kind):
+            raise SelectionError(f"collection {store.name(kind)} does not exist: the store is empty; run `hnsel ingest` or `hnsel embed` first")
+    index = MilvusIndex(store, side, store.pool_filter(side, "paired"), store.pool_filter(side, "unpaired", unselected=True))
+    if max_limit is not None:
+        index.max_limit = max_limit
+
+    def paired_vectors(ids: Sequence[str]) -> np.ndarray:
+        rows = {r["id"]: r["vector"] for r in store.get(side, list(ids), ["id", "vector"])}
+        return np.asarray([rows[i] for i in ids], dtype=np.float32)
+
+    def candidate_vectors(indices: Sequence[int]) -> np.ndarray:
+        return paired_vectors([problem.candidate_ids[i] for i in indices])
+
+    problem = SelectionProblem(candidate_ids=_candidate_ids(store, side), index=index, anchors=_anchor_stream(store, modality),
+                               n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
+                               candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress)
+    return problem
+
+
+def select(config: HnselConfig, budget: int, strategy: str = "hardneg", params: dict[str, Any] | None = None, modality: str = "image",
+           seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
+           max_limit: int | None = None) -> SelectResult:
+    """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``."""
+    seed = config.seed if seed is None else seed
+    chosen = get_strategy(strategy, **(params or {}))
+    if out is not None:
+        table_format(Path(out))  # refuse a bad extension before any work
+    started = time.perf_counter()
+    with open_store(config.store) as store:
+        side, _ = _kinds(modality)
+        problem = build_problem(store, modality, on_progress, max_limit)
+        selection = chosen.select(problem, budget, np.random.default_rng(seed))
+        field_name = "uri" if side == "images" else "text"
+        rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+    uris = [rows.get(i, "") or "" for i in selection.ids]
+    result = SelectResult(selection, uris, modality, seed, time.perf_counter() - started)
+    if out is not None:
+        s = selection
+        result.out = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
+                                       "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
+    return result
+
+
+def status(config: HnselConfig) -> dict[str, Any]:
+    """Counts per collection and pool, the vector dimension, and how many samples carry a round."""
+    with open_store(config.store) as store:
+        out: dict[str, Any] = {}
+        selected = 0
+        for kind in KINDS:
+            out[kind] = {pool: store.count(kind, store.pool_filter(kind, pool)) for pool in ("paired", "unpaired")}
+            if store.has(kind) and store.has_field(kind, "round"):
+                selected += store.count(kind, f"{store.fields(kind).round} >= 0")
+        out["dim"] = store.dim
+        out["selected"] = selected
+        return out
