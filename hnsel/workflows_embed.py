@@ -1,0 +1,346 @@
+"""The embed workflow: a data source through an OpenCLIP encoder into the store (or BulkWriter files).
+
+``embed`` validates the source and the model before writing anything, refuses a store that holds
+another model's vectors, skips ids already stored (so an interrupted job resumes where it stopped),
+decodes images in DataLoader workers, writes each batch as it goes (memory is a few batches), and
+reports every image it could not read instead of stopping. Paired captions are written before their
+image, so an image present in the store implies its captions are too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .config import HnselConfig
+from .data import Dataset, ImageRecord, load_source
+from .data.images import ImageReadError, open_image
+from .data.sources import detect_format
+from .embed import Encoder, describe_model, load_encoder, same_model
+from .errors import InputError, ModelMismatchError
+
+__all__ = ["embed", "write_bulk", "check_model", "EmbedReport", "MODEL_META_KEY"]
+
+MODEL_META_KEY = "model"
+ProgressFn = Callable[[str, int, Optional[int]], None]
+_ID_MAX_LENGTH = 512  # the store's VARCHAR primary key
+
+
+@dataclass
+class EmbedReport:
+    source: str
+    format: str
+    model: dict
+    images_embedded: int = 0
+    images_skipped: int = 0  # already in the store
+    texts_embedded: int = 0
+    texts_skipped: int = 0
+    captions_dropped: int = 0  # captions of images put in the unpaired pool
+    failures: list[dict] = field(default_factory=list)  # {"id", "uri", "reason"}
+    errors_path: str | None = None
+    bulk_files: dict[str, list[str]] | None = None
+    seconds: float = 0.0
+    load_seconds: float = 0.0  # waiting for decoded images
+    encode_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self, max_failures: int = 20) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "failures"}
+        out["images_failed"] = len(self.failures)
+        out["failures"] = self.failures[:max_failures]
+        out["images_per_second"] = round(self.images_per_second, 2)
+        return out
+
+
+def check_model(store, model_info: dict) -> None:
+    """Refuse to mix embedding spaces: the store's model record must describe ``model_info``'s model."""
+    held = store.get_meta(MODEL_META_KEY)
+    where = f"namespace {store.config.namespace!r} at {store.config.uri}"
+    if held is not None and not same_model(held, model_info):
+        raise ModelMismatchError(
+            f"{where} holds vectors of {describe_model(held)}, but this run uses {describe_model(model_info)}; "
+            "mixing embedding spaces would corrupt every search: use a new --namespace for this model, or embed with the store's model"
+        )
+    if held is None and (store.count("images") or store.count("texts")):
+        raise ModelMismatchError(
+            f"{where} holds vectors with no model record (ingested from files?), and this run uses {describe_model(model_info)}; "
+            "use a new --namespace for model-embedded data"
+        )
+    dim = store.dim
+    if dim is not None and dim != model_info["dim"]:
+        raise ModelMismatchError(f"{where} holds {dim}-dimensional vectors, {describe_model(model_info)} makes {model_info['dim']}; use a new --namespace")
+
+
+def _validate(dataset: Dataset) -> None:
+    long = next((r.id for r in dataset.images if len(r.id) > _ID_MAX_LENGTH), None)
+    long = long or next((t.id for t in dataset.texts if len(t.id) > _ID_MAX_LENGTH), None)
+    if long:
+        raise InputError(f"id {long[:60]!r}... is longer than {_ID_MAX_LENGTH} characters; shorten the ids", path=dataset.source)
+    if not dataset.images and not dataset.texts:
+        raise InputError("no images or captions found; check the path and --images-dir", path=dataset.source)
+
+
+def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
+    if errors_path is not None and not Path(errors_path).resolve().parent.is_dir():
+        raise InputError("folder for the --errors file does not exist", path=errors_path)
+
+
+def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = "ViT-B-32", pretrained: str | None = "none",
+          device: str = "auto", batch_size: int = 64, num_workers: int = 0, images_dir: str | os.PathLike | None = None,
+          pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
+          encoder: Encoder | None = None, on_progress: ProgressFn | None = None) -> EmbedReport:
+    """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees."""
+    from .store import open_store
+
+    _check_errors_path(errors_path)
+    _check_batching(batch_size, num_workers)
+    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
+    _validate(dataset)
+    encoder = encoder or load_encoder(model_name, pretrained, device)
+    report = EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+    start = time.perf_counter()
+    with open_store(config.store) as store:
+        check_model(store, encoder.model_info)
+        store.ensure_collections(encoder.dim)
+        if store.get_meta(MODEL_META_KEY) is None:
+            store.set_meta(MODEL_META_KEY, encoder.model_info)  # before any vector, so a resumed job is checked too
+        sink = _StoreSink(store)
+        try:
+            _run(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip=None if overwrite else store.existing_ids)
+        finally:
+            report.seconds = time.perf_counter() - start
+            _write_errors(report, errors_path)
+    return report
+
+
+def _check_batching(batch_size: int, num_workers: int) -> None:
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: use 1 or more")
+    if num_workers < 0:
+        raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
+
+
+def _run(dataset: Dataset, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
+         on_progress: ProgressFn | None, skip: Callable[[str, Sequence[str]], set[str]] | None) -> None:
+    images = dataset.images
+    report.captions_dropped = sum(len(r.captions) for r in images if r.pool == "unpaired")
+    if skip is not None:
+        images = _not_stored(images, "images", skip)
+        report.images_skipped = len(dataset.images) - len(images)
+    if images:
+        _embed_images(images, encoder, sink, report, batch_size, num_workers, on_progress)
+    texts = dataset.texts
+    if skip is not None and texts:
+        texts = _not_stored(texts, "texts", skip)
+        report.texts_skipped = len(dataset.texts) - len(texts)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        vectors = _timed(report, "encode_seconds", encoder.encode_texts, [t.text for t in chunk])
+        data = {"id": [t.id for t in chunk], "vector": vectors, "pool": [t.pool or "unpaired" for t in chunk],
+                "image_id": [t.image_id or "" for t in chunk], "text": [t.text for t in chunk]}
+        _timed(report, "write_seconds", sink.write, "texts", data)
+        report.texts_embedded += len(chunk)
+        if on_progress is not None:
+            on_progress("embedding captions", report.texts_embedded, len(texts))
+
+
+def _not_stored(records: list, kind: str, skip: Callable[[str, Sequence[str]], set[str]], chunk: int = 4096) -> list:
+    out = []
+    for start in range(0, len(records), chunk):
+        part = records[start:start + chunk]
+        held = skip(kind, [r.id for r in part])
+        out.extend(r for r in part if r.id not in held)
+    return out
+
+
+def _timed(report: EmbedReport, slot: str, fn: Callable, *args: Any) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        setattr(report, slot, getattr(report, slot) + time.perf_counter() - t0)
+
+
+class _ImageItems:
+    """A map-style dataset for torch's DataLoader: (index, preprocessed tensor or None, reason or None)."""
+
+    def __init__(self, records: Sequence[ImageRecord], preprocess: Callable):
+        self.records, self.preprocess = records, preprocess
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        if not record.uri:
+            return index, None, "no uri"
+        try:
+            return index, self.preprocess(open_image(record.uri)), None
+        except ImageReadError as exc:
+            return index, None, exc.reason
+        except Exception as exc:  # a transform failing on an odd image must not stop the job
+            return index, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _collate(items):
+    import torch
+
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, [(i, reason) for i, t, reason in items if t is None]
+
+
+def _batches(records: Sequence[ImageRecord], encoder: Encoder, batch_size: int, num_workers: int) -> Iterator:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_ImageItems(records, encoder.preprocess), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                        shuffle=False, pin_memory=encoder.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if num_workers else None)
+    return iter(loader)
+
+
+def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
+                  on_progress: ProgressFn | None) -> None:
+    batches, done = _batches(records, encoder, batch_size, num_workers), 0
+    while True:
+        item = _timed(report, "load_seconds", next, batches, None)
+        if item is None:
+            break
+        indices, batch, failed = item
+        report.failures.extend({"id": records[i].id, "uri": records[i].uri or "", "reason": reason} for i, reason in failed)
+        if batch is not None:
+            vectors = _timed(report, "encode_seconds", encoder.encode_image_tensors, batch)
+            _write_image_batch([records[i] for i in indices], vectors, encoder, sink, report, batch_size)
+        done += len(indices) + len(failed)
+        if on_progress is not None:
+            on_progress("embedding images", done, len(records))
+
+
+def _write_image_batch(records: list[ImageRecord], vectors: np.ndarray, encoder: Encoder, sink, report: EmbedReport, batch_size: int) -> None:
+    """Paired captions first, then the images: a stored image implies its captions are stored."""
+    captions = [(r.id, cid, text) for r in records if r.pool == "paired" for cid, text in zip(r.caption_ids, r.captions)]
+    for start in range(0, len(captions), batch_size):
+        part = captions[start:start + batch_size]
+        text_vectors = _timed(report, "encode_seconds", encoder.encode_texts, [c[2] for c in part])
+        data = {"id": [c[1] for c in part], "vector": text_vectors, "pool": ["paired"] * len(part),
+                "image_id": [c[0] for c in part], "text": [c[2] for c in part]}
+        _timed(report, "write_seconds", sink.write, "texts", data)
+        report.texts_embedded += len(part)
+    data = {"id": [r.id for r in records], "vector": vectors, "pool": [r.pool or "unpaired" for r in records],
+            "uri": [r.uri or "" for r in records]}
+    _timed(report, "write_seconds", sink.write, "images", data)
+    report.images_embedded += len(records)
+
+
+def _write_errors(report: EmbedReport, errors_path: str | os.PathLike | None) -> None:
+    """The failures as CSV (id, uri, reason), or JSON lines for a .jsonl path; written atomically."""
+    if errors_path is None:
+        return
+    path = Path(errors_path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        if path.suffix.lower() == ".jsonl":
+            fh.writelines(json.dumps(f) + "\n" for f in report.failures)
+        else:
+            writer = csv.DictWriter(fh, fieldnames=["id", "uri", "reason"])
+            writer.writeheader()
+            writer.writerows(report.failures)
+    os.replace(tmp, path)
+    report.errors_path = str(path)
+
+
+class _StoreSink:
+    def __init__(self, store):
+        self.store = store
+
+    def write(self, kind: str, data: dict) -> None:
+        self.store.upsert(kind, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# BulkWriter files for a Milvus server's bulk_import
+
+_SCALAR_LENGTHS = {"images": {"pool": 16, "uri": 4096}, "texts": {"pool": 16, "image_id": _ID_MAX_LENGTH, "text": 65535}}
+
+
+def _bulk_schema(fields, kind: str, dim: int):
+    """The collection schema hnsel's store creates, for pymilvus's LocalBulkWriter."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(fields.id, DataType.VARCHAR, is_primary=True, max_length=_ID_MAX_LENGTH)
+    schema.add_field(fields.vector, DataType.FLOAT_VECTOR, dim=dim)
+    for name, length in _SCALAR_LENGTHS[kind].items():
+        schema.add_field(getattr(fields, name), DataType.VARCHAR, max_length=length)
+    schema.add_field(fields.round, DataType.INT64)
+    return schema
+
+
+class _BulkSink:
+    """Rows into Parquet files, one LocalBulkWriter per collection."""
+
+    def __init__(self, config: HnselConfig, out_dir: Path, dim: int):
+        try:
+            from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter
+        except ModuleNotFoundError as exc:
+            raise InputError(f"--bulk needs pymilvus's bulk_writer extra ({exc}); pip install 'hnsel[bulk]'") from None
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus.bulk_writer")] + ["bulk_writer"]:
+            logging.getLogger(name).setLevel(logging.WARNING)  # it logs every flush at INFO
+        self.fields = {kind: getattr(config.store, kind) for kind in ("images", "texts")}
+        self.writers = {kind: LocalBulkWriter(schema=_bulk_schema(self.fields[kind], kind, dim), local_path=str(out_dir / kind),
+                                              file_type=BulkFileType.PARQUET) for kind in self.fields}
+
+    def write(self, kind: str, data: dict) -> None:
+        f, writer = self.fields[kind], self.writers[kind]
+        scalars = [c for c in _SCALAR_LENGTHS[kind] if c in data]
+        for i, row_id in enumerate(data["id"]):
+            row = {f.id: str(row_id), f.vector: data["vector"][i].tolist(), f.round: -1}
+            row.update({getattr(f, c): data[c][i] for c in scalars})
+            writer.append_row(row)
+
+    def close(self) -> dict[str, list[str]]:
+        files: dict[str, list[str]] = {}
+        for kind, writer in self.writers.items():
+            writer.commit()
+            files[kind] = [str(p) for batch in writer.batch_files for p in batch]
+        return files
+
+
+def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os.PathLike, *, model_name: str | None = "ViT-B-32",
+               pretrained: str | None = "none", device: str = "auto", batch_size: int = 64, num_workers: int = 0,
+               images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
+               errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
+               on_progress: ProgressFn | None = None) -> EmbedReport:
+    """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
+    _check_errors_path(errors_path)
+    _check_batching(batch_size, num_workers)
+    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
+    _validate(dataset)
+    encoder = encoder or load_encoder(model_name, pretrained, device)
+    report = EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    sink = _BulkSink(config, out, encoder.dim)
+    try:
+        _run(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip=None)
+        report.bulk_files = sink.close()
+    finally:
+        report.seconds = time.perf_counter() - start
+        _write_errors(report, errors_path)
+    names = {kind: config.store.collection_name(kind) for kind in ("images", "texts")}
+    manifest = {"model": report.model, "collections": {k: {"collection_name": names[k], "files": report.bulk_files[k]} for k in names}}
+    (out / "hnsel_bulk.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return report
