@@ -39,11 +39,15 @@ __all__ = [
     "describe_model",
     "CHECKPOINT_FORMAT",
     "DEVICES",
+    "DEFAULT_MODEL_NAME",
+    "DEFAULT_PRETRAINED",
 ]
 
 CHECKPOINT_FORMAT = "hnsel-checkpoint"
 CHECKPOINT_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_MODEL_NAME = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
 _INIT_SEED = 0  # random ("none") weights are drawn from this seed: same model every load
 _IDENTITY_KEYS = ("model_name", "config_sha256", "weights", "heads_sha256", "dim")
 
@@ -215,8 +219,11 @@ def _tensors_sha256(state: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # loading
 
-def load_encoder(model_name: str | None = None, pretrained: str | None = "none", device: str = "auto") -> Encoder:
-    """Build an Encoder; any problem with the model or weights is a one-line ``HnselError``."""
+def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto") -> Encoder:
+    """Build an Encoder; any problem with the model or weights is a one-line ``HnselError``.
+
+    ``model_name`` None means the checkpoint's own model, or ``DEFAULT_MODEL_NAME`` for a tag.
+    """
     pretrained = "none" if pretrained in (None, "", "none", "None") else str(pretrained)
     ckpt, weights_file, weights_id = None, None, f"tag:{pretrained}"
     if pretrained == "none":
@@ -259,10 +266,9 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = "none",
 def _resolve_for(model_name: str | None, ckpt: dict | None, weights_file: Path | None) -> tuple[str, dict]:
     """The (registered name, config) to build, checking a checkpoint against ``--model-name``."""
     if ckpt is None:
-        if model_name is None:
-            what = f"{weights_file} is a plain state dict that does not say its model" if weights_file else "no model given"
-            raise HnselError(f"{what}: pass --model-name (an open_clip model name or a JSON config file)")
-        return resolve_model_name(model_name)
+        if model_name is None and weights_file is not None:
+            raise HnselError(f"{weights_file} is a plain state dict that does not say its model: pass --model-name (an open_clip name or a JSON config)")
+        return resolve_model_name(model_name or DEFAULT_MODEL_NAME)
     ck_name, ck_config = str(ckpt["model_name"]), ckpt.get("model_config")
     if model_name is None:
         if ck_config is None:

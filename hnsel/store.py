@@ -308,11 +308,11 @@ class Store:
         finally:
             iterator.close()
 
-    def search(self, kind: str, vectors: np.ndarray, limit: int, filter: str, *, radius: Sequence[float] | None = None,
-               upper: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(self, kind: str, vectors: np.ndarray, limit: int, filter: str, *,
+               radius: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-``limit`` by cosine similarity per query row: (ids, similarities), most similar first.
 
-        With ``radius``/``upper`` (one per row), a range search keeps ``radius < similarity <= upper``.
+        With ``radius`` (one per row), a range search keeps ``similarity > radius``.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         limit = int(min(limit, MAX_TOPK))
@@ -325,7 +325,7 @@ class Store:
             if self.config.index_type == "HNSW":
                 params["ef"] = max(int(params.get("ef", 0)), limit)
             if radius is not None:
-                params.update(radius=float(radius[start]), range_filter=float(upper[start]))
+                params.update(radius=float(radius[start]), range_filter=1.0 + 1e-6)
             out.extend(self._search_call(kind, vectors[start:start + per_call], limit, filter, params))
         return out
 
@@ -354,9 +354,12 @@ class MilvusIndex:
         self.calls += 1
         return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool])
 
-    def range_search(self, vectors: np.ndarray, radius: Sequence[float], upper: Sequence[float], limit: int, pool: str):
+    def range_search(self, vectors: np.ndarray, radius: Sequence[float], limit: int, pool: str, exclude: Sequence[str] = ()):
         self.calls += 1
-        return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool], radius=radius, upper=upper)
+        filter = self.filters[pool]
+        if len(exclude):
+            filter = f"({filter}) and not ({self.store.fields(self.kind).id} in {json.dumps(list(exclude))})"
+        return self.store.search(self.kind, vectors, min(limit, self.max_limit), filter, radius=radius)
 
 
 def open_store(config: StoreConfig) -> Store:

@@ -13,6 +13,7 @@ after ``patience`` epochs without a better one, and the best epoch's weights are
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Any, Callable, Sequence
@@ -118,7 +119,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-            total, seen = total + float(value) * len(captions), seen + len(captions)
+            total, seen = total + float(value.detach()) * len(captions), seen + len(captions)
         for m in modules:
             m.eval()
         curve.append(_entry(epoch, total / max(seen, 1), validate, started))
@@ -195,6 +196,7 @@ def train_heads(
     val_fraction: float = 0.1,
     patience: int = 3,
     on_epoch: EpochFn | None = None,
+    num_threads: int | None = 1,
 ) -> tuple[dict[str, ProjectionHead], list[dict]]:
     """Train an image and a text head on frozen features; returns the best heads and the curve.
 
@@ -202,7 +204,29 @@ def train_heads(
     ``text_image_index[j]`` is the row of caption j's image. ``val`` is a held-out triple of the same
     form; without it ``val_fraction`` of the images is held out (seeded). With no validation set at
     all, every epoch runs and the last is kept. Curve entries: epoch (0 = untrained), loss, val_rsum, seconds.
+    ``num_threads`` caps torch's threads while training (one is fastest for these small matrices,
+    and does not fight other processes for cores); None leaves torch's setting.
     """
+    with _threads(num_threads):
+        return _train_heads(image_feats, text_feats, text_image_index, loss=loss, loss_params=loss_params, head=head,
+                            hidden=hidden, dim_out=dim_out, epochs=epochs, batch_size=batch_size, lr=lr,
+                            weight_decay=weight_decay, seed=seed, val=val, val_fraction=val_fraction,
+                            patience=patience, on_epoch=on_epoch)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params, head, hidden, dim_out, epochs,
+                 batch_size, lr, weight_decay, seed, val, val_fraction, patience, on_epoch):
     check_paired(image_feats, text_feats, text_image_index)
     spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
     rng = np.random.default_rng(seed)

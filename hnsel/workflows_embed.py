@@ -24,7 +24,7 @@ from .config import HnselConfig
 from .data import Dataset, ImageRecord, load_source
 from .data.images import ImageReadError, open_image
 from .data.sources import detect_format
-from .embed import Encoder, describe_model, load_encoder, same_model
+from .embed import DEFAULT_PRETRAINED, Encoder, describe_model, load_encoder, same_model
 from .errors import InputError, ModelMismatchError
 
 __all__ = ["embed", "write_bulk", "check_model", "EmbedReport", "MODEL_META_KEY"]
@@ -97,7 +97,7 @@ def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
         raise InputError("folder for the --errors file does not exist", path=errors_path)
 
 
-def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = "ViT-B-32", pretrained: str | None = "none",
+def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED,
           device: str = "auto", batch_size: int = 64, num_workers: int = 0, images_dir: str | os.PathLike | None = None,
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
           encoder: Encoder | None = None, on_progress: ProgressFn | None = None) -> EmbedReport:
@@ -318,8 +318,8 @@ class _BulkSink:
         return files
 
 
-def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os.PathLike, *, model_name: str | None = "ViT-B-32",
-               pretrained: str | None = "none", device: str = "auto", batch_size: int = 64, num_workers: int = 0,
+def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os.PathLike, *, model_name: str | None = None,
+               pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto", batch_size: int = 64, num_workers: int = 0,
                images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
                errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
                on_progress: ProgressFn | None = None) -> EmbedReport:

@@ -15,5 +15,7 @@ app = typer.Typer(
 # Command modules register themselves on `app` (or add a sub-app) when imported.
 from . import store_cmds as _store_cmds  # noqa: E402,F401
 from . import select as _select  # noqa: E402,F401
+from . import embed as _embed  # noqa: E402,F401
+from . import datasets as _datasets  # noqa: E402,F401
 
 __all__ = ["app"]

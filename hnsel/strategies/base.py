@@ -29,14 +29,16 @@ class NeighborIndex(Protocol):
 
     ``search`` returns, for each query row, the ids (object array) and similarities (float32) of its
     ``limit`` most similar vectors in ``pool``, most similar first; an approximate index may return fewer.
-    ``range_search`` returns those with ``radius < similarity <= upper`` (at most ``limit``).
+    ``range_search`` returns those with ``similarity > radius`` whose ids are not in ``exclude`` (at most
+    ``limit``, most similar first; fewer than ``limit`` means no more are left).
     """
 
     max_limit: int
 
     def search(self, vectors: np.ndarray, limit: int, pool: str) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
-    def range_search(self, vectors: np.ndarray, radius: Sequence[float], upper: Sequence[float], limit: int, pool: str) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def range_search(self, vectors: np.ndarray, radius: Sequence[float], limit: int, pool: str,
+                     exclude: Sequence[str] = ()) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
 
 class ExactIndex:
@@ -59,11 +61,12 @@ class ExactIndex:
             out.append((ids[order], row[order]))
         return out
 
-    def range_search(self, vectors, radius, upper, limit, pool):
+    def range_search(self, vectors, radius, limit, pool, exclude=()):
         ids, sims = self._sims(vectors, pool)
+        allowed = ~np.isin(ids.astype(str), np.asarray(list(exclude), dtype=str)) if len(exclude) else np.ones(len(ids), bool)
         out = []
-        for row, lo, hi in zip(sims, radius, upper):
-            keep = np.flatnonzero((row > lo) & (row <= hi))
+        for row, lo in zip(sims, radius):
+            keep = np.flatnonzero((row > lo) & allowed)
             order = keep[np.argsort(-row[keep], kind="stable")][: min(limit, self.max_limit)]
             out.append((ids[order], row[order]))
         return out

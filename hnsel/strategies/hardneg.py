@@ -24,6 +24,7 @@ from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check
 __all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores"]
 
 WEIGHTS = ("surplus", "count")
+MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
 BATCHES = ("full", "mini")
 
 
@@ -89,23 +90,24 @@ def _violators(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth:
 
 
 def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.ndarray, sims: np.ndarray, stats: dict):
-    """All candidates above ``xi`` when more than ``max_limit`` are: range searches paged down by similarity."""
+    """All candidates above ``xi`` when more than ``max_limit`` are: range searches that exclude the ids found so far.
+
+    Excluding found ids (rather than paging by similarity) stays exact whatever the range search's own
+    window is: a page shorter than ``max_limit`` proves nothing above ``xi`` is left.
+    """
     stats["range_searched"] += 1
     all_ids, all_sims = [ids], [sims]
-    upper = float(sims[-1])
-    seen = set(ids[sims == sims[-1]])  # ties at the page boundary come back in the next page
+    found = set(ids)
     while True:
-        r_ids, r_sims = index.range_search(vector[None, :], [xi], [upper], index.max_limit, "candidates")[0]
-        fresh = np.array([x not in seen for x in r_ids], dtype=bool)
-        all_ids.append(r_ids[fresh])
-        all_sims.append(r_sims[fresh])
-        if len(r_ids) < index.max_limit:
-            break
-        if float(r_sims[-1]) >= upper:  # a whole page of ties: cannot page further
+        if len(found) > MAX_EXCLUDED:
             stats["truncated"] += 1
             break
-        upper = float(r_sims[-1])
-        seen = set(r_ids[r_sims == r_sims[-1]])
+        r_ids, r_sims = index.range_search(vector[None, :], [xi], index.max_limit, "candidates", sorted(found))[0]
+        all_ids.append(r_ids)
+        all_sims.append(r_sims)
+        found.update(r_ids)
+        if len(r_ids) < index.max_limit:
+            break
     return np.concatenate(all_ids), np.concatenate(all_sims)
 
 

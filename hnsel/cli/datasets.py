@@ -1,0 +1,44 @@
+"""``hnsel datasets ...``: datasets hnsel makes itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..data.scenes import generate_scenes
+from . import app
+from ._common import JsonOpt, console, handle_errors, print_json, progress_bar, show_progress
+
+datasets_app = typer.Typer(help="Datasets hnsel generates itself (no download).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("scenes")
+@handle_errors
+def scenes(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write images/ and dataset_scenes.json (Karpathy-style) into.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same files.")] = 0,
+    per_category: Annotated[int, typer.Option("--per-category", help="Images per fine category (1 to 50): 1 is coverage-limited, many is finely categorised.")] = 1,
+    image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels (64 to 128).")] = 96,
+    captions: Annotated[int, typer.Option("--captions", help="Paraphrased captions per image.")] = 5,
+    val: Annotated[float, typer.Option("--val", help="Fraction of images in the val split.")] = 0.1,
+    test: Annotated[float, typer.Option("--test", help="Fraction of images in the test split.")] = 0.1,
+    json_output: JsonOpt = False,
+) -> None:
+    """Render finely-categorised scenes (shape, colour, size, position, count, texture) with paraphrased captions."""
+    with progress_bar(show_progress(json_output)) as on_progress:
+        report = generate_scenes(out_dir, n, seed, per_category=per_category, image_size=image_size, captions=captions,
+                                 val=val, test=test, on_progress=on_progress)
+    if json_output:
+        print_json(report.summary())
+        return
+    splits = ", ".join(f"{k} {v}" for k, v in report.splits.items())
+    console.print(
+        f"{report.images} images in {report.categories} fine categories ({report.families} families), {report.captions} captions; "
+        f"{splits}; {report.images / max(report.seconds, 1e-9) * 60:,.0f} images/min",
+        highlight=False,
+    )
+    console.print(f"wrote {report.json_path}; embed with: hnsel embed {report.json_path}", highlight=False)

@@ -1,0 +1,110 @@
+"""``hnsel embed SOURCE``: images and captions through an OpenCLIP model into Milvus."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..embed import DEFAULT_PRETRAINED
+from ..workflows_embed import embed as run_embed
+from ..workflows_embed import write_bulk
+from . import app
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, err_console, get_config, handle_errors, print_json, show_progress
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second of a task (rich's own speed column counts bytes)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator:
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(task: str, completed: int, total: int | None) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.update(tasks[task], completed=completed, total=total)
+
+        yield on_progress
+
+
+def _default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@app.command()
+@handle_errors
+def embed(
+    source: Annotated[Path, typer.Argument(help="Image folder, manifest (.csv/.jsonl/.parquet: id, uri[, caption, image_id, pool]), COCO captions or Karpathy JSON.")],
+    images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Image folder for JSON sources and relative manifest URIs (default: the file's folder).")] = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="paired or unpaired for every image (default: manifest's pool column, else paired when captioned).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Embed one split of a Karpathy source (train, val, test, restval).")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="open_clip model name or JSON config path (default: the checkpoint's model, else ViT-B-32).")] = None,
+    pretrained: Annotated[str, typer.Option("--pretrained", help="open_clip tag, local checkpoint path (open_clip or hnsel), or 'none' for random weights.")] = DEFAULT_PRETRAINED,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps. Mixed precision on cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass and per write.")] = 64,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Image-decoding processes (default: cores - 1, at most 4; 0 decodes in this process).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-embed ids already in the store (default: skip them, which resumes an interrupted job).")] = False,
+    errors: Annotated[Optional[Path], typer.Option("--errors", help="Write unreadable images (id, uri, reason) to this .csv or .jsonl file.")] = None,
+    bulk: Annotated[Optional[Path], typer.Option("--bulk", help="Write BulkWriter Parquet files for bulk_import into this folder instead of writing to the store.")] = None,
+    config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+) -> None:
+    """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
+    cfg = get_config(config, milvus_uri, token, namespace)
+    workers = _default_workers() if num_workers is None else num_workers
+    common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
+                  images_dir=images_dir, pool=pool, split=split, errors_path=errors)
+    with _progress(show_progress(json_output)) as on_progress:
+        if bulk is not None:
+            report = write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
+        else:
+            report = run_embed(cfg, source, overwrite=overwrite, on_progress=on_progress, **common)
+    summary = report.summary()
+    if json_output:
+        print_json(summary)
+        return
+    _print_report(summary)
+
+
+def _print_report(summary: dict) -> None:
+    model = summary["model"]
+    console.print(f"[bold]{summary['source']}[/bold] ({summary['format']}) with {model['model_name']} / {model['pretrained']}, dim {model['dim']}", highlight=False)
+    table = Table(show_header=True)
+    for name in ("", "embedded", "already stored", "failed"):
+        table.add_column(name, justify="left" if not name else "right")
+    table.add_row("images", str(summary["images_embedded"]), str(summary["images_skipped"]), str(summary["images_failed"]))
+    table.add_row("captions", str(summary["texts_embedded"]), str(summary["texts_skipped"]), "")
+    console.print(table)
+    seconds = summary["seconds"]
+    load_share = summary["load_seconds"] / seconds if seconds else 0.0
+    console.print(f"{summary['images_per_second']:.1f} images/s over {seconds:.1f}s ({load_share:.0%} waiting for image decoding)", highlight=False)
+    if summary["captions_dropped"]:
+        console.print(f"{summary['captions_dropped']} captions of unpaired images were not embedded", highlight=False)
+    if summary["failures"]:
+        failed = Table(title=f"unreadable images ({summary['images_failed']}, first {len(summary['failures'])} shown)")
+        for name in ("id", "uri", "reason"):
+            failed.add_column(name)
+        for f in summary["failures"]:
+            failed.add_row(f["id"], f["uri"], f["reason"])
+        console.print(failed)
+    if summary["errors_path"]:
+        console.print(f"failures written to {summary['errors_path']}", highlight=False)
+    if summary["bulk_files"]:
+        for kind, files in summary["bulk_files"].items():
+            console.print(f"{kind}: {len(files)} Parquet file(s) for bulk_import, e.g. {files[0] if files else '-'}", highlight=False)

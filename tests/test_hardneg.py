@@ -1,0 +1,130 @@
+"""Known answers for the pure hard-negative pieces, and the streamed computation against dense algebra."""
+
+import numpy as np
+import pytest
+
+from hnsel.errors import SelectionError
+from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy, list_strategies
+from hnsel.strategies.hardneg import dense_hardneg_scores, hardneg_scores, kth_threshold, minibatch_thresholds, rank_with_fill
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_problem(seed=1, d=16, n_paired=30, n_cand=120, n_text=90, max_limit=8, modality="image"):
+    rng = np.random.default_rng(seed)
+    img = unit(rng.normal(size=(n_paired, d)))
+    cand = unit(rng.normal(size=(n_cand, d)))
+    img_ids = np.array([f"p{i:02d}" for i in range(n_paired)], dtype=object)
+    cand_ids = np.array([f"u{i:03d}" for i in range(n_cand)], dtype=object)
+    owner = rng.integers(0, n_paired, n_text)
+    txt = unit(img[owner] + 0.8 * rng.normal(size=(n_text, d)))
+    pos = [frozenset([img_ids[o]]) for o in owner]
+    index = ExactIndex({"paired": (img_ids, img), "candidates": (cand_ids, cand)}, max_limit=max_limit)
+
+    def anchors(chunk_size):
+        for s in range(0, n_text, chunk_size):
+            yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(n_text, s + chunk_size))], dtype=object), txt[s:s + chunk_size], tuple(pos[s:s + chunk_size]))
+
+    lookup = dict(zip(img_ids, img))
+    problem = SelectionProblem(cand_ids, index, anchors, n_text, paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+    return problem, dict(img=img, img_ids=img_ids, cand=cand, txt=txt, pos=pos)
+
+
+def test_kth_threshold_known_answers():
+    assert kth_threshold(np.array([0.1, 0.9, 0.5]), 1) == pytest.approx(0.9)
+    assert kth_threshold(np.array([0.1, 0.9, 0.5]), 2) == pytest.approx(0.5)
+    assert kth_threshold(np.array([0.1, 0.9]), 5) == pytest.approx(0.1)  # fewer than k: the smallest
+    assert np.isnan(kth_threshold(np.array([]), 1))
+
+
+def test_two_anchor_known_answer():
+    # 2-d: caption t0 describes p0; p1 is its only negative at s = 0.6; candidates at s = 0.8, 0.6 and 0.0.
+    p = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    c = np.array([[0.8, 0.6], [0.6, -0.8], [0.0, 1.0]], np.float32)
+    t = np.array([[1.0, 0.0]], np.float32)
+    index = ExactIndex({"paired": (["p0", "p1"], p), "candidates": (["a", "b", "c"], c)})
+    anchors = lambda n: iter([AnchorChunk(np.array(["t0"], dtype=object), t, (frozenset(["p0"]),))])
+    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1)
+    scores, counts, _ = hardneg_scores(problem, k=1, weight="surplus")
+    assert scores == pytest.approx([0.2, 0.0, 0.0], abs=1e-6)  # only a (0.8) beats xi = 0.6; b ties and does not count
+    assert counts.tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("weight", ["surplus", "count"])
+def test_streamed_equals_dense_with_deepening_and_range_pages(k, weight):
+    problem, a = make_problem(max_limit=8)
+    scores, counts, stats = hardneg_scores(problem, k=k, weight=weight, depth=2, chunk_size=7)
+    ref_scores, ref_counts = dense_hardneg_scores(a["txt"], a["pos"], a["img_ids"], a["img"], a["cand"], k=k, weight=weight)
+    assert np.abs(scores - ref_scores).max() < 1e-5
+    assert (counts == ref_counts).all()
+    assert stats["deepened"] > 0 and stats["range_searched"] > 0  # the small limit forced both paths
+    assert stats["truncated"] == 0
+
+
+def test_minibatch_thresholds_match_direct_computation():
+    problem, a = make_problem()
+    order = np.random.default_rng(3).permutation(len(a["pos"]))
+    lookup = dict(zip(a["img_ids"], a["img"]))
+    xi = minibatch_thresholds(a["txt"], a["pos"], order, 16, 2, lambda ids: np.asarray([lookup[i] for i in ids]))
+    for start in range(0, len(order), 16):
+        batch = order[start:start + 16]
+        for j in batch:
+            negs = sorted({next(iter(a["pos"][o])) for o in batch if o != j} - a["pos"][j])
+            sims = np.sort([float(a["txt"][j] @ lookup[n]) for n in negs])[::-1]
+            expected = sims[1] if len(sims) >= 2 else (sims[-1] if len(sims) else np.nan)
+            assert xi[j] == pytest.approx(expected, abs=1e-6, nan_ok=True)
+
+
+def test_minibatch_strategy_is_dense_with_minibatch_thresholds():
+    problem, a = make_problem()
+    sel = get_strategy("hardneg", batch="mini", batch_size=16).select(problem, 10, np.random.default_rng(7))
+    order = np.random.default_rng(7).permutation(len(a["pos"]))  # the strategy's first draw is the shuffle
+    lookup = dict(zip(a["img_ids"], a["img"]))
+    xi = minibatch_thresholds(a["txt"], a["pos"], order, 16, 1, lambda ids: np.asarray([lookup[i] for i in ids]))
+    ref, _ = dense_hardneg_scores(a["txt"], a["pos"], a["img_ids"], a["img"], a["cand"], thresholds=xi)
+    expected = np.lexsort((problem.candidate_ids.astype(str), -ref))[:10]
+    assert list(sel.ids) == list(problem.candidate_ids[expected])
+
+
+def test_mini_threshold_is_lower_than_full():
+    problem, a = make_problem()
+    full, _, _ = hardneg_scores(problem, k=1, batch="full")
+    mini, _, _ = hardneg_scores(problem, k=1, batch="mini", batch_size=8, rng=np.random.default_rng(0))
+    assert mini.sum() > full.sum()  # fewer negatives per anchor: a lower threshold, more violations
+
+
+def test_rank_with_fill_orders_by_score_then_id_and_fills_seeded():
+    ids = np.array(["d", "c", "b", "a", "e"], dtype=object)
+    scores = np.array([0.5, 0.5, 0.0, 0.9, 0.0])
+    sel = rank_with_fill(ids, scores, np.array([1, 1, 0, 2, 0]), 4, np.random.default_rng(0), "hardneg", {}, {})
+    assert list(sel.ids[:3]) == ["a", "c", "d"]
+    assert list(sel.reasons) == ["score", "score", "score", "fill"]
+    assert sel.ids[3] in {"b", "e"}
+    again = rank_with_fill(ids, scores, np.array([1, 1, 0, 2, 0]), 4, np.random.default_rng(0), "hardneg", {}, {})
+    assert list(again.ids) == list(sel.ids)
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_strategy_contract(name):
+    problem, _ = make_problem()
+    strategy = get_strategy(name)
+    sel = strategy.select(problem, 25, np.random.default_rng(11))
+    assert len(sel) == 25 and len(set(sel.ids)) == 25
+    assert set(sel.ids) <= set(problem.candidate_ids)
+    assert list(strategy.select(problem, 25, np.random.default_rng(11)).ids) == list(sel.ids)
+    with pytest.raises(SelectionError, match="larger than"):
+        strategy.select(problem, len(problem.candidate_ids) + 1, np.random.default_rng(0))
+    with pytest.raises(SelectionError, match="at least 1"):
+        strategy.select(problem, 0, np.random.default_rng(0))
+
+
+def test_bad_parameters_are_one_line_errors():
+    with pytest.raises(SelectionError, match="unknown strategy"):
+        get_strategy("nope")
+    with pytest.raises(SelectionError, match="--weight"):
+        get_strategy("hardneg", weight="sum")
+    with pytest.raises(SelectionError, match="takes no parameter"):
+        get_strategy("random", k=3)
