@@ -70,7 +70,9 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield uri
     finally:
         _stop_server(proc)
-        shutil.rmtree(base / "bin", ignore_errors=True)  # 250 MB of unpacked binaries; keep the logs
+        for data in base.glob("data*"):  # ~250 MB of unpacked binaries and ~250 MB of data; keep the logs
+            shutil.rmtree(data / "bin", ignore_errors=True)
+            shutil.rmtree(data / "data", ignore_errors=True)
 
 
 def _find_milvus_server() -> str:
