@@ -114,24 +114,29 @@ def triplet_sn_loss(
     return (t2i + i2t).mean()
 
 
-def _rank_pairs(pred: torch.Tensor, label: torch.Tensor, window: int, hardest: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(delta pred, delta label) of the sampled candidate pairs of every anchor row."""
-    order = label.argsort(dim=1, descending=True)
-    ps, ys = pred.gather(1, order), label.gather(1, order)
-    dp, dy = [], []
-    for d in range(1, min(int(window), pred.shape[1] - 1) + 1):
-        dp.append((ps[:, :-d] - ps[:, d:]).reshape(-1))
-        dy.append((ys[:, :-d] - ys[:, d:]).reshape(-1))
+def _discordance(dp: torch.Tensor, dy: torch.Tensor, temperature: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of soft discordances, number of pairs) over pairs with |dy| > eps (masked, not indexed)."""
+    keep = (dy.abs() > eps).to(dp.dtype)
+    return ((1 - torch.sign(dy) * torch.tanh(dp / temperature)) / 2 * keep).sum(), keep.sum()
+
+
+def _rank_pairs(pred: torch.Tensor, label: torch.Tensor, window: int, hardest: int, temperature: float, eps: float):
+    """(sum, count) of soft discordances over the sampled candidate pairs of every anchor row."""
+    total, count = pred.new_zeros(()), pred.new_zeros(())
+    if int(window) > 0 and pred.shape[1] > 1:
+        order = label.argsort(dim=1, descending=True)
+        ps, ys = pred.gather(1, order), label.gather(1, order)
+        for d in range(1, min(int(window), pred.shape[1] - 1) + 1):
+            s, c = _discordance(ps[:, :-d] - ps[:, d:], ys[:, :-d] - ys[:, d:], temperature, eps)
+            total, count = total + s, count + c
     h = min(int(hardest), pred.shape[1])
     if h > 1:
         top = pred.detach().topk(h, dim=1).indices
         ph, yh = pred.gather(1, top), label.gather(1, top)
         a, b = torch.triu_indices(h, h, offset=1)
-        dp.append((ph[:, a] - ph[:, b]).reshape(-1))
-        dy.append((yh[:, a] - yh[:, b]).reshape(-1))
-    if not dp:
-        return pred.new_zeros(0), label.new_zeros(0)
-    return torch.cat(dp), torch.cat(dy)
+        s, c = _discordance(ph[:, a] - ph[:, b], yh[:, a] - yh[:, b], temperature, eps)
+        total, count = total + s, count + c
+    return total, count
 
 
 def kendall_loss(
@@ -160,13 +165,9 @@ def kendall_loss(
     _check(sim, pos)
     if labels is None or labels.shape != sim.shape:
         raise ValueError("kendall loss needs labels of the same (m, n) shape as sim")
-    dp1, dy1 = _rank_pairs(sim, labels, kendall_window, kendall_hardest)
-    dp2, dy2 = _rank_pairs(sim.T, labels.T, kendall_window, kendall_hardest)
-    dp, dy = torch.cat([dp1, dp2]), torch.cat([dy1, dy2])
-    keep = dy.abs() > kendall_eps
-    if not bool(keep.any()):
-        return sim.sum() * 0.0
-    return ((1 - torch.sign(dy[keep]) * torch.tanh(dp[keep] / kendall_temperature)) / 2).mean()
+    s1, c1 = _rank_pairs(sim, labels, kendall_window, kendall_hardest, kendall_temperature, kendall_eps)
+    s2, c2 = _rank_pairs(sim.T, labels.T, kendall_window, kendall_hardest, kendall_temperature, kendall_eps)
+    return (s1 + s2) / (c1 + c2).clamp(min=1)
 
 
 def caption_labels(image_captions: torch.Tensor, caption_mask: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:

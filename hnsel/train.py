@@ -200,7 +200,8 @@ def train_heads(
 ) -> tuple[dict[str, ProjectionHead], list[dict]]:
     """Train an image and a text head on frozen features; returns the best heads and the curve.
 
-    ``image_feats`` (n_img, d), ``text_feats`` (n_txt, d) backbone features (normalised here);
+    ``image_feats`` (n_img, d), ``text_feats`` (n_txt, d) raw backbone features (what an Encoder feeds its
+    heads; the heads' outputs are normalised, so untrained identity heads give the base model's cosines);
     ``text_image_index[j]`` is the row of caption j's image. ``val`` is a held-out triple of the same
     form; without it ``val_fraction`` of the images is held out (seeded). With no validation set at
     all, every epoch runs and the last is kept. Curve entries: epoch (0 = untrained), loss, val_rsum, seconds.
@@ -230,12 +231,12 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
     check_paired(image_feats, text_feats, text_image_index)
     spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
     rng = np.random.default_rng(seed)
-    image_feats, text_feats = _unit(image_feats), _unit(text_feats)
+    image_feats, text_feats = _float32(image_feats), _float32(text_feats)
     if val is None:
         (image_feats, text_feats, text_image_index), val = split_validation(image_feats, text_feats, text_image_index, val_fraction, rng)
     else:
         check_paired(*val, what="validation set")
-        val = (_unit(val[0]), _unit(val[1]), np.asarray(val[2]))
+        val = (_float32(val[0]), _float32(val[1]), np.asarray(val[2]))
     heads = build_heads(head, image_feats.shape[1], dim_out, hidden, seed)
     X, T = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     index = np.asarray(text_image_index)
@@ -243,13 +244,17 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
     def embed(images: np.ndarray, captions: np.ndarray):
         return F.normalize(heads["image"](X[images]), dim=-1), F.normalize(heads["text"](T[captions]), dim=-1)
 
-    labels = _label_fn(T, index, len(X)) if spec.needs_labels else None
+    labels = _label_fn(torch.from_numpy(_unit(text_feats)), index, len(X)) if spec.needs_labels else None
     params = [p for h in heads.values() for p in h.parameters()]
     curve = fit(embed, params, list(heads.values()), index, loss=spec, labels=labels,
                 validate=(lambda: _val_rsum(heads, val)) if val is not None else None,
                 epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                 patience=patience, rng=rng, on_epoch=on_epoch)
     return heads, curve
+
+
+def _float32(feats: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(feats, dtype=np.float32)
 
 
 def _unit(feats: np.ndarray) -> np.ndarray:

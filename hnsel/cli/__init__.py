@@ -17,5 +17,7 @@ from . import store_cmds as _store_cmds  # noqa: E402,F401
 from . import select as _select  # noqa: E402,F401
 from . import embed as _embed  # noqa: E402,F401
 from . import datasets as _datasets  # noqa: E402,F401
+from . import train as _train  # noqa: E402,F401
+from . import evaluate as _evaluate  # noqa: E402,F401
 
 __all__ = ["app"]

@@ -1,0 +1,196 @@
+"""Backbone features for head training, computed once and cached on disk.
+
+A feature is the raw output of the open_clip tower (``model.encode_image`` / ``encode_text``, before
+normalisation and before any projection head): exactly what an ``Encoder`` feeds its heads, so heads
+trained on these features give the same vectors when ``hnsel embed --pretrained CHECKPOINT`` runs them.
+
+The cache lives under ``cache_dir/<backbone key>/`` (default ``.hnsel-cache/features``). The backbone key
+hashes the model name, its config and the backbone weights: checkpoints written by head training
+record the backbone they were trained on, so every active-learning round shares one cache. Inside, an
+image is keyed by its absolute path, modification time and size (an edited file is encoded again; a
+remote URI by the URI), a caption by the SHA-1 of its text. New features go to a new shard file written
+atomically, so an interrupted run keeps what it wrote and two runs never corrupt each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .data.images import ImageReadError, is_remote, open_image
+from .errors import InputError
+
+__all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key", "DEFAULT_CACHE_DIR"]
+
+DEFAULT_CACHE_DIR = Path(".hnsel-cache") / "features"
+ProgressFn = Callable[[str, int, Optional[int]], None]
+
+
+def image_key(uri: str) -> str:
+    if is_remote(uri):
+        return f"uri:{uri}"
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise ImageReadError(uri, "missing file") from None
+    return f"file:{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def text_key(text: str) -> str:
+    return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def backbone_id(encoder: Any) -> str:
+    """Identity of the encoder's backbone (not its heads): model, config hash and weights."""
+    info = encoder.model_info
+    weights = info.get("weights")
+    path = info.get("pretrained")
+    if path and Path(str(path)).is_file():
+        try:
+            extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("extra") or {}
+        except Exception:  # a plain state dict: its file hash is the identity
+            extra = {}
+        weights = extra.get("backbone", weights)
+    return f"{info['model_name']}|{info.get('config_sha256')}|{weights}"
+
+
+class FeatureCache:
+    """Vectors by string key, for one backbone, in append-only ``.npz`` shards under ``root``."""
+
+    def __init__(self, cache_dir: str | os.PathLike, backbone: str):
+        digest = hashlib.sha256(backbone.encode()).hexdigest()[:20]
+        self.root = Path(cache_dir) / digest
+        self.backbone = backbone
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._shards: list[np.ndarray] = []
+
+    def _load(self) -> dict[str, tuple[int, int]]:
+        if self._index is None:
+            self._index = {}
+            for path in sorted(self.root.glob("shard-*.npz")):
+                try:
+                    with np.load(path, allow_pickle=False) as npz:
+                        keys, vectors = npz["keys"], npz["vectors"]
+                except (OSError, ValueError, KeyError):
+                    continue  # a damaged shard is only a cache miss
+                self._shards.append(vectors)
+                shard = len(self._shards) - 1
+                self._index.update((str(k), (shard, row)) for row, k in enumerate(keys))
+        return self._index
+
+    def get(self, keys: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """(vectors with zero rows where missing, or None if nothing is cached; bool mask of hits)."""
+        index = self._load()
+        hits = np.array([k in index for k in keys], dtype=bool)
+        if not hits.any():
+            return None, hits
+        dim = self._shards[index[keys[int(np.argmax(hits))]][0]].shape[1]
+        out = np.zeros((len(keys), dim), np.float32)
+        for row in np.flatnonzero(hits):
+            shard, pos = index[keys[row]]
+            out[row] = self._shards[shard][pos]
+        return out, hits
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta = self.root / "backbone.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"backbone": self.backbone}), encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=self.root)
+        os.close(fd)
+        np.savez(tmp, keys=np.asarray(list(keys), dtype=str), vectors=np.asarray(vectors, np.float32))
+        os.replace(tmp, self.root / f"shard-{uuid.uuid4().hex}.npz")
+        index = self._load()
+        self._shards.append(np.asarray(vectors, np.float32))
+        index.update((k, (len(self._shards) - 1, row)) for row, k in enumerate(keys))
+
+
+def _raw(encoder: Any, fn: Callable, inputs: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode(), torch.autocast(encoder.device.type, enabled=bool(getattr(encoder, "amp", False))):
+        return fn(inputs.to(encoder.device)).float().cpu().numpy()
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, uris: Sequence[str], preprocess: Callable):
+        self.uris, self.preprocess = uris, preprocess
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.preprocess(open_image(self.uris[i])), ""
+        except ImageReadError as exc:
+            return torch.zeros(0), f"{exc.uri}: {exc.reason}"
+
+
+def _encode_images(encoder: Any, uris: Sequence[str], batch_size: int, num_workers: int, on_progress: ProgressFn | None) -> np.ndarray:
+    loader = torch.utils.data.DataLoader(_Images(uris, encoder.preprocess), batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=list, shuffle=False)
+    out, done = [], 0
+    for batch in loader:
+        bad = next((why for _, why in batch if why), None)
+        if bad:
+            raise InputError(f"cannot read image {bad}; fix or remove it from the paired set")
+        out.append(_raw(encoder, encoder.model.encode_image, torch.stack([t for t, _ in batch])))
+        done += len(batch)
+        if on_progress is not None:
+            on_progress("backbone features: images", done, len(uris))
+    return np.concatenate(out)
+
+
+def _encode_texts(encoder: Any, texts: Sequence[str], batch_size: int, on_progress: ProgressFn | None) -> np.ndarray:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        out.append(_raw(encoder, encoder.model.encode_text, encoder.tokenizer(list(texts[start:start + batch_size]))))
+        if on_progress is not None:
+            on_progress("backbone features: captions", min(start + batch_size, len(texts)), len(texts))
+    return np.concatenate(out)
+
+
+def _cached(cache: FeatureCache | None, keys: list[str], compute: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Vectors for ``keys``: cached ones read, the others computed (by row indices) and cached."""
+    if not keys:
+        return np.zeros((0, 0), np.float32), 0
+    found, hits = cache.get(keys) if cache is not None else (None, np.zeros(len(keys), bool))
+    missing = np.flatnonzero(~hits)
+    if len(missing) == 0:
+        return found, 0
+    new = compute(missing)
+    if cache is not None:
+        cache.put([keys[i] for i in missing], new)
+    out = found if found is not None else np.zeros((len(keys), new.shape[1]), np.float32)
+    out[missing] = new
+    return out, len(missing)
+
+
+def backbone_features(
+    encoder: Any,
+    image_uris: Sequence[str],
+    texts: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(image features, text features, {"computed_images", "computed_texts"}); ``cache_dir=None``: no cache."""
+    cache = FeatureCache(cache_dir, backbone_id(encoder)) if cache_dir is not None else None
+    image_keys = [image_key(u) for u in image_uris]
+    text_keys = [text_key(t) for t in texts]
+    images, n_img = _cached(cache, image_keys, lambda rows: _encode_images(
+        encoder, [image_uris[i] for i in rows], batch_size, num_workers, on_progress))
+    captions, n_txt = _cached(cache, text_keys, lambda rows: _encode_texts(
+        encoder, [texts[i] for i in rows], batch_size, on_progress))
+    return images, captions, {"computed_images": n_img, "computed_texts": n_txt}
