@@ -52,15 +52,15 @@ def text_key(text: str) -> str:
 def backbone_id(encoder: Any) -> str:
     """Identity of the encoder's backbone (not its heads): model, config hash and weights."""
     info = encoder.model_info
-    weights = info.get("weights")
     path = info.get("pretrained")
     if path and Path(str(path)).is_file():
         try:
             extra = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("extra") or {}
         except Exception:  # a plain state dict: its file hash is the identity
             extra = {}
-        weights = extra.get("backbone", weights)
-    return f"{info['model_name']}|{info.get('config_sha256')}|{weights}"
+        if extra.get("backbone"):  # written by head training: the backbone it left unchanged
+            return str(extra["backbone"])
+    return f"{info['model_name']}|{info.get('config_sha256')}|{info.get('weights')}"
 
 
 class FeatureCache:
