@@ -33,12 +33,18 @@ _SCALARS = {
     "texts": {"pool": 16, "image_id": ID_MAX_LENGTH, "text": 65535, "round": None},
 }
 
-logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # errors are raised to callers, not logged twice
+
+
+def _quiet_pymilvus() -> None:
+    """Errors are raised to callers, not logged twice; the query iterator's mvccTs warning is noise."""
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _connect(config: StoreConfig):
     from pymilvus import MilvusClient
 
+    _quiet_pymilvus()
     if config.is_lite:
         path = Path(config.uri)
         if path.suffix != ".db":
@@ -70,6 +76,15 @@ class Store:
         self.client = _connect(config)
         self._loaded: set[str] = set()
         self._fields: dict[str, set[str]] = {}
+        self._synced = False
+
+    def _consistency(self) -> str:
+        """Strong for this connection's first read (it waits for every earlier write, from any process), then
+        Session: it still sees this client's own writes and skips the ~200 ms Strong wait on each request."""
+        if self._synced:
+            return "Session"
+        self._synced = True
+        return "Strong"
 
     # --- naming -------------------------------------------------------------------------------
     def name(self, kind: str) -> str:
@@ -188,7 +203,7 @@ class Store:
     def get_meta(self, key: str) -> Any:
         if not self.client.has_collection(self.name("meta")):
             return None
-        rows = self.client.query(self._load("meta"), ids=[key], output_fields=["value"], consistency_level="Strong")
+        rows = self.client.query(self._load("meta"), ids=[key], output_fields=["value"], consistency_level=self._consistency())
         return json.loads(rows[0]["value"]) if rows else None
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -201,7 +216,7 @@ class Store:
     def meta_keys(self, prefix: str = "") -> list[str]:
         if not self.client.has_collection(self.name("meta")):
             return []
-        rows = self.client.query(self._load("meta"), filter='id != ""', output_fields=["id"], consistency_level="Strong")
+        rows = self.client.query(self._load("meta"), filter='id != ""', output_fields=["id"], consistency_level=self._consistency())
         return sorted(r["id"] for r in rows if r["id"].startswith(prefix))
 
     # --- writes -------------------------------------------------------------------------------
@@ -263,7 +278,7 @@ class Store:
         out: list[dict] = []
         for start in range(0, len(ids), 1000):
             try:
-                rows = self.client.get(self._load(kind), ids=list(ids[start:start + 1000]), output_fields=names, consistency_level="Strong")
+                rows = self.client.get(self._load(kind), ids=list(ids[start:start + 1000]), output_fields=names, consistency_level=self._consistency())
             except Exception as exc:
                 raise _milvus_error(f"read ids from {self.name(kind)}", exc) from None
             out.extend(rows)
@@ -285,7 +300,7 @@ class Store:
             return 0
         f = self.fields(kind)
         try:
-            rows = self.client.query(self._load(kind), filter=filter or f'{f.id} != ""', output_fields=["count(*)"], consistency_level="Strong")
+            rows = self.client.query(self._load(kind), filter=filter or f'{f.id} != ""', output_fields=["count(*)"], consistency_level=self._consistency())
         except Exception as exc:
             raise _milvus_error(f"count rows of {self.name(kind)}", exc) from None
         return int(rows[0]["count(*)"])
@@ -299,7 +314,7 @@ class Store:
         rename = dict(zip(names, output_fields))
         try:
             iterator = self.client.query_iterator(self._load(kind), batch_size=batch_size, filter=filter or f'{f.id} != ""',
-                                                  output_fields=names, consistency_level="Strong")
+                                                  output_fields=names, consistency_level=self._consistency())
         except Exception as exc:
             raise _milvus_error(f"read {self.name(kind)}", exc) from None
         try:
@@ -334,7 +349,7 @@ class Store:
         try:
             result = self.client.search(self._load(kind), data=vectors.tolist(), limit=limit, filter=filter, anns_field=f.vector,
                                         output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
-                                        consistency_level="Strong")
+                                        consistency_level=self._consistency())
         except Exception as exc:
             raise _milvus_error(f"search {self.name(kind)}", exc) from None
         return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]

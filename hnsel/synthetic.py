@@ -71,5 +71,5 @@ if __name__ == "__main__":  # python -m hnsel.synthetic OUTDIR [n_paired n_unpai
 
     args = sys.argv[1:]
     sizes = [int(a) for a in args[1:3]]
-    paths = write_pool(make_pool(*sizes, dim=128) if sizes else make_pool(n_paired=1000, n_unpaired=20000, dim=128), args[0] if args else "demo")
+    paths = write_pool(make_pool(*sizes, captions_per_image=3, dim=128) if sizes else make_pool(n_paired=1000, n_unpaired=20000, dim=128), args[0] if args else "demo")
     print(" ".join(str(p) for p in paths))

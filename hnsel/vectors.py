@@ -85,9 +85,9 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 def iter_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[tuple[int, dict[str, list]]]:
     """(first row number, columns) per batch; row numbers count from 1 as a person would."""
-    if not vf.path.exists():
-        raise InputError("file not found", path=vf.path)
     reader = _parquet_batches if vf.format == "parquet" else _jsonl_batches
+    if not vf.path.is_file():
+        raise InputError("file not found", path=vf.path)
     first = 1
     for columns in reader(vf.path, batch_rows):
         n = len(next(iter(columns.values()))) if columns else 0
@@ -123,12 +123,17 @@ def _check_columns(vf: VectorFile, columns: dict[str, list]) -> None:
 
 
 def validate_file(vf: VectorFile, dim: int | None = None) -> FileSummary:
-    """Check every row; raise ``InputError`` naming the file and row of the first problem."""
-    summary = FileSummary(dim=dim)
+    """Check every row; raise ``InputError`` naming the file and row of the first problem.
+
+    ``dim`` is what the store (or an earlier file) already holds: a file of another dimension is refused.
+    """
+    summary = FileSummary()
     seen: set[str] = set()
     for first, columns in iter_batches(vf):
         _check_columns(vf, columns)
         vectors = _vectors(vf, first, columns["vector"], summary.dim)
+        if summary.dim is None and dim is not None and vectors.shape[1] != dim:
+            raise InputError(f"vectors have {vectors.shape[1]} dimensions but the store holds {dim}; use the same model or another --namespace", path=vf.path, row=1)
         summary.dim = vectors.shape[1]
         for offset, (id_, pool) in enumerate(zip(columns["id"], columns["pool"])):
             row = first + offset

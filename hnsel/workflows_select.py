@@ -74,8 +74,6 @@ def ingest(config: HnselConfig, images: str | Path | None = None, texts: str | P
         summaries: dict[str, FileSummary] = {}
         for kind, vf in files.items():
             summaries[kind] = validate_file(vf, dim)
-            if dim is not None and summaries[kind].dim != dim:
-                raise InputError(f"vectors have {summaries[kind].dim} dimensions but the store holds {dim}; use another --namespace", path=vf.path)
             dim = summaries[kind].dim
         if "texts" in files:
             _check_paired_texts(store, files["texts"], summaries["texts"], summaries.get("images"))

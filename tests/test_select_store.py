@@ -18,23 +18,35 @@ def unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pool():
     return make_pool(n_paired=20, n_unpaired=150, captions_per_image=3, dim=16, n_coarse=3, fine_per_coarse=3, seed=5)
 
 
-@pytest.fixture
-def loaded(tmp_path, store_uri, namespace, pool):
+def _load(tmp_path, uri, namespace, pool):
     """A store holding the synthetic pool plus 60 unpaired captions (for the text modality)."""
     images, texts = write_pool(pool, tmp_path / "pool")
     rng = np.random.default_rng(9)
     extra = unit(pool.text_vectors[rng.integers(0, len(pool.text_vectors), 60)] + 0.05 * rng.normal(size=(60, 16)))
     extra_path = tmp_path / "pool" / "texts_unpaired.jsonl"
     extra_path.write_text("".join(json.dumps({"id": f"q{i:02d}", "vector": v.tolist(), "pool": "unpaired", "text": f"caption {i}"}) + "\n" for i, v in enumerate(extra)))
-    config = HnselConfig(store=StoreConfig(uri=store_uri, namespace=namespace))
+    config = HnselConfig(store=StoreConfig(uri=uri, namespace=namespace))
     api.ingest(config, images=images, texts=texts)
     api.ingest(config, texts=extra_path)
     return config, extra
+
+
+@pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.server)])
+def shared(request, tmp_path_factory, pool):
+    """One loaded store per backend for the read-only tests of this module."""
+    tmp = tmp_path_factory.mktemp("shared")
+    uri = str(tmp / "hnsel.db") if request.param == "lite" else request.getfixturevalue("milvus_server")
+    return _load(tmp, uri, f"t_shared_{request.param}", pool)
+
+
+@pytest.fixture
+def loaded(tmp_path, store_uri, namespace, pool):
+    return _load(tmp_path, store_uri, namespace, pool)
 
 
 def reference(pool, extra, modality, k, weight):
@@ -55,8 +67,8 @@ def reference(pool, extra, modality, k, weight):
 @pytest.mark.parametrize("modality", ["image", "text"])
 @pytest.mark.parametrize("weight", ["surplus", "count"])
 @pytest.mark.parametrize("k", [1, 5])
-def test_milvus_scores_equal_dense(loaded, pool, modality, weight, k):
-    config, extra = loaded
+def test_milvus_scores_equal_dense(shared, pool, modality, weight, k):
+    config, extra = shared
     cand_ids, ref_scores, ref_counts = reference(pool, extra, modality, k, weight)
     with open_store(config.store) as store:
         problem = api.build_problem(store, modality, max_limit=8)  # a small cap forces deepening and range pages
@@ -85,8 +97,8 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     assert list(again.selection.ids) == list(result.selection.ids)
 
 
-def test_status_counts(loaded, pool):
-    config, _ = loaded
+def test_status_counts(shared, pool):
+    config, _ = shared
     info = api.status(config)
     assert info == {"images": {"paired": 20, "unpaired": 150}, "texts": {"paired": 60, "unpaired": 60}, "dim": 16, "selected": 0}
 
