@@ -71,6 +71,12 @@ class ExactIndex:
             out.append((ids[order], row[order]))
         return out
 
+    def vectors(self, ids: Sequence[str], pool: str) -> np.ndarray:
+        """The vectors of ``ids`` in ``pool``, in that order (a KeyError for an id not in the pool)."""
+        pool_ids, vecs = self.pools[pool]
+        where = {x: i for i, x in enumerate(pool_ids)}
+        return vecs[[where[x] for x in ids]].reshape(len(ids), vecs.shape[1])
+
 
 @dataclass(frozen=True)
 class AnchorChunk:
@@ -97,10 +103,28 @@ class SelectionProblem:
     paired_vectors: Callable[[Sequence[str]], np.ndarray] | None = None  # negatives' side, by ids
     on_progress: Callable[[str, int, int | None], None] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    candidate_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # (indices, vectors) batches
 
     def progress(self, task: str, completed: int, total: int | None) -> None:
         if self.on_progress is not None:
             self.on_progress(task, completed, total)
+
+    def vectors_of(self, indices: Sequence[int]) -> np.ndarray:
+        """Candidate vectors by candidate indices: ``candidate_vectors``, else the index's ``vectors``."""
+        if self.candidate_vectors is not None:
+            return np.asarray(self.candidate_vectors(indices), dtype=np.float32)
+        if hasattr(self.index, "vectors"):
+            return np.asarray(self.index.vectors([self.candidate_ids[i] for i in indices], "candidates"), dtype=np.float32)
+        raise SelectionError("this strategy needs candidate vectors, and this problem provides none")
+
+    def candidate_batches(self, batch_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every candidate once as (indices, vectors) batches; memory is one batch (streamed from the store when it can)."""
+        if self.candidate_stream is not None:
+            yield from self.candidate_stream(batch_size)
+            return
+        for start in range(0, len(self.candidate_ids), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(self.candidate_ids)))
+            yield indices, self.vectors_of(indices)
 
 
 @dataclass(frozen=True)
