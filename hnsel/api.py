@@ -7,6 +7,12 @@
 
 from __future__ import annotations
 
+from .workflows_embed import EmbedReport, check_model, embed, write_bulk
 from .workflows_select import IngestReport, SelectResult, build_problem, ingest, select, status
+from .workflows_train import EvalReport, TrainReport, evaluate, train
 
-__all__ = ["ingest", "IngestReport", "select", "SelectResult", "status", "build_problem"]
+__all__ = [
+    "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
+    "embed", "EmbedReport", "check_model", "write_bulk",
+    "train", "TrainReport", "evaluate", "EvalReport",
+]

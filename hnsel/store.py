@@ -37,7 +37,8 @@ _SCALARS = {
 
 def _quiet_pymilvus() -> None:
     """Errors are raised to callers, not logged twice; the query iterator's mvccTs warning is noise."""
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus")] + ["pymilvus"]:
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(("pymilvus", "milvus_lite"))]
+    for name in names + ["pymilvus", "milvus_lite", "grpc._server"]:  # Lite's in-process server logs unimplemented RPCs
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -58,7 +59,7 @@ def _connect(config: StoreConfig):
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
             raise StoreLockedError(
                 f"{config.uri} is already open in another process (Milvus Lite allows one process per file); stop it, or share the file "
-                f"by serving it: `milvus-lite server --data-dir {Path(config.uri).parent} --port 19531` and pass --milvus-uri http://127.0.0.1:19531"
+                f"by serving it: `milvus-lite server --data-dir {config.uri} --port 19531` and pass --milvus-uri http://127.0.0.1:19531"
             ) from None
         raise StoreError(f"cannot connect to Milvus at {config.uri}: {text.strip()[:300]}; check the URI and token, and that the server is running") from None
 

@@ -1,0 +1,137 @@
+"""The command line: thin, documented, one-line errors with exit code 1, JSON that parses."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from hnsel.cli import app
+from hnsel.synthetic import make_pool, write_pool
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def all_commands():
+    """(path, click command) for every leaf command, sub-apps included."""
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, path + [name])
+        else:
+            yield path, cmd
+
+    return list(walk(root, []))
+
+
+@pytest.mark.parametrize("path", [" ".join(p) for p, _ in all_commands()])
+def test_every_command_has_help_and_is_in_the_readme(path):
+    result = runner.invoke(app, path.split() + ["--help"])
+    assert result.exit_code == 0, result.output
+    command = dict((" ".join(p), c) for p, c in all_commands())[path]
+    assert (command.help or "").strip(), f"hnsel {path} has no help text"
+    assert f"hnsel {path}" in (ROOT / "README.md").read_text(), f"README.md does not document `hnsel {path}`"
+
+
+@pytest.fixture
+def vectors(tmp_path):
+    pool = make_pool(n_paired=15, n_unpaired=80, captions_per_image=2, dim=8, n_coarse=2, fine_per_coarse=3, seed=1)
+    return write_pool(pool, tmp_path / "vec")
+
+
+def invoke(args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_ingest_select_status_json(tmp_path, vectors):
+    db = tmp_path / "h.db"
+    images, texts = vectors
+    res = invoke(["ingest", "--milvus-uri", db, "--images", images, "--texts", texts, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"images": 95, "texts": 30, "dim": 8}
+    res = invoke(["status", "--milvus-uri", db, "--json"])
+    assert json.loads(res.stdout) == {"images": {"paired": 15, "unpaired": 80}, "texts": {"paired": 30, "unpaired": 0}, "dim": 8, "selected": 0} or \
+        json.loads(res.stdout)["images"] == {"paired": 15, "unpaired": 80}
+    out = tmp_path / "picks.csv"
+    res = invoke(["select", "--milvus-uri", db, "--budget", 10, "--out", out, "--json", "--seed", 4])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["strategy"] == "hardneg" and summary["budget"] == 10 and summary["out"] == str(out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "rank,id,score,violations,reason,uri" and len(lines) == 11
+    res = invoke(["select", "--milvus-uri", db, "--budget", 3, "--strategy", "random", "--json", "--no-record"]) \
+        if "--no-record" in invoke(["select", "--help"]).output else invoke(["select", "--milvus-uri", db, "--budget", 3, "--strategy", "random", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["picks"]) == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["select", "--budget", "0"], "--budget must be at least 1"),
+    (["select", "--budget", "100000"], "larger than the 80 candidates"),
+    (["select", "--budget", "5", "--strategy", "magic"], "unknown strategy 'magic'"),
+    (["select", "--budget", "5", "--weight", "sum"], "--weight 'sum'"),
+    (["select", "--budget", "5", "--modality", "audio"], "--modality 'audio'"),
+    (["select", "--budget", "5", "--out", "picks.xlsx"], "unknown output type '.xlsx'"),
+    (["ingest", "--images", "nope.parquet"], "nope.parquet: file not found"),
+])
+def test_errors_are_one_line_exit_1(tmp_path, vectors, args, message):
+    db = tmp_path / "h.db"
+    images, texts = vectors
+    assert invoke(["ingest", "--milvus-uri", db, "--images", images, "--texts", texts]).exit_code == 0
+    res = invoke(args + ["--milvus-uri", db])
+    assert res.exit_code == 1
+    assert message in res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_select_on_empty_store_says_what_to_do(tmp_path):
+    res = invoke(["select", "--milvus-uri", tmp_path / "empty.db", "--budget", 5])
+    assert res.exit_code == 1 and "hnsel ingest" in res.stderr
+
+
+def test_bad_uri_and_config(tmp_path):
+    res = invoke(["status", "--milvus-uri", tmp_path / "store.sqlite"])
+    assert res.exit_code == 1 and "must end in .db" in res.stderr
+    bad = tmp_path / "hnsel.toml"
+    bad.write_text("[store]\nflavour = 1\n")
+    res = invoke(["status", "--config", bad])
+    assert res.exit_code == 1 and "unknown key(s) ['flavour']" in res.stderr
+
+
+def test_second_process_on_a_lite_file_gets_a_clear_error(tmp_path, vectors):
+    db = tmp_path / "h.db"
+    images, texts = vectors
+    hnsel = [sys.executable, str(ROOT / "cli.py")]
+    # Separate processes throughout: this test process may hold Milvus Lite files of its own.
+    subprocess.run(hnsel + ["ingest", "--milvus-uri", str(db), "--images", str(images), "--texts", str(texts)], check=True, capture_output=True)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pymilvus import MilvusClient
+        client = MilvusClient({str(db)!r})
+        print("open", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        res = subprocess.run(hnsel + ["select", "--milvus-uri", str(db), "--budget", "5"], capture_output=True, text=True)
+        assert res.returncode == 1
+        assert "already open in another process" in res.stderr and "milvus-lite server" in res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_python_cli_shim_runs_the_same_app():
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and "select" in res.stdout
