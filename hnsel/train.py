@@ -105,7 +105,7 @@ def fit(
 ) -> list[dict]:
     """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve."""
     index = np.asarray(text_image_index)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     curve = [_entry(0, None, validate, time.perf_counter())]
     best, best_state, stale = curve[0]["val_rsum"], _state(modules), 0
     _report(on_epoch, curve[0], epochs)
