@@ -10,9 +10,12 @@ from __future__ import annotations
 from .workflows_embed import EmbedReport, check_model, embed, write_bulk
 from .workflows_select import IngestReport, SelectResult, build_problem, ingest, select, status
 from .workflows_train import EvalReport, TrainReport, evaluate, train
+from .workflows_annotate import ExportReport, ImportReport, export_round, import_annotations
+from .workflows_rounds import release, show_round
 
 __all__ = [
     "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
     "embed", "EmbedReport", "check_model", "write_bulk",
     "train", "TrainReport", "evaluate", "EvalReport",
+    "release", "show_round", "export_round", "ExportReport", "import_annotations", "ImportReport",
 ]

@@ -19,6 +19,7 @@ from .store import KINDS, MilvusIndex, Store, open_store
 from .strategies import AnchorChunk, Selection, SelectionProblem, get_strategy
 from .tables import table_format, write_table
 from .vectors import FileSummary, VectorFile, normalised_batches, validate_file
+from .workflows_rounds import list_rounds, record_round, recordable
 
 __all__ = ["ingest", "IngestReport", "select", "SelectResult", "status", "build_problem", "MODALITIES"]
 
@@ -101,12 +102,15 @@ class SelectResult:
     seconds: float
     out: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    round: int | None = None  # the round number recorded in the store, None when not recorded
+    note: str | None = None  # why a requested recording did not happen
 
     def summary(self) -> dict[str, Any]:
         s = self.selection
         return {
             "strategy": s.strategy, "params": s.params, "modality": self.modality, "seed": self.seed, "budget": len(s),
             "seconds": round(self.seconds, 3), "out": str(self.out) if self.out else None, "stats": s.stats,
+            "round": self.round, "note": self.note,
             "picks": [{"rank": i + 1, "id": s.ids[i], "score": float(s.scores[i]), "violations": int(s.violations[i]),
                        "reason": s.reasons[i], "uri": self.uris[i]} for i in range(len(s))],
         }
@@ -164,16 +168,31 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
     def candidate_vectors(indices: Sequence[int]) -> np.ndarray:
         return paired_vectors([problem.candidate_ids[i] for i in indices])
 
+    def candidate_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Candidates' vectors straight from a query iterator: no lookups by id, memory one batch."""
+        from .strategies.coreset import positions, sorter_for
+
+        sorter = sorter_for(problem.candidate_ids)
+        for batch in store.iter_rows(side, index.filters["candidates"], ("id", "vector"), batch_size):
+            ids = np.array([r["id"] for r in batch], dtype=object)
+            indices, known = positions(problem.candidate_ids, ids, sorter)
+            yield indices, np.asarray([r["vector"] for r, k in zip(batch, known) if k], dtype=np.float32).reshape(len(indices), -1)
+
     problem = SelectionProblem(candidate_ids=_candidate_ids(store, side), index=index, anchors=_anchor_stream(store, modality),
                                n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
-                               candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress)
+                               candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress,
+                               candidate_stream=candidate_stream)
     return problem
 
 
 def select(config: HnselConfig, budget: int, strategy: str = "hardneg", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
-           max_limit: int | None = None) -> SelectResult:
-    """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``."""
+           max_limit: int | None = None, record: bool = False) -> SelectResult:
+    """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
+
+    ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
+    read_only collection nothing is written and ``SelectResult.note`` says so.
+    """
     seed = config.seed if seed is None else seed
     chosen = get_strategy(strategy, **(params or {}))
     if out is not None:
@@ -185,8 +204,12 @@ def select(config: HnselConfig, budget: int, strategy: str = "hardneg", params: 
         selection = chosen.select(problem, budget, np.random.default_rng(seed))
         field_name = "uri" if side == "images" else "text"
         rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+        number, note = None, None
+        if record:
+            note = recordable(store, modality)
+            number = None if note else record_round(store, config, selection, modality, seed, budget)
     uris = [rows.get(i, "") or "" for i in selection.ids]
-    result = SelectResult(selection, uris, modality, seed, time.perf_counter() - started)
+    result = SelectResult(selection, uris, modality, seed, time.perf_counter() - started, round=number, note=note)
     if out is not None:
         s = selection
         result.out = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
@@ -194,8 +217,9 @@ def select(config: HnselConfig, budget: int, strategy: str = "hardneg", params: 
     return result
 
 
-def status(config: HnselConfig) -> dict[str, Any]:
-    """Counts per collection and pool, the vector dimension, and how many samples carry a round."""
+def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
+    """Counts per collection and pool, the vector dimension, and how many samples carry a round;
+    with ``rounds``, also one summary per logged round (``workflows_rounds.list_rounds``)."""
     with open_store(config.store) as store:
         out: dict[str, Any] = {}
         selected = 0
@@ -205,4 +229,6 @@ def status(config: HnselConfig) -> dict[str, Any]:
                 selected += store.count(kind, f"{store.fields(kind).round} >= 0")
         out["dim"] = store.dim
         out["selected"] = selected
+        if rounds:
+            out["rounds"] = list_rounds(store)
         return out

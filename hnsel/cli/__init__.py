@@ -19,5 +19,7 @@ from . import embed as _embed  # noqa: E402,F401
 from . import datasets as _datasets  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
+from . import rounds as _rounds  # noqa: E402,F401
+from . import annotate as _annotate  # noqa: E402,F401
 
 __all__ = ["app"]

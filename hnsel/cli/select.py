@@ -17,11 +17,14 @@ from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console
 @handle_errors
 def select(
     budget: Annotated[int, typer.Option("--budget", "-n", help="How many samples to pick.")] = 1000,
-    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, random, ...")] = "hardneg",
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, coreset, density, random.")] = "hardneg",
     k: Annotated[Optional[int], typer.Option("--k", help="hardneg: Top-k violation condition.")] = None,
     weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg: surplus (s - xi) or count (1).")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg: full or mini batch thresholds.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg --batch mini: the training batch size.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="density: informativeness score, hardneg (Surplus) or coreset.")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="density: weight of the mean pairwise similarity of the picks.")] = None,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Record the picks as the next round, so later selections skip them.")] = True,
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write picks to .csv, .jsonl or .parquet: rank, id, score, violations, reason, uri.")] = None,
@@ -30,9 +33,11 @@ def select(
 ) -> None:
     """Select BUDGET unpaired samples: by default the hard negatives of the paired captions (Top-1, Surplus, full batch)."""
     cfg = get_config(config, milvus_uri, token, namespace)
-    params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size)) if value is not None}
+    params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size),
+                                              ("base", base), ("lam", lam)) if value is not None}
     with progress_bar(show_progress(json_output)) as on_progress:
-        result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress)
+        result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
+                            record=record)
     summary = result.summary()
     if json_output:
         if out is not None:
@@ -54,3 +59,7 @@ def _print_selection(summary: dict, top: int) -> None:
     console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""))
     details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
+    if summary.get("round") is not None:
+        console.print(f"recorded as round {summary['round']}: export it with `hnsel annotate export --round {summary['round']}`")
+    elif summary.get("note"):
+        console.print(f"[yellow]note[/yellow]: {summary['note']}", highlight=False)

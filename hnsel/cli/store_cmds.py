@@ -33,9 +33,9 @@ def ingest(
 @app.command()
 @handle_errors
 def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
-    """Counts per collection and pool, the vector dimension, and how many samples carry a round."""
+    """Counts per collection and pool, the vector dimension, and the rounds: size, strategy, annotated so far."""
     cfg = get_config(config, milvus_uri, token, namespace)
-    info = api.status(cfg)
+    info = api.status(cfg, rounds=True)
     if json_output:
         print_json(info)
         return
@@ -47,3 +47,7 @@ def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt 
         table.add_row(kind, str(info[kind]["paired"]), str(info[kind]["unpaired"]))
     console.print(table)
     console.print(f"dimension: {info['dim']}   selected (carry a round): {info['selected']}")
+    if info["rounds"]:
+        from .rounds import rounds_table
+
+        console.print(rounds_table(info["rounds"]))

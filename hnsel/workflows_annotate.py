@@ -1,0 +1,235 @@
+"""Annotation export and import for a recorded round.
+
+``export_round`` writes what annotators need (ids, uris; for the text modality the captions) as CSV, JSONL
+or Label Studio tasks with a labeling config. ``import_annotations`` reads the result back, all or nothing:
+every row is checked (known id, selected in a round, non-empty caption, vectors of the store's model)
+before anything is written, and a re-import of the same file writes nothing.
+
+Image modality: each caption becomes a paired text (id ``caption_id`` or ``{image_id}#{sha1(caption)[:16]}``,
+so several captions per image are kept and the same caption is never stored twice) and its image becomes
+paired. Text modality: each picked caption names the image it describes; both become paired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .annotations_io import EXPORT_FORMATS, Annotation, read_annotations, write_label_studio
+from .config import HnselConfig
+from .errors import InputError, ModelMismatchError, StoreError
+from .store import Store, open_store
+from .tables import write_table
+from .workflows_rounds import KIND_OF, round_log
+
+__all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport"]
+
+ID_MAX_LENGTH = 512
+
+
+@dataclass
+class ExportReport:
+    round: int
+    modality: str
+    format: str
+    rows: int
+    files: list[str]
+
+
+def export_round(config: HnselConfig, number: int, format: str = "csv", out: str | os.PathLike | None = None,
+                 include_annotated: bool = False) -> ExportReport:
+    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``)."""
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"--format {format!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    path = Path(out) if out is not None else Path(f"round-{number:04d}{EXPORT_FORMATS[format]}")
+    if path.suffix.lower() != EXPORT_FORMATS[format]:
+        raise InputError(f"--format {format} writes a {EXPORT_FORMATS[format]} file; name it so or pick the matching --format", path=path)
+    with open_store(config.store) as store:
+        log = round_log(store, number)
+        modality, kind = log["modality"], log["kind"]
+        f = store.fields(kind)
+        expr = f"{f.round} == {int(number)}" + ("" if include_annotated else f' and {f.pool} == "unpaired"')
+        extra = ("uri",) if kind == "images" else ("text",)
+        extra = tuple(c for c in extra if store.has_field(kind, c))
+        rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
+    if format == "label-studio":
+        tasks = [{"data": ({"image": r.get("uri", ""), "image_id": r["id"]} if modality == "image" else {"text": r.get("text", ""), "text_id": r["id"]})
+                  | {"round": number}} for r in rows]
+        files = [str(p) for p in write_label_studio(path, tasks, modality)]
+    elif modality == "image":
+        files = [str(write_table(path, {"round": [number] * len(rows), "image_id": [r["id"] for r in rows],
+                                        "uri": [r.get("uri", "") for r in rows], "caption": [""] * len(rows)}))]
+    else:
+        files = [str(write_table(path, {"round": [number] * len(rows), "text_id": [r["id"] for r in rows],
+                                        "text": [r.get("text", "") for r in rows], "image_id": [""] * len(rows)}))]
+    return ExportReport(number, modality, format, len(rows), files)
+
+
+@dataclass
+class ImportReport:
+    path: str
+    modality: str
+    rows: int
+    texts_written: int = 0
+    texts_unchanged: int = 0
+    images_paired: int = 0
+    images_already_paired: int = 0
+    rounds: dict[int, int] = field(default_factory=dict)  # round -> rows from it
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.__dict__, rounds={str(k): v for k, v in sorted(self.rounds.items())})
+
+
+def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder: Any = None,
+                       load_encoder: Callable[[dict], Any] | None = None) -> ImportReport:
+    """Validate every row of ``path`` against the store, embed captions, then write (see the module docstring).
+
+    ``encoder`` embeds the captions (it must match the store's ``model`` record); without one,
+    ``load_encoder(model_record)`` builds it, and rows giving a ``vector`` need none.
+    """
+    modality, rows = read_annotations(path)
+    report = ImportReport(str(path), modality, len(rows))
+    with open_store(config.store) as store:
+        for kind in KIND_OF.values():
+            if not store.has(kind):
+                raise StoreError(f"collection {store.name(kind)} does not exist; nothing was ever selected from this store")
+            if store.read_only(kind):
+                raise StoreError(f"collection {store.name(kind)} is read_only in hnsel.toml; annotations cannot be imported into it")
+        if modality == "image":
+            texts, images = _plan_captions(store, rows, report, encoder, load_encoder)
+        else:
+            texts, images = _plan_matches(store, rows, report)
+        if texts:
+            store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round")))
+        if images:
+            store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
+        report.texts_written, report.images_paired = len(texts), len(images)
+    return report
+
+
+def _columns(rows: list[dict], names: tuple[str, ...]) -> dict[str, list]:
+    return {n: [r.get(n, "") for r in rows] for n in names}
+
+
+def _selected_images(store: Store, rows: list[Annotation], report: ImportReport) -> dict[str, dict]:
+    """The images the rows name, each checked to exist and to carry a round."""
+    ids = sorted({a.image_id for a in rows if a.image_id})
+    found = {r["id"]: r for r in store.get("images", ids, ["id", "vector", "pool", "uri", "round"])}
+    for a in rows:
+        image = found.get(a.image_id)
+        if not a.image_id:
+            raise InputError(f"{a.where}: empty image_id; every row names the image it annotates")
+        if image is None:
+            raise InputError(f"{a.where}: image {a.image_id!r} is not in the store (namespace {store.config.namespace!r}); fix the id")
+        if int(image.get("round", -1)) < 1:
+            raise InputError(f"{a.where}: image {a.image_id!r} was not selected in any round (or was released); "
+                             "import annotations only for selected images (hnsel round list)")
+        report.rounds[int(image["round"])] = report.rounds.get(int(image["round"]), 0) + 1
+    return found
+
+
+def _caption_rows(rows: list[Annotation]) -> dict[str, Annotation]:
+    """Caption id -> row; identical duplicates collapse, an id reused for another caption is refused."""
+    out: dict[str, Annotation] = {}
+    for a in rows:
+        if not a.caption:
+            raise InputError(f"{a.where}: empty caption for image {a.image_id!r}; write the caption or drop the row")
+        cid = a.caption_id or f"{a.image_id}#{hashlib.sha1(a.caption.encode('utf-8')).hexdigest()[:16]}"
+        if len(cid) > ID_MAX_LENGTH:
+            raise InputError(f"{a.where}: caption id is longer than {ID_MAX_LENGTH} characters; shorten it")
+        held = out.get(cid)
+        if held is not None and (held.caption, held.image_id) != (a.caption, a.image_id):
+            raise InputError(f"{a.where}: caption id {cid!r} is also used by {held.where} for another caption; give each caption its own id")
+        out.setdefault(cid, a)
+    return out
+
+
+def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[str], encoder: Any, load_encoder) -> dict[str, np.ndarray]:
+    """Vectors of the ``new`` captions: as given (every row's checked: dimension, non-zero) or embedded with the store's model."""
+    given = [a for a in captions.values() if a.vector is not None]
+    if given and len(given) != len(captions):
+        first = next(a for a in captions.values() if a.vector is None)
+        raise InputError(f"{first.where}: no vector, while other rows give one; give a vector on every row or on none")
+    dim = store.dim
+    if given:
+        out = {}
+        for cid, a in captions.items():
+            v = np.asarray(a.vector, dtype=np.float32)
+            norm = float(np.linalg.norm(v))
+            if len(v) != dim or not np.isfinite(norm) or norm == 0:
+                raise InputError(f"{a.where}: vector has {len(v)} values (norm {norm:.3g}); the store holds non-zero {dim}-dimensional "
+                                 "vectors of its model; compute the vectors with that model")
+            out[cid] = v / norm
+        return {cid: out[cid] for cid in new}
+    if not new:
+        return {}
+    return dict(zip(new, _embed(store, [captions[cid].caption for cid in new], encoder, load_encoder)))
+
+
+def _embed(store: Store, texts: list[str], encoder: Any, load_encoder) -> np.ndarray:
+    from .workflows_embed import MODEL_META_KEY, check_model
+
+    held = store.get_meta(MODEL_META_KEY)
+    if held is None:
+        raise ModelMismatchError(f"namespace {store.config.namespace!r} has no model record (its vectors were ingested from files), so captions "
+                                 "cannot be embedded here; give each row a vector column computed with the store's model")
+    if encoder is None:
+        if load_encoder is None:
+            raise ModelMismatchError("no encoder to embed the captions with; pass --model-name/--pretrained of the store's model, or vectors")
+        encoder = load_encoder(held)
+    check_model(store, encoder.model_info)
+    return np.concatenate([encoder.encode_texts(texts[s:s + 64]) for s in range(0, len(texts), 64)]) if texts else np.zeros((0, store.dim))
+
+
+def _plan_captions(store: Store, rows: list[Annotation], report: ImportReport, encoder: Any, load_encoder) -> tuple[list[dict], list[dict]]:
+    images = _selected_images(store, rows, report)
+    captions = _caption_rows(rows)
+    existing = {r["id"]: r for r in store.get("texts", list(captions), ["id", "pool", "image_id", "text"])}
+    new = {}
+    for cid, a in captions.items():
+        held = existing.get(cid)
+        if held is None:
+            new[cid] = a
+        elif (held["image_id"], held["text"], held["pool"]) != (a.image_id, a.caption, "paired"):
+            raise InputError(f"{a.where}: caption id {cid!r} already holds another text in the store; give this caption a new id")
+    report.texts_unchanged = len(captions) - len(new)
+    vectors = _caption_vectors(store, captions, list(new), encoder, load_encoder)
+    texts = [{"id": cid, "vector": vectors[cid], "pool": "paired", "image_id": a.image_id, "text": a.caption, "round": -1}
+             for cid, a in new.items()]
+    return texts, _to_pair(images, {a.image_id for a in rows}, report)
+
+
+def _to_pair(images: dict[str, dict], named: set[str], report: ImportReport) -> list[dict]:
+    """Image rows to rewrite as paired (those named and not yet paired)."""
+    out = [dict(images[i], pool="paired") for i in sorted(named) if images[i]["pool"] != "paired"]
+    report.images_already_paired = len(named) - len(out)
+    return out
+
+
+def _plan_matches(store: Store, rows: list[Annotation], report: ImportReport) -> tuple[list[dict], list[dict]]:
+    """Text modality: each picked caption (``text_id``) names the image it describes (``image_id``)."""
+    ids = sorted({a.text_id for a in rows})
+    held = {r["id"]: r for r in store.get("texts", ids, ["id", "vector", "pool", "image_id", "text", "round"])}
+    images = {r["id"]: r for r in store.get("images", sorted({a.image_id for a in rows}), ["id", "vector", "pool", "uri", "round"])}
+    chosen: dict[str, Annotation] = {}
+    for a in rows:
+        text = held.get(a.text_id)
+        if text is None:
+            raise InputError(f"{a.where}: caption {a.text_id!r} is not in the store; fix the text_id")
+        if int(text.get("round", -1)) < 1:
+            raise InputError(f"{a.where}: caption {a.text_id!r} was not selected in any round (or was released)")
+        if not a.image_id or a.image_id not in images:
+            raise InputError(f"{a.where}: image {a.image_id!r} is not in the store; embed or ingest the image first, then import")
+        other = chosen.get(a.text_id)
+        if (other and other.image_id != a.image_id) or (text["pool"] == "paired" and text["image_id"] != a.image_id):
+            raise InputError(f"{a.where}: caption {a.text_id!r} is matched to two images; a caption describes one image")
+        chosen[a.text_id] = a
+        report.rounds[int(text["round"])] = report.rounds.get(int(text["round"]), 0) + 1
+    texts = [dict(held[t], pool="paired", image_id=a.image_id) for t, a in chosen.items() if held[t]["pool"] != "paired"]
+    report.texts_unchanged = len(chosen) - len(texts)
+    return texts, _to_pair(images, {a.image_id for a in rows}, report)
