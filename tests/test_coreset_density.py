@@ -1,0 +1,139 @@
+"""coreset and density: known answers on tiny arrays, dense references, and the contract over every strategy."""
+
+import numpy as np
+import pytest
+
+from hnsel.errors import SelectionError
+from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy, list_strategies
+from hnsel.strategies.coreset import positions, sorter_for
+from hnsel.strategies.density import density_greedy, normalise
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def problem_from(cand, paired, txt=None, owner=None, max_limit=8, with_vectors=True):
+    cand_ids = np.array([f"u{i:03d}" for i in range(len(cand))], dtype=object)
+    img_ids = np.array([f"p{i:03d}" for i in range(len(paired))], dtype=object)
+    index = ExactIndex({"paired": (img_ids, paired), "candidates": (cand_ids, cand)}, max_limit=max_limit)
+    txt = np.zeros((0, cand.shape[1]), np.float32) if txt is None else txt
+    pos = [frozenset([img_ids[o]]) for o in (owner if owner is not None else [])]
+
+    def anchors(chunk_size):
+        for s in range(0, len(txt), chunk_size):
+            yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(len(txt), s + chunk_size))], dtype=object), txt[s:s + chunk_size], tuple(pos[s:s + chunk_size]))
+
+    lookup = dict(zip(img_ids, paired))
+    return SelectionProblem(cand_ids, index, anchors, len(txt), candidate_vectors=(lambda idx: cand[list(idx)]) if with_vectors else None,
+                            paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+
+
+def clustered(seed=2, d=12, n_cand=150, n_paired=20, n_text=60):
+    """Candidates in 5 clusters of very different sizes; captions near the biggest cluster (hard negatives crowd there)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(5, d)))
+    sizes = [90, 20, 20, 10, 10]
+    cand = unit(np.concatenate([centres[c] + 0.15 * rng.normal(size=(n, d)) for c, n in enumerate(sizes)]))
+    paired = unit(centres[rng.integers(0, 5, n_paired)] + 0.3 * rng.normal(size=(n_paired, d)))
+    owner = rng.integers(0, n_paired, n_text)
+    txt = unit(paired[owner] + centres[0] + 0.3 * rng.normal(size=(n_text, d)))
+    return cand, paired, txt, owner
+
+
+def dense_k_center(cand, paired, budget):
+    dist = (1 - cand @ paired.T).min(axis=1)
+    picks = []
+    for _ in range(budget):
+        c = int(np.argmax(dist))
+        picks.append(c)
+        dist = np.minimum(dist, 1 - cand @ cand[c])
+        dist[picks] = -1
+    return picks
+
+
+@pytest.mark.parametrize("max_limit", [4, 64, 4096])
+def test_coreset_equals_dense_k_center_greedy(max_limit):
+    cand, paired, _, _ = clustered()
+    problem = problem_from(cand, paired, max_limit=max_limit)
+    sel = get_strategy("coreset", batch_size=32).select(problem, 20, np.random.default_rng(0))
+    assert list(sel.ids) == [f"u{i:03d}" for i in dense_k_center(cand, paired, 20)]
+    assert np.all(np.diff(sel.scores) <= 1e-6)  # k-center radii only shrink
+    if max_limit == 4:
+        assert sel.stats["streamed_updates"] > 0
+    if max_limit == 4096:
+        assert sel.stats["streamed_updates"] == 0 and sel.stats["range_updates"] == 19
+
+
+def test_coreset_known_answer_and_empty_paired_set():
+    cand = unit(np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0.05]], dtype=np.float32))
+    paired = unit(np.array([[1, 0.01]], dtype=np.float32))
+    sel = get_strategy("coreset").select(problem_from(cand, paired), 2, np.random.default_rng(0))
+    assert list(sel.ids) == ["u003", "u002"]  # the opposite point first, then the orthogonal one
+    empty = problem_from(cand, np.zeros((0, 2), np.float32))
+    picks = [tuple(get_strategy("coreset").select(empty, 2, np.random.default_rng(s)).ids) for s in range(6)]
+    assert len(set(picks)) > 1 and picks[0] == tuple(get_strategy("coreset").select(empty, 2, np.random.default_rng(0)).ids)
+
+
+def test_positions_sorted_and_unsorted():
+    ids = np.array(["a", "c", "e"], dtype=object)
+    idx, found = positions(ids, np.array(["e", "b", "a"], dtype=object), sorter_for(ids))
+    assert list(idx) == [2, 0] and list(found) == [True, False, True]
+    shuffled = np.array(["e", "a", "c"], dtype=object)
+    idx, found = positions(shuffled, np.array(["c", "z"], dtype=object), sorter_for(shuffled))
+    assert list(idx) == [2] and list(found) == [True, False]
+
+
+def test_normalise_and_density_greedy_known_answer():
+    assert list(normalise(np.array([2.0, 4.0, 3.0]))) == [0.0, 1.0, 0.5]
+    assert list(normalise(np.array([1.0, 1.0]))) == [0.0, 0.0]
+    u = np.array([1.0, 0.9, 0.5])
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    picks, gains, stats = density_greedy(u, vectors, 2, lam=2.0)
+    assert list(picks) == [0, 2] and list(gains) == [1.0, 0.5]  # the duplicate of the first pick costs 2 x 1
+    assert stats["mean_pairwise_similarity"] == 0.0 and stats["objective"] == 1.5
+    picks, _, stats = density_greedy(u, vectors, 2, lam=0.0)
+    assert list(picks) == [0, 1] and stats["mean_pairwise_similarity"] == 1.0
+
+
+def test_density_spreads_hardneg_picks():
+    cand, paired, txt, owner = clustered()
+    problem = problem_from(cand, paired, txt, owner)
+    plain = get_strategy("density", lam=0.0).select(problem, 15, np.random.default_rng(0))
+    hard = get_strategy("hardneg").select(problem, 15, np.random.default_rng(0))
+    merit = [i for i, r in zip(hard.ids, hard.reasons) if r == "score"]
+    assert list(plain.ids[:len(merit)]) == merit  # lambda 0 is the normalised hardneg ranking
+    spread = get_strategy("density", lam=20.0).select(problem, 15, np.random.default_rng(0))
+    assert spread.stats["mean_pairwise_similarity"] < plain.stats["mean_pairwise_similarity"] - 0.1
+    in_big = lambda sel: sum(int(i[1:]) < 90 for i in sel.ids)  # noqa: E731
+    assert in_big(spread) < in_big(plain)
+    coreset_based = get_strategy("density", base="coreset").select(problem, 5, np.random.default_rng(0))
+    assert len(set(coreset_based.ids)) == 5
+
+
+def test_density_bad_parameters():
+    with pytest.raises(SelectionError, match="--base"):
+        get_strategy("density", base="magic")
+    with pytest.raises(SelectionError, match="--lambda"):
+        get_strategy("density", lam=-1.0)
+    cand, paired, _, _ = clustered()
+    with pytest.raises(SelectionError, match="no paired data"):
+        get_strategy("density").select(problem_from(cand, paired), 5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("with_vectors", [True, False])
+@pytest.mark.parametrize("name", list_strategies())
+def test_strategy_contract(name, with_vectors):
+    """Unique candidate ids, never a paired id, the same picks for the same seed, errors on a bad budget."""
+    cand, paired, txt, owner = clustered(seed=7)
+    problem = problem_from(cand, paired, txt, owner, with_vectors=with_vectors)  # without: vectors come from the index
+    strategy = get_strategy(name)
+    sel = strategy.select(problem, 30, np.random.default_rng(3))
+    assert len(sel) == 30 and len(set(sel.ids)) == 30
+    assert set(sel.ids) <= set(problem.candidate_ids) and not set(sel.ids) & set(problem.index.pools["paired"][0])
+    assert len(sel.scores) == len(sel.reasons) == len(sel.violations) == 30
+    assert list(strategy.select(problem, 30, np.random.default_rng(3)).ids) == list(sel.ids)
+    with pytest.raises(SelectionError, match="larger than the 150 candidates"):
+        strategy.select(problem, 151, np.random.default_rng(0))
+    with pytest.raises(SelectionError, match="at least 1"):
+        strategy.select(problem, 0, np.random.default_rng(0))
