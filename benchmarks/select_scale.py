@@ -354,7 +354,7 @@ def agreement(h: dict, d: dict, budget: int) -> dict:
             "identical_order": h["ids"] == d["ids"], "both_scored": int(both.sum())}
 
 
-def measure_size(size: int, args, server) -> list[dict]:
+def measure_size(size: int, args, server, done: list[dict]) -> list[dict]:
     n_captions = args.captions or int(round(args.caption_ratio * size))
     n_paired = max(2, n_captions // CAPTIONS_PER_IMAGE)
     t0 = time.perf_counter()
@@ -382,7 +382,7 @@ def measure_size(size: int, args, server) -> list[dict]:
                 config = StoreConfig(uri=uri, namespace=f"b{size}_{index.lower()}_{int(time.time())}", index_type=index,
                                      index_params=HNSW_PARAMS if index == "HNSW" else {}, search_params=HNSW_SEARCH if index == "HNSW" else {})
                 rec = {"size": size, "paired_images": n_paired, "captions": len(pool.text_ids), "captions_scored": len(sample_idx),
-                       "backend": backend, "index": index, "budget": budget, "dim": DIM}
+                       "backend": backend, "index": index, "budget": budget, "dim": DIM, "loadavg_start": os.getloadavg()}
                 with Peak(others) as p:
                     rec["ingest"] = ingest_columnar(config, pool) if args.loader == "columnar" and backend == "server" else ingest(config, pool)
                 rec["ingest"]["server_peak_rss"] = p.server
@@ -394,6 +394,11 @@ def measure_size(size: int, args, server) -> list[dict]:
                     print(f"  index {rec['index_build']}", flush=True)
                     if not rec["index_build"]["complete"]:
                         rec["note"] = "index build did not finish within --index-timeout; selection not run"
+                        d = run_dense(pool, sample_idx, budget, args.seed, pool.image_ids[pool.image_pool != "paired"])
+                        rec["dense"] = {k: v for k, v in d.items() if k not in ("ids", "scores", "counts")}
+                        rec["dense"]["wall_full_s"] = d["wall_s"] * len(pool.text_ids) / len(sample_idx)
+                        rec["dense"]["extrapolated"] = len(sample_idx) < len(pool.text_ids)
+                        print(f"  dense {d['wall_s']:.1f} s (full {rec['dense']['wall_full_s']:.0f})", flush=True)
                         records.append(rec)
                         continue
                 h = run_hnsel(config, budget, args.seed, sample, others)
@@ -402,6 +407,7 @@ def measure_size(size: int, args, server) -> list[dict]:
                     dense_cache[key] = run_dense(pool, sample_idx, budget, args.seed, h["candidate_ids"])
                 d = dense_cache[key]
                 factor = len(pool.text_ids) / len(sample_idx)
+                rec["loadavg_end"] = os.getloadavg()
                 rec["hnsel"] = {k: v for k, v in h.items() if k not in ("ids", "scores", "counts", "candidate_ids")}
                 rec["hnsel"]["wall_full_s"] = extrapolate(h, factor)
                 rec["hnsel"]["extrapolated"] = factor > 1
@@ -413,6 +419,8 @@ def measure_size(size: int, args, server) -> list[dict]:
                       f"agreement {rec['agreement']}", flush=True)
                 print(f"  split {json.dumps({k: round(v, 2) for k, v in h['split_s'].items()})}", flush=True)
                 records.append(rec)
+                if not args.no_write:
+                    save(done + records, args)  # a later failure or interruption keeps what was measured
                 if backend == "server":
                     with open_store(config) as store:
                         for kind in ("images", "texts", "meta"):
@@ -445,9 +453,12 @@ def table(records: list[dict]) -> str:
         ing = r["ingest"]
         ib = r.get("index_build")
         build = f"{ib['index_s']:.0f}" + ("" if ib["complete"] else f" (incomplete: {ib['indexed_rows']}/{ib['total_rows']})") if ib else "-"
-        ingest_s = f"{ing['images_s'] + ing['texts_s']:.0f} ({ing['rows_per_s']:.0f})"
+        ingest_s = f"{ing['images_s'] + ing['texts_s']:.0f} ({ing['rows_per_s']:.0f})" + (" columnar bulk" if ing.get("loader") else "")
         if "hnsel" not in r:
-            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {r.get('note', '-')} |" + " |" * 7)
+            d = r.get("dense")
+            dense = (f"{d['wall_full_s']:.0f} **extrapolated** (measured {d['wall_s']:.1f} on {r['captions_scored']:,} captions)" if d else "-")
+            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {r.get('note', '-')} | - | - | "
+                        f"{_gb(ing.get('server_peak_rss', 0))} | {dense} | {_gb(d['peak_rss']) if d else '-'} | - | - |")
             continue
         h, d, a = r["hnsel"], r["dense"], r["agreement"]
         s = h["split_s"]
@@ -459,7 +470,7 @@ def table(records: list[dict]) -> str:
                  f"{h['result_parsing_s']:.1f} / {python:.1f}")
         scored = f"{r['captions']:,} ({r['captions_scored']:,})" if r["captions_scored"] < r["captions"] else f"{r['captions']:,}"
         rows.append(f"| {r['size']:,} | {scored} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {sel} | {split} | "
-                    f"{_gb(h['client_peak_rss'])} | {_gb(max(h['server_peak_rss'], ing.get('server_peak_rss', 0)))} | {dense} | {_gb(d['peak_rss'])} | "
+                    f"{_gb(h['client_peak_rss'])} | {_gb(max(h['server_peak_rss'], ing.get('server_peak_rss', 0))) if r['backend'] == 'server' else 'in client'} | {dense} | {_gb(d['peak_rss'])} | "
                     f"{a['jaccard']:.4f} | {a['pair_recall']:.4f} |")
     return "\n".join(rows)
 
@@ -521,26 +532,29 @@ def main() -> None:
         args.sizes = ""
     try:
         for size in [int(x) for x in args.sizes.split(",") if x]:
-            records += measure_size(size, args, server)
+            records += measure_size(size, args, server, records)
     finally:
         if "ctx" in state:
             state["ctx"].__exit__(None, None, None)
-    if args.no_write:
-        return
+    if not args.no_write:
+        save(records, args)
+
+
+def save(records: list[dict], args) -> None:
+    """Merge ``records`` into the results JSON (replacing the same size/backend/index) and rebuild the section."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": [], "commands": []}
     done = {(r["size"], r["backend"], r["index"]) for r in records}
     data["records"] = [r for r in data["records"] if (r["size"], r["backend"], r["index"]) not in done] + records
-    command = "python benchmarks/select_scale.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/select_scale.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--notes"))
     if not args.report_only:
         data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]
     data["machine"] = machine()
+    data["notes"] = Path(args.notes).read_text() if args.notes else data.get("notes", "")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    notes = Path(args.notes).read_text() if args.notes else data.get("notes", "")
-    data["notes"] = notes
-    RESULTS.write_text(json.dumps(data, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    write_section(section(data, notes))
-
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    tmp.replace(RESULTS)
+    write_section(section(data, data["notes"]))
 
 if __name__ == "__main__":
     main()
