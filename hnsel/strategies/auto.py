@@ -1,0 +1,238 @@
+"""Regime-aware selection: how much of the budget covers unexplored regions and how much goes to hard negatives,
+decided from the data at selection time (GitHub issue 7).
+
+Hard-negative picks sit near captions the model already has: right for a finely-categorised pool (many
+samples per fine category, the paired set already reaches them), wrong for a coverage-limited one (most
+categories seen once or never, a small paired set), where covering new regions wins. ``auto`` measures which
+regime the pool is in and splits the budget accordingly. Everything is neighbour searches on the
+``NeighborIndex`` (Milvus in ``hnsel select``); no pool x pool matrix.
+
+**Coverage.** For a seeded sample of ``sample`` candidates: ``d_P``, the cosine distance to the nearest paired
+sample (top-1 among paired), and ``d_C``, the distance to the nearest other candidate (top-2 among candidates,
+itself dropped). A candidate is *uncovered* when ``d_P > ratio * d_C``: the pool has something close to it,
+the paired set nothing comparably close. ``uncovered`` is that fraction of the sample. Why not a quantile of
+the paired set's own nearest-neighbour distances: when the paired set is a random part of the same pool (the
+usual case), a candidate's nearest-paired distance and a paired sample's nearest-other-paired distance have
+the same distribution in every regime, so such a threshold marks the same fraction of candidates whatever the
+data. Against the pool's own spacing the ratio is near 1 when the paired set resolves the pool's fine
+structure, and large where the pool holds tight groups the paired set never reached.
+
+**Hard negatives.** The Surplus scores of ``hardneg`` (Top-1, full batch) for every candidate; reported: how
+many are positive (the supply), their Gini coefficient and effective number ``(sum s)^2 / sum s^2``
+(concentration: a few candidates holding the mass means the rest of the ranking is marginal).
+
+**Split** of budget ``b``: ``random_share x b`` uniform picks (a guard that holds in any regime: that part is
+distributed exactly as random's picks); of the rest, ``coverage_share`` (default: ``uncovered`` clipped to
+``[min_share, 1 - min_share]``, so each part keeps a foothold) goes to coverage, the remainder to hard negatives,
+capped at the positive supply (the excess goes to coverage, never to random fill). Hard-negative picks first:
+``density``'s greedy (informativeness minus ``lam`` x mean pairwise similarity) over the best-scored
+candidates, so they do not all come from one crowded region. Then coverage picks: k-center greedy (as
+``coreset``) from the paired set and the hard-negative picks, so coverage goes where neither reaches. Then the
+random slice from what is left. Picks are returned coverage, hard negatives, random (then ``fill``, only if a
+part could not be filled); ``reasons`` say which. Run again each round, the split follows the paired set as
+it grows: that is how it adapts from round to round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import SelectionError
+from .base import Selection, SelectionProblem, check_budget, fill_random, register
+from .coreset import PICKED, _range_update, _stream_update, nearest_centre_distances, sorter_for  # its k-center steps
+from .density import density_greedy
+from .hardneg import hardneg_scores
+
+__all__ = ["Auto", "coverage_gap", "concentration", "plan_split", "coverage_picks"]
+
+
+def coverage_gap(problem: SelectionProblem, sample: int, ratio: float, rng: np.random.Generator,
+                 batch_size: int = 1024) -> dict[str, Any]:
+    """Uncovered fraction of a seeded candidate sample: ``d_P > ratio * d_C`` (see the module docstring)."""
+    n = len(problem.candidate_ids)
+    chosen = np.sort(rng.choice(n, size=sample, replace=False)) if sample < n else np.arange(n)
+    d_paired, d_pool = np.empty(len(chosen)), np.empty(len(chosen))
+    for start in range(0, len(chosen), batch_size):
+        indices = chosen[start:start + batch_size]
+        vectors = problem.vectors_of(indices)
+        for row, (_, sims) in enumerate(problem.index.search(vectors, 1, "paired")):
+            d_paired[start + row] = 1.0 - float(sims[0]) if len(sims) else np.inf
+        for row, (ids, sims) in enumerate(problem.index.search(vectors, 2, "candidates")):
+            others = [float(s) for x, s in zip(ids, sims) if x != problem.candidate_ids[indices[row]]]
+            d_pool[start + row] = 1.0 - others[0] if others else np.inf
+        problem.progress("coverage of the pool", start + len(indices), len(chosen))
+    uncovered = d_paired > ratio * d_pool + 1e-6
+    both = np.isfinite(d_paired) & np.isfinite(d_pool)
+    return {"sampled": int(len(chosen)), "uncovered": float(uncovered.mean()) if len(chosen) else 0.0,
+            "median_distance_to_paired": _median(d_paired), "median_distance_to_pool": _median(d_pool),
+            "median_distance_ratio": _median(d_paired[both] / np.maximum(d_pool[both], 1e-6))}
+
+
+def _median(x: np.ndarray) -> float | None:
+    finite = x[np.isfinite(x)]
+    return round(float(np.median(finite)), 4) if len(finite) else None
+
+
+def concentration(scores: np.ndarray) -> dict[str, Any]:
+    """Supply and concentration of hard-negative scores: positives, Gini of their mass, effective number."""
+    pos = np.sort(scores[scores > 0])
+    if len(pos) == 0:
+        return {"candidates_with_score": 0, "score_gini": None, "effective_hard_negatives": 0.0}
+    n = len(pos)
+    gini = float((2 * np.arange(1, n + 1) - n - 1) @ pos / (n * pos.sum()))
+    return {"candidates_with_score": int(n), "score_gini": round(gini, 4),
+            "effective_hard_negatives": round(float(pos.sum() ** 2 / (pos ** 2).sum()), 1)}
+
+
+def plan_split(budget: int, uncovered: float, supply: int, *, random_share: float, min_share: float,
+               coverage_share: float | None) -> dict[str, Any]:
+    """Counts per part: random first, then coverage / hard negatives, hard negatives capped at ``supply``."""
+    n_random = int(math.floor(random_share * budget))
+    rest = budget - n_random
+    share = coverage_share if coverage_share is not None else min(max(uncovered, min_share), 1.0 - min_share)
+    n_coverage = int(round(share * rest))
+    n_hardneg = rest - n_coverage
+    capped = max(0, n_hardneg - supply)
+    return {"coverage": n_coverage + capped, "hardneg": n_hardneg - capped, "random": n_random,
+            "planned_coverage_share": round(float(share), 4), "moved_to_coverage": int(capped)}
+
+
+def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int) -> str:
+    if anchors == 0:
+        return "No paired captions, so no hard negatives exist: everything not random covers the pool (k-center)."
+    how = ("the coverage share was fixed by the caller" if fixed else
+           f"{coverage['uncovered']:.0%} of sampled candidates sit much farther from every paired sample than from their "
+           f"nearest candidate (ratio > {coverage['ratio']:g})")
+    regime = "coverage-limited" if plan["coverage"] > plan["hardneg"] else "finely-categorised"
+    capped = f"; only {conc['candidates_with_score']} candidates violate any caption, so {plan['moved_to_coverage']} picks moved to coverage" \
+        if plan["moved_to_coverage"] else ""
+    return f"Looks {regime}: {how}, so {plan['coverage']} picks cover new regions and {plan['hardneg']} are hard negatives{capped}."
+
+
+def coverage_picks(problem: SelectionProblem, count: int, centres: np.ndarray, rng: np.random.Generator, *,
+                   search_limit: int = 4096, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray, dict]:
+    """k-center greedy (as ``coreset``) whose centres start as the paired set plus the candidates ``centres``.
+
+    Returns (picks, their distance to the nearest centre when picked; 2.0 when there was none, stats). The
+    extra centres cost one streamed pass (batch x len(centres) similarities); each pick one range search,
+    or a streamed pass when that is saturated, exactly as in coreset.py.
+    """
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), {}
+    dist = nearest_centre_distances(problem, batch_size)
+    if len(centres):
+        held = problem.vectors_of(centres)
+        for indices, vectors in problem.candidate_batches(batch_size):
+            dist[indices] = np.minimum(dist[indices], (1.0 - vectors @ held.T).min(axis=1).astype(np.float32))
+        dist[centres] = PICKED
+    sorter, limit = sorter_for(problem.candidate_ids), max(1, min(search_limit, problem.index.max_limit))
+    picks, radii = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.float64)
+    stats = {"range_updates": 0, "streamed_updates": 0}
+    for step in range(count):
+        c = int(rng.integers(len(dist))) if np.isinf(dist).all() else int(np.argmax(dist))  # first maximum: smallest id
+        picks[step], radii[step] = c, dist[c] if np.isfinite(dist[c]) else 2.0
+        far, dist[c] = float(dist[c]), PICKED
+        if step == count - 1:
+            break
+        centre = problem.vectors_of([c])[0]
+        if np.isfinite(far) and _range_update(problem, dist, centre, far, limit, sorter):
+            stats["range_updates"] += 1
+        else:
+            _stream_update(problem, dist, centre, batch_size)
+            stats["streamed_updates"] += 1
+        problem.progress("coverage picks", step + 1, count)
+    return picks, radii, stats
+
+
+@register("auto")
+@dataclass(frozen=True)
+class Auto:
+    """Split the budget between coverage (k-center) and hard negatives (density-guarded) by measured coverage.
+
+    ``coverage_share``: fix the coverage part of the non-random budget (None: measured); ``random_share``: part
+    drawn uniformly as a guard; ``min_share``: least share each of coverage and hard negatives keeps when
+    measured; ``ratio``: a candidate is uncovered when its nearest paired sample is more than ``ratio`` times
+    as far as its nearest candidate; ``sample``: candidates measured; ``lam``: crowding penalty of the
+    hard-negative picks; ``shortlist``: hard-negative picks are chosen among ``shortlist x`` their count.
+    """
+
+    coverage_share: float | None = None
+    random_share: float = 0.1
+    min_share: float = 0.1
+    ratio: float = 2.0
+    sample: int = 2048
+    lam: float = 1.0
+    shortlist: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("coverage_share", "random_share", "min_share", "ratio", "lam"):  # "0.5" from a command line
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, None if value.lower() in ("", "none", "auto") and name == "coverage_share" else float(value))
+        for name in ("sample", "shortlist"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if self.coverage_share is not None and not 0.0 <= self.coverage_share <= 1.0:
+            raise SelectionError(f"auto: coverage_share must be in [0, 1] (or None to measure it), got {self.coverage_share}")
+        if not 0.0 <= self.random_share < 1.0:
+            raise SelectionError(f"auto: random_share must be in [0, 1), got {self.random_share}")
+        if not 0.0 <= self.min_share <= 0.5:
+            raise SelectionError(f"auto: min_share must be in [0, 0.5], got {self.min_share}")
+        if not self.ratio >= 1.0 or not self.lam >= 0 or self.sample < 1 or self.shortlist < 1:
+            raise SelectionError("auto: ratio must be at least 1, lam at least 0, sample and shortlist at least 1")
+
+    def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
+        ids = problem.candidate_ids
+        check_budget(budget, len(ids))
+        coverage = dict(coverage_gap(problem, min(self.sample, len(ids)), self.ratio, rng), ratio=self.ratio)
+        if problem.n_anchors:
+            scores, counts, hn_stats = hardneg_scores(problem, rng=rng)
+        else:
+            scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
+        conc = concentration(scores)
+        plan = plan_split(budget, coverage["uncovered"] if problem.n_anchors else 1.0, conc["candidates_with_score"],
+                          random_share=self.random_share, min_share=self.min_share, coverage_share=self.coverage_share)
+        parts, part_scores, cov_stats = self._pick(problem, scores, plan, rng)
+        picked = np.concatenate([p for p in parts.values()]).astype(np.int64)
+        reasons = np.array([r for r, p in parts.items() for _ in p], dtype=object)
+        decision = {**{k: coverage[k] for k in ("uncovered", "sampled", "ratio", "median_distance_to_paired", "median_distance_to_pool",
+                                                "median_distance_ratio")},
+                    **conc, "coverage_picks": len(parts["coverage"]), "hardneg_picks": len(parts["hardneg"]),
+                    "random_picks": len(parts["random"]), "fill_picks": len(parts["fill"]),
+                    "coverage_share": round(len(parts["coverage"]) / budget, 4), "hardneg_share": round(len(parts["hardneg"]) / budget, 4),
+                    "planned_coverage_share": plan["planned_coverage_share"], "moved_to_coverage": plan["moved_to_coverage"],
+                    "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors)}
+        stats = {"auto_decision": decision, "candidates": int(len(ids)), "candidates_with_score": conc["candidates_with_score"],
+                 "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
+                 "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)), **cov_stats}
+        return Selection(ids[picked], np.concatenate(part_scores), counts[picked], reasons, "auto", self.__dict__.copy(), stats)
+
+    def _pick(self, problem: SelectionProblem, scores: np.ndarray, plan: dict, rng: np.random.Generator):
+        """Hard negatives first, then k-center coverage around paired samples and those picks, then random."""
+        n = len(problem.candidate_ids)
+        taken = np.zeros(n, dtype=bool)
+        hard = self._hardneg_picks(problem, scores, taken, plan["hardneg"])
+        taken[hard] = True
+        cov_picks, radii, cov_stats = coverage_picks(problem, plan["coverage"], hard, rng)
+        taken[cov_picks] = True
+        rand = fill_random(n, np.flatnonzero(taken), plan["random"], rng)
+        taken[rand] = True
+        fill = fill_random(n, np.flatnonzero(taken), plan["coverage"] + plan["hardneg"] + plan["random"] - int(taken.sum()), rng)
+        parts = {"coverage": cov_picks, "hardneg": hard, "random": rand, "fill": fill}
+        part_scores = [radii, scores[hard], np.zeros(len(rand)), np.zeros(len(fill))]
+        return parts, part_scores, cov_stats
+
+    def _hardneg_picks(self, problem: SelectionProblem, scores: np.ndarray, taken: np.ndarray, count: int) -> np.ndarray:
+        """``count`` picks by density's greedy among the best-scored free candidates with score > 0."""
+        free = np.flatnonzero((scores > 0) & ~taken)
+        count = min(count, len(free))
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        order = np.lexsort((problem.candidate_ids[free].astype(str), -scores[free]))
+        short = free[order[:min(len(free), self.shortlist * count)]]
+        u = scores[short] / scores[short].max()  # as density's min-max over the pool, where the minimum is 0
+        rows, _, _ = density_greedy(u, problem.vectors_of(short), count, self.lam)
+        return short[rows]
