@@ -17,7 +17,7 @@ from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console
 @handle_errors
 def select(
     budget: Annotated[int, typer.Option("--budget", "-n", help="How many samples to pick.")] = 1000,
-    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, coreset, density, random.")] = "hardneg",
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, coreset, density, random, auto.")] = "hardneg",
     k: Annotated[Optional[int], typer.Option("--k", help="hardneg: Top-k violation condition.")] = None,
     weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg: surplus (s - xi) or count (1).")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg: full or mini batch thresholds.")] = None,
@@ -59,6 +59,10 @@ def _print_selection(summary: dict, top: int) -> None:
     console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""))
     details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
+    if "auto_decision" in stats:
+        d = stats["auto_decision"]
+        console.print(f"auto: coverage {d['coverage_picks']}, hard negatives {d['hardneg_picks']}, random {d['random_picks']}, fill {d['fill_picks']} "
+                      f"(uncovered {d['uncovered']:.0%} of {d['sampled']} sampled; hard-negative Gini {d['score_gini']}). {d['reason']}", highlight=False)
     if summary.get("round") is not None:
         console.print(f"recorded as round {summary['round']}: export it with `hnsel annotate export --round {summary['round']}`")
     elif summary.get("note"):
