@@ -12,10 +12,12 @@ from .workflows_select import IngestReport, SelectResult, build_problem, ingest,
 from .workflows_train import EvalReport, TrainReport, evaluate, train
 from .workflows_annotate import ExportReport, ImportReport, export_round, import_annotations
 from .workflows_rounds import release, show_round
+from .simulate import SimulateReport, simulate
 
 __all__ = [
     "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
     "embed", "EmbedReport", "check_model", "write_bulk",
     "train", "TrainReport", "evaluate", "EvalReport",
     "release", "show_round", "export_round", "ExportReport", "import_annotations", "ImportReport",
+    "simulate", "SimulateReport",
 ]

@@ -21,5 +21,6 @@ from . import train as _train  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
 from . import rounds as _rounds  # noqa: E402,F401
 from . import annotate as _annotate  # noqa: E402,F401
+from . import simulate as _simulate  # noqa: E402,F401
 
 __all__ = ["app"]
