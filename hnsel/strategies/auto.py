@@ -65,7 +65,7 @@ def coverage_gap(problem: SelectionProblem, sample: int, ratio: float, rng: np.r
             others = [float(s) for x, s in zip(ids, sims) if x != problem.candidate_ids[indices[row]]]
             d_pool[start + row] = 1.0 - others[0] if others else np.inf
         problem.progress("coverage of the pool", start + len(indices), len(chosen))
-    uncovered = d_paired > ratio * d_pool + 1e-6
+    uncovered = d_paired > ratio * d_pool + 1e-7  # 1e-7: float32 noise of a similarity near 1 (trained heads can be that tight)
     both = np.isfinite(d_paired) & np.isfinite(d_pool)
     return {"sampled": int(len(chosen)), "uncovered": float(uncovered.mean()) if len(chosen) else 0.0,
             "median_distance_to_paired": _median(d_paired), "median_distance_to_pool": _median(d_pool),
@@ -74,7 +74,7 @@ def coverage_gap(problem: SelectionProblem, sample: int, ratio: float, rng: np.r
 
 def _median(x: np.ndarray) -> float | None:
     finite = x[np.isfinite(x)]
-    return round(float(np.median(finite)), 4) if len(finite) else None
+    return float(f"{np.median(finite):.4g}") if len(finite) else None  # significant digits: distances can be ~1e-4
 
 
 def concentration(scores: np.ndarray) -> dict[str, Any]:
