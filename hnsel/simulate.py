@@ -256,7 +256,7 @@ def _load_previous(path: Path, settings: dict) -> dict:
 def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.PathLike, strategies: Sequence[str] = ("hardneg", "random"),
              seeds: Sequence[int] = (0,), init: float = 0.1, rounds: int = 3, budget: int | None = None, split: str = "train",
              test_split: str = "test", model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED, loss: str = "infonce",
-             head: str = "linear", hidden: int = 1024, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, patience: int = 3,
+             head: str = "linear", hidden: int = 1024, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, patience: int = 5,
              milvus_uri: str | None = None, images_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
              device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None) -> SimulateReport:
     """Run (or resume) the simulation into ``out``; see the module docstring. ``budget`` None: 5 % of the pool."""

@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
 def _run(setup, out: str, **changes):
     base, source, model = setup
     kwargs = dict(out=base / out, strategies=["hardneg", "random"], seeds=[3], init=0.25, rounds=ROUNDS, budget=BUDGET,
-                  model_name=model, pretrained="none", epochs=2, batch_size=8, cache_dir=base / "cache", device="cpu") | changes
+                  model_name=model, pretrained="none", epochs=1, batch_size=8, cache_dir=base / "cache", device="cpu") | changes
     return simulate(HnselConfig(), source, **kwargs)
 
 
@@ -99,7 +99,7 @@ def test_strategy_specs_parse_and_bad_ones_fail_before_work():
 def test_cli_resumes_with_json_and_refuses_a_bad_strategy_in_one_line(setup, first):
     base, source, model = setup
     common = [source, "--out", str(base / "a"), "--seeds", "3", "--init", "0.25", "--rounds", str(ROUNDS), "--budget", str(BUDGET),
-              "--model-name", model, "--epochs", "2", "--batch-size", "8", "--cache-dir", str(base / "cache"), "--device", "cpu"]
+              "--model-name", model, "--epochs", "1", "--batch-size", "8", "--cache-dir", str(base / "cache"), "--device", "cpu"]
     result = CliRunner().invoke(app, ["simulate", *common, "--strategies", "hardneg random", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
