@@ -52,17 +52,15 @@ def dense_k_center(cand, paired, budget):
     return picks
 
 
-@pytest.mark.parametrize("max_limit", [4, 64, 4096])
-def test_coreset_equals_dense_k_center_greedy(max_limit):
+@pytest.mark.parametrize("max_limit,cache_mb", [(4, 0), (64, 0), (4096, 0), (4, 256)])
+def test_coreset_equals_dense_k_center_greedy(max_limit, cache_mb):
     cand, paired, _, _ = clustered()
     problem = problem_from(cand, paired, max_limit=max_limit)
-    sel = get_strategy("coreset", batch_size=32).select(problem, 20, np.random.default_rng(0))
+    sel = get_strategy("coreset", batch_size=32, cache_mb=cache_mb).select(problem, 20, np.random.default_rng(0))
     assert list(sel.ids) == [f"u{i:03d}" for i in dense_k_center(cand, paired, 20)]
     assert np.all(np.diff(sel.scores) <= 1e-6)  # k-center radii only shrink
-    if max_limit == 4:
-        assert sel.stats["streamed_updates"] > 0
-    if max_limit == 4096:
-        assert sel.stats["streamed_updates"] == 0 and sel.stats["range_updates"] == 19
+    updates = (sel.stats["in_memory_updates"], sel.stats["range_updates"] > 0, sel.stats["streamed_updates"] > 0)
+    assert updates == {(4, 0): (0, True, True), (64, 0): (0, True, True), (4096, 0): (0, True, False), (4, 256): (19, False, False)}[max_limit, cache_mb]
 
 
 def test_coreset_known_answer_and_empty_paired_set():
