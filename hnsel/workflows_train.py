@@ -9,7 +9,6 @@ model on a source's test split, or of the paired vectors already in the store.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
