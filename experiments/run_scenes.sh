@@ -11,6 +11,6 @@ for seed in 0 1 2; do
   hnsel simulate "$DATA/dataset_scenes.json" --out "$OUT/seed$seed" --seeds "$seed" "${COMMON[@]}" \
     --strategies "hardneg random coreset density hardneg:k=5,weight=count hardneg:batch=mini" > "$OUT/seed$seed.log" 2>&1 &
 done
-hnsel simulate "$DATA/dataset_scenes.json" --out "$OUT/auto" --seeds "0 1 2" "${COMMON[@]}" --strategies "auto" > "$OUT/auto.log" 2>&1 &
+nice -n 10 hnsel simulate "$DATA/dataset_scenes.json" --out "$OUT/auto" --seeds "0 1 2" "${COMMON[@]}" --strategies "auto" > "$OUT/auto.log" 2>&1 &
 wait
 python experiments/merge.py "$OUT" "$OUT/seed0" "$OUT/seed1" "$OUT/seed2" "$OUT/auto"

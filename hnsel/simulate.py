@@ -164,7 +164,8 @@ def _train_round(data: _Data, mask: np.ndarray, rows: list[np.ndarray], train: d
     remap = np.full(len(mask), -1, dtype=np.int64)
     remap[images] = np.arange(len(images))
     index = remap[data.pool.text_image_index[captions]]
-    heads, curve = train_heads(data.pool_images[images], data.pool_texts[captions], index, seed=seed, **train)
+    # no early stopping: a tenth of a small paired set is too noisy a validation set; every epoch runs, the last is kept
+    heads, curve = train_heads(data.pool_images[images], data.pool_texts[captions], index, seed=seed, val_fraction=0.0, **train)
     return heads, captions, curve
 
 
@@ -256,7 +257,7 @@ def _load_previous(path: Path, settings: dict) -> dict:
 def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.PathLike, strategies: Sequence[str] = ("hardneg", "random"),
              seeds: Sequence[int] = (0,), init: float = 0.1, rounds: int = 3, budget: int | None = None, split: str = "train",
              test_split: str = "test", model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED, loss: str = "infonce",
-             head: str = "linear", hidden: int = 1024, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, patience: int = 5,
+             head: str = "linear", hidden: int = 1024, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
              milvus_uri: str | None = None, images_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
              device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None) -> SimulateReport:
     """Run (or resume) the simulation into ``out``; see the module docstring. ``budget`` None: 5 % of the pool."""
@@ -271,7 +272,7 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
     budget = max(1, int(round(0.05 * n_pool))) if budget is None else budget
     n_init = _check(init, rounds, budget, n_pool, seeds, specs)
     data = _load_data(dataset, source, split, test_split, model_name, pretrained, device, cache_dir, on_progress)
-    train = dict(loss=spec_loss, head=head, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience)
+    train = dict(loss=spec_loss, head=head, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr)
     settings = {"source": str(Path(source).resolve()), "split": split, "test_split": test_split, "pool": n_pool,
                 "test": len(data.test.image_ids), "init": init, "n_init": n_init, "rounds": rounds, "budget": budget,
                 "model": {k: data.model.get(k) for k in ("model_name", "config_sha256", "weights", "dim")}, "train": train}

@@ -39,7 +39,7 @@ def simulate(
     pretrained: Annotated[str, typer.Option("--pretrained", help="open_clip tag, checkpoint file, or 'none' (random backbone).")] = "none",
     loss: Annotated[str, typer.Option("--loss", help="Head training loss: infonce, vsepp, ...")] = "infonce",
     head: Annotated[str, typer.Option("--head", help="Head kind: linear or mlp.")] = "linear",
-    epochs: Annotated[int, typer.Option("--epochs", help="Head training epochs per round (early stopping on a held-out tenth, patience 5).")] = 30,
+    epochs: Annotated[int, typer.Option("--epochs", help="Head training epochs per round (all of them: no early stopping, the last epoch is kept).")] = 30,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Head training batch size (captions).")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Head training learning rate.")] = 1e-3,
     milvus_uri: Annotated[Optional[str], typer.Option("--milvus-uri", help="Store for the runs (default OUT/store.db, one namespace per strategy and seed).")] = None,
