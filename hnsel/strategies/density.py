@@ -13,6 +13,12 @@ It is maximised by greedy marginal gain. With ``m`` picks whose pairwise similar
 ``c`` (``r_c`` = its summed similarity to the picks) changes the mean from ``P / C(m, 2)`` to
 ``(P + r_c) / C(m + 1, 2)``, so the gain is ``u_c - lambda * [(P + r_c) / C(m + 1, 2) - P / C(m, 2)]``.
 
+Scale: the first term grows with the budget, the mean does not, so ``lambda`` defaults to the budget
+(a mean similarity of 1 then costs as much as the picks' whole informativeness). Measured on a synthetic
+20k pool (100 fine categories, 64-d, budget 200, Milvus Lite), mean pairwise similarity of the picks and
+fine categories they cover: lambda 0 (the hardneg ranking) 0.387 / 6; lambda 5: 0.372 / 7; lambda 200
+(the default): 0.139 / 40; lambda 1000: 0.041 / 49; random picks 0.069 / 90.
+
 Cost: the base score is one float per candidate (for hardneg, computed through neighbour searches, see
 hardneg.py). The greedy runs on a shortlist of the ``shortlist * budget`` most informative candidates
 (seeded random ones when too few score above 0): their vectors (``M x d``) and one running similarity sum
@@ -91,18 +97,19 @@ class Density:
     """Maximise summed informativeness minus ``lam`` x the mean pairwise similarity of the picks (greedy).
 
     ``base``: informativeness, ``hardneg`` (Surplus, Top-1, full batch; normalised) or ``coreset``
-    (distance to the nearest paired sample); ``lam``: weight of the crowding penalty (0 = the base ranking);
+    (distance to the nearest paired sample); ``lam``: weight of the crowding penalty (0 = the base ranking;
+    default: the budget, so that a mean similarity of 1 costs as much as the picks' whole informativeness);
     ``shortlist``: the greedy considers the ``shortlist x budget`` most informative candidates.
     """
 
     base: str = "hardneg"
-    lam: float = 1.0
+    lam: float | None = None
     shortlist: int = 10
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
             raise SelectionError(f"--base {self.base!r}: use one of {', '.join(BASES)}")
-        if not self.lam >= 0:
+        if self.lam is not None and not self.lam >= 0:
             raise SelectionError(f"--lambda must be 0 or more, got {self.lam}")
         if self.shortlist < 1:
             raise SelectionError(f"density: shortlist must be at least 1, got {self.shortlist}")
@@ -122,8 +129,9 @@ class Density:
         u, counts, stats = self._base_scores(problem, rng)
         short = shortlist(u, ids, min(len(ids), self.shortlist * budget), rng)
         vectors = problem.vectors_of(short)
-        rows, gains, greedy_stats = density_greedy(u[short], vectors, budget, self.lam)
+        lam = float(budget if self.lam is None else self.lam)
+        rows, gains, greedy_stats = density_greedy(u[short], vectors, budget, lam)
         picked = short[rows]
         reasons = np.where(u[picked] > 0, "density", "diverse").astype(object)
         return Selection(ids[picked], gains, counts[picked], reasons, "density", self.__dict__.copy(),
-                         dict(stats, **greedy_stats, candidates=int(len(ids)), shortlist=int(len(short))))
+                         dict(stats, **greedy_stats, candidates=int(len(ids)), shortlist=int(len(short)), lam=lam))
