@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+from .tables import iter_jsonl, write_text_atomic
 
 __all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "write_label_studio"]
 
@@ -58,17 +58,7 @@ def write_label_studio(path: Path, tasks: list[dict], modality: str) -> tuple[Pa
     return path, config_path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    if not path.parent.exists():
-        raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+_atomic_write = write_text_atomic
 
 
 def read_annotations(path: str | os.PathLike) -> tuple[str, list[Annotation]]:
@@ -100,18 +90,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, row
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc.msg})", path=path, row=number) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", path=path, row=number)
-            yield number, row
+_jsonl_rows = iter_jsonl
 
 
 def _text(row: dict, key: str) -> str:

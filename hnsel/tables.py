@@ -11,11 +11,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import InputError
 
-__all__ = ["write_table", "table_format", "FORMATS"]
+__all__ = ["write_table", "write_text_atomic", "table_format", "iter_jsonl", "FORMATS"]
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -25,6 +25,22 @@ def table_format(path: Path) -> str:
     if fmt is None:
         raise InputError(f"unknown output type {Path(path).suffix!r}; use .csv, .jsonl or .parquet", path=path)
     return fmt
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file renamed over it."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> Path:
@@ -61,3 +77,18 @@ def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a bad line is a one-line error."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc.msg})", path=path, row=number) from None
+            if not isinstance(row, dict):
+                raise InputError("each line must be a JSON object", path=path, row=number)
+            yield number, row

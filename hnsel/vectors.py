@@ -6,7 +6,6 @@ yields normalised batches to write. Memory is one batch plus the set of ids seen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import InputError
+from .tables import iter_jsonl
 
 __all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "POOLS", "ID_MAX_LENGTH"]
 
@@ -60,20 +60,11 @@ def _parquet_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list]]:
 
 def _jsonl_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list]]:
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                raise InputError("empty line; every line must be one JSON object", path=path, row=number)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc.msg})", path=path, row=number) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", path=path, row=number)
-            rows.append(row)
-            if len(rows) == batch_rows:
-                yield _columns(rows)
-                rows = []
+    for _, row in iter_jsonl(path):
+        rows.append(row)
+        if len(rows) == batch_rows:
+            yield _columns(rows)
+            rows = []
     if rows:
         yield _columns(rows)
 

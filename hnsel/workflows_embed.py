@@ -9,7 +9,6 @@ image, so an image present in the store implies its captions are too.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from .data.images import ImageReadError, open_image
 from .data.sources import detect_format
 from .embed import DEFAULT_PRETRAINED, Encoder, describe_model, load_encoder, same_model
 from .errors import InputError, ModelMismatchError
+from .tables import table_format, write_table
 
 __all__ = ["embed", "write_bulk", "check_model", "EmbedReport", "MODEL_META_KEY"]
 
@@ -93,8 +93,10 @@ def _validate(dataset: Dataset) -> None:
 
 
 def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
-    if errors_path is not None and not Path(errors_path).resolve().parent.is_dir():
-        raise InputError("folder for the --errors file does not exist", path=errors_path)
+    if errors_path is not None:
+        if not Path(errors_path).resolve().parent.is_dir():
+            raise InputError("folder for the --errors file does not exist", path=errors_path)
+        table_format(Path(errors_path))  # .csv, .jsonl or .parquet, refused before any work
 
 
 def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED,
@@ -249,15 +251,7 @@ def _write_errors(report: EmbedReport, errors_path: str | os.PathLike | None) ->
     if errors_path is None:
         return
     path = Path(errors_path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        if path.suffix.lower() == ".jsonl":
-            fh.writelines(json.dumps(f) + "\n" for f in report.failures)
-        else:
-            writer = csv.DictWriter(fh, fieldnames=["id", "uri", "reason"])
-            writer.writeheader()
-            writer.writerows(report.failures)
-    os.replace(tmp, path)
+    write_table(path, {name: [f[name] for f in report.failures] for name in ("id", "uri", "reason")})
     report.errors_path = str(path)
 
 

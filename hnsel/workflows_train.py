@@ -27,6 +27,7 @@ from .evaluate import evaluate_recall
 from .features import DEFAULT_CACHE_DIR, backbone_features, backbone_id
 from .losses import parse_loss
 from .train import EpochFn, apply_heads, train_heads
+from .tables import write_text_atomic
 
 __all__ = ["train", "evaluate", "TrainReport", "EvalReport", "Paired", "paired_from_dataset", "paired_from_store", "MODES"]
 
@@ -289,10 +290,7 @@ def _write_outputs(out: Path, settings: dict, report: TrainReport) -> None:
     _atomic_text(out / "curve.csv", "\n".join(rows) + "\n")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_atomic_text = write_text_atomic
 
 
 @dataclass

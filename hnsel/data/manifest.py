@@ -9,12 +9,12 @@ resolved against ``images_dir``, or else the manifest's folder. Rows are numbere
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
+from ..tables import iter_jsonl
 from . import Dataset, ImageRecord, TextRecord
 from .images import is_remote
 
@@ -59,21 +59,12 @@ def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        first = True
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"not valid JSON ({exc.msg})", path=path, row=number) from None
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object", path=path, row=number)
-            if first:
-                _check_columns(path, list(row))
-                first = False
-            yield row
+    first = True
+    for _, row in iter_jsonl(path):
+        if first:
+            _check_columns(path, list(row))
+            first = False
+        yield row
 
 
 def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:

@@ -25,6 +25,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from ..errors import InputError
 from .scenes_text import describe
+from ..tables import write_text_atomic
 
 __all__ = ["generate_scenes", "ScenesReport", "sample_categories", "render_scene", "Group",
            "SHAPES", "COLOURS", "SIZES", "TEXTURES", "POSITIONS", "COUNTS", "JSON_NAME"]
@@ -274,8 +275,6 @@ def generate_scenes(out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, *,
             on_progress("rendering scenes", i + 1, n)
     doc = {"dataset": "scenes", "seed": seed, "per_category": per_category, "image_size": image_size, "images": images}
     json_path = out / JSON_NAME
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, json_path)
+    write_text_atomic(json_path, json.dumps(doc, separators=(",", ":")))
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     return ScenesReport(str(out), str(json_path), n, math.ceil(n / per_category), len(families), n * captions, counts, time.perf_counter() - start)
