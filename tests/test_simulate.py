@@ -13,7 +13,7 @@ from hnsel.cli import app
 from hnsel.config import HnselConfig
 from hnsel.data.scenes import generate_scenes
 from hnsel.errors import ConfigError, SelectionError
-from hnsel.simulate import RESULTS_NAME, TIME_KEYS, parse_strategy, simulate
+from hnsel.simulate import TIME_KEYS, parse_strategy, simulate
 
 ROUNDS, BUDGET = 2, 4
 
