@@ -14,7 +14,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ..config import HnselConfig, load_config
 from ..errors import HnselError, StoreError
@@ -75,13 +76,22 @@ def show_progress(json_output: bool) -> bool:
     return not json_output and console.is_terminal
 
 
+class RateColumn(ProgressColumn):
+    """Items per second of a task (rich's own speed column counts bytes)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
+
+
 @contextlib.contextmanager
-def progress_bar(enabled: bool) -> Iterator[ProgressFn | None]:
-    """Yield an ``on_progress`` callback backed by a rich Progress, or ``None`` when disabled."""
+def progress_session(enabled: bool, rate: bool = False) -> Iterator[tuple[Any, ProgressFn, dict] | None]:
+    """(rich Progress, ``on_progress`` callback, task ids by name), or ``None`` when disabled."""
     if not enabled:
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *((RateColumn(),) if rate else (TaskProgressColumn(),)),
+               TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         tasks: dict[str, Any] = {}
 
@@ -90,10 +100,17 @@ def progress_bar(enabled: bool) -> Iterator[ProgressFn | None]:
                 tasks[task] = progress.add_task(task, total=total)
             progress.update(tasks[task], completed=completed, total=total)
 
-        yield on_progress
+        yield progress, on_progress, tasks
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, rate: bool = False) -> Iterator[ProgressFn | None]:
+    """Yield an ``on_progress`` callback backed by a rich Progress, or ``None`` when disabled."""
+    with progress_session(enabled, rate) as session:
+        yield None if session is None else session[1]
 
 
 __all__ = [
     "console", "err_console", "ConfigOpt", "UriOpt", "TokenOpt", "NamespaceOpt", "JsonOpt", "ProgressFn",
-    "get_config", "handle_errors", "fail", "print_json", "show_progress", "progress_bar", "StoreError",
+    "get_config", "handle_errors", "fail", "print_json", "show_progress", "progress_bar", "progress_session", "RateColumn", "StoreError",
 ]

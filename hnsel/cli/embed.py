@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from ..embed import DEFAULT_PRETRAINED
 from ..workflows_embed import embed as run_embed
 from ..workflows_embed import write_bulk
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, err_console, get_config, handle_errors, print_json, show_progress
-
-
-class _RateColumn(ProgressColumn):
-    """Items per second of a task (rich's own speed column counts bytes)."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator:
-    if not enabled:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(task: str, completed: int, total: int | None) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=completed, total=total)
-
-        yield on_progress
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
 def _default_workers() -> int:
@@ -70,7 +42,7 @@ def embed(
     workers = _default_workers() if num_workers is None else num_workers
     common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
                   images_dir=images_dir, pool=pool, split=split, errors_path=errors)
-    with _progress(show_progress(json_output)) as on_progress:
+    with progress_bar(show_progress(json_output), rate=True) as on_progress:
         if bulk is not None:
             report = write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
         else:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..embed import DEFAULT_PRETRAINED
@@ -15,7 +14,7 @@ from ..errors import ConfigError
 from ..features import DEFAULT_CACHE_DIR
 from ..workflows_train import train as run_train
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, err_console, get_config, handle_errors, print_json, show_progress
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_session, show_progress
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, float]:
@@ -35,17 +34,11 @@ def parse_params(pairs: list[str] | None) -> dict[str, float]:
 @contextlib.contextmanager
 def epoch_progress(enabled: bool) -> Iterator[tuple]:
     """(on_progress for feature extraction, on_epoch for training) backed by one rich Progress."""
-    if not enabled:
-        yield None, None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(task: str, completed: int, total: int | None) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=completed, total=total)
+    with progress_session(enabled) as session:
+        if session is None:
+            yield None, None
+            return
+        progress, on_progress, tasks = session
 
         def on_epoch(entry: dict) -> None:
             loss = "-" if entry["loss"] is None else f"{entry['loss']:.4f}"
