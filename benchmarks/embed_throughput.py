@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from hnsel.data import read_folder  # noqa: E402
 from hnsel.data.scenes import generate_scenes  # noqa: E402
 from hnsel.embed import load_encoder, register_config  # noqa: E402
 from hnsel.workflows_embed import _batches  # noqa: E402
+from _sections import replace_section  # noqa: E402
 
 SMALL = {  # a small ViT: a quarter of ViT-B-32's width, a third of its depth
     "embed_dim": 256,
@@ -84,14 +84,6 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section of BENCHMARKS.md (or append it), leaving other sections alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -115,7 +107,7 @@ def main() -> None:
     text = table(rows, args)
     print(text)
     if not args.no_write:
-        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", text)
+        replace_section(SECTION, text + "\n")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -48,9 +46,9 @@ from hnsel.store import open_store  # noqa: E402
 from hnsel.strategies import hardneg  # noqa: E402
 from hnsel.synthetic import make_pool  # noqa: E402
 from hnsel.workflows_select import build_problem  # noqa: E402
+from _sections import replace_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "select_scale.json"
-BENCH_MD = ROOT / "BENCHMARKS.md"
 SECTION = "## Selection scale"
 DIM = 512
 CAPTIONS_PER_IMAGE = 5
@@ -475,15 +473,6 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def write_section(text: str) -> None:
-    old = BENCH_MD.read_text(encoding="utf-8") if BENCH_MD.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    new = pattern.sub(lambda m: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    tmp = BENCH_MD.with_suffix(".md.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(BENCH_MD)
-
-
 def section(data: dict, notes: str) -> str:
     m = data["machine"]
     return (f"{SECTION}\n\n`benchmarks/select_scale.py` (raw numbers: `benchmarks/results/select_scale.json`). Machine: {m['nproc']} cores "
@@ -554,7 +543,7 @@ def save(records: list[dict], args) -> None:
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     tmp.replace(RESULTS)
-    write_section(section(data, data["notes"]))
+    replace_section(SECTION, section(data, data["notes"]))
 
 if __name__ == "__main__":
     main()

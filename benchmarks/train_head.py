@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from hnsel.evaluate import evaluate_recall  # noqa: E402
 from hnsel.features import backbone_features  # noqa: E402
 from hnsel.train import apply_heads, train_heads  # noqa: E402
 from hnsel.workflows_train import paired_from_dataset  # noqa: E402
+from _sections import replace_section  # noqa: E402
 
 SECTION = "## Head training"
 LOSSES = ("infonce", "vsepp", "triplet-sn", "kendall", "infonce+0.5*kendall")
@@ -118,14 +118,6 @@ def table(quality_rows: list[dict], speed_rows: list[dict], args: argparse.Names
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the "## Head training" section of BENCHMARKS.md (or append it); other sections stay."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="*", type=int, default=[2000, 10000, 50000])
@@ -157,7 +149,7 @@ def main() -> None:
     text = table(quality_rows, speed_rows, args)
     print(text)
     if not args.no_write:
-        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", text)
+        replace_section(SECTION, text + "\n")
 
 
 if __name__ == "__main__":
