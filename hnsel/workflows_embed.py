@@ -99,6 +99,17 @@ def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
         table_format(Path(errors_path))  # .csv, .jsonl or .parquet, refused before any work
 
 
+def _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split, errors_path,
+             encoder: Encoder | None) -> tuple[Dataset, Encoder, EmbedReport]:
+    """Everything checked before any vector is written: flags, the source, then the model."""
+    _check_errors_path(errors_path)
+    _check_batching(batch_size, num_workers)
+    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
+    _validate(dataset)
+    encoder = encoder or load_encoder(model_name, pretrained, device)
+    return dataset, encoder, EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+
+
 def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED,
           device: str = "auto", batch_size: int = 64, num_workers: int = 0, images_dir: str | os.PathLike | None = None,
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
@@ -106,12 +117,8 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees."""
     from .store import open_store
 
-    _check_errors_path(errors_path)
-    _check_batching(batch_size, num_workers)
-    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
-    _validate(dataset)
-    encoder = encoder or load_encoder(model_name, pretrained, device)
-    report = EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+    dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
+                                        errors_path, encoder)
     start = time.perf_counter()
     with open_store(config.store) as store:
         check_model(store, encoder.model_info)
@@ -318,12 +325,8 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
                errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
                on_progress: ProgressFn | None = None) -> EmbedReport:
     """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
-    _check_errors_path(errors_path)
-    _check_batching(batch_size, num_workers)
-    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
-    _validate(dataset)
-    encoder = encoder or load_encoder(model_name, pretrained, device)
-    report = EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+    dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
+                                        errors_path, encoder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
