@@ -282,6 +282,8 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
     timers = Timers()
     originals = {name: _wrap(hardneg, name, timers, key) for name, key in
                  (("full_thresholds", "thresholds"), ("_violators", "violators"), ("_accumulate", "accumulate"))}
+    load = vars(hardneg.PairedSide)["load"]
+    _wrap(hardneg.PairedSide, "load", timers, "paired_load")
     try:
         with Peak(others) as peak:
             t0 = time.perf_counter()
@@ -297,12 +299,12 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
     finally:
         for name, fn in originals.items():
             setattr(hardneg, name, fn)
+        hardneg.PairedSide.load = load
     t, n = timers.t, timers.n
     split = {
         "list_candidates": t.get("list_candidates", 0.0),
         "anchor_stream": t.get("anchor_stream", 0.0),
-        "threshold_search": t.get("search_paired", 0.0),
-        "threshold_python": t.get("thresholds", 0.0) - t.get("search_paired", 0.0),
+        "thresholds": t.get("paired_load", 0.0) + t.get("thresholds", 0.0),  # paired side into memory + xi (search or matmul)
         "candidate_search": t.get("search_candidates", 0.0) + t.get("range_search", 0.0),
         "violators_python": t.get("violators", 0.0) - t.get("search_candidates", 0.0) - t.get("range_search", 0.0),
         "aggregation": t.get("accumulate", 0.0),
@@ -310,7 +312,8 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
     }
     split["other"] = wall - sum(split.values())
     searches = t.get("search_paired", 0.0) + t.get("search_candidates", 0.0) + t.get("range_search", 0.0)
-    return {"wall_s": wall, "split_s": split, "milvus_call_s": t.get("milvus_call", 0.0), "result_parsing_s": searches - t.get("milvus_call", 0.0),
+    return {"wall_s": wall, "split_s": split, "thresholds_mode": stats.get("thresholds", "index search"),
+            "threshold_search_s": t.get("search_paired", 0.0), "milvus_call_s": t.get("milvus_call", 0.0), "result_parsing_s": searches - t.get("milvus_call", 0.0),
             "queries": {k: n.get(k, 0) for k in ("search_paired", "search_candidates", "range_search")}, "stats": stats,
             "client_peak_rss": peak.client, "client_base_rss": peak.base, "server_peak_rss": peak.server,
             "ids": sel.ids.tolist(), "merit": int(sel.stats["picked_on_merit"]), "scores": scores, "counts": counts,
@@ -443,9 +446,9 @@ def _gb(x: float) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = ("| pool | captions (scored) | backend | index | ingest s (rows/s) | index build s | hnsel select s | "
-            "split: list / stream / thr. search / cand. search / parse / python | client peak GB | Milvus peak GB | "
-            "dense s | dense peak GB | Jaccard | violating-pair recall |\n|" + "---|" * 14)
+    head = ("| pool | captions (scored) | backend | index | ingest s (rows/s) | index build s | hnsel select s | thresholds | "
+            "split: list / stream / thresholds / cand. search / parse / python | client peak GB | Milvus peak GB | "
+            "dense s | dense peak GB | Jaccard | violating-pair recall |\n|" + "---|" * 15)
     rows = [head]
     for r in sorted(records, key=lambda r: (r["size"], r["backend"], r["index"])):
         ing = r["ingest"]
@@ -455,7 +458,7 @@ def table(records: list[dict]) -> str:
         if "hnsel" not in r:
             d = r.get("dense")
             dense = (f"{d['wall_full_s']:.0f} **extrapolated** (measured {d['wall_s']:.1f} on {r['captions_scored']:,} captions)" if d else "-")
-            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {r.get('note', '-')} | - | - | "
+            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {r.get('note', '-')} | - | - | - | "
                         f"{_gb(ing.get('server_peak_rss', 0))} | {dense} | {_gb(d['peak_rss']) if d else '-'} | - | - |")
             continue
         h, d, a = r["hnsel"], r["dense"], r["agreement"]
@@ -463,11 +466,14 @@ def table(records: list[dict]) -> str:
         ext = h["extrapolated"]
         sel = f"{h['wall_full_s']:.0f} **extrapolated** (measured {h['wall_s']:.1f})" if ext else f"{h['wall_s']:.1f}"
         dense = f"{d['wall_full_s']:.0f} **extrapolated** (measured {d['wall_s']:.1f})" if d["extrapolated"] else f"{d['wall_s']:.1f}"
-        python = s["threshold_python"] + s["violators_python"] + s["aggregation"] + s["rank"] + s["other"]
-        split = (f"{s['list_candidates']:.1f} / {s['anchor_stream']:.1f} / {s['threshold_search']:.1f} / {s['candidate_search']:.1f} / "
+        # Records before in-memory thresholds split the threshold time into search + python.
+        thresholds = s.get("thresholds", s.get("threshold_search", 0.0) + s.get("threshold_python", 0.0))
+        python = s["violators_python"] + s["aggregation"] + s["rank"] + s["other"]
+        split = (f"{s['list_candidates']:.1f} / {s['anchor_stream']:.1f} / {thresholds:.1f} / {s['candidate_search']:.1f} / "
                  f"{h['result_parsing_s']:.1f} / {python:.1f}")
+        mode = {"exact in memory": "exact, in memory", "index search": f"{r['index']} filtered search"}.get(h.get("thresholds_mode", "index search"), "?")
         scored = f"{r['captions']:,} ({r['captions_scored']:,})" if r["captions_scored"] < r["captions"] else f"{r['captions']:,}"
-        rows.append(f"| {r['size']:,} | {scored} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {sel} | {split} | "
+        rows.append(f"| {r['size']:,} | {scored} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {sel} | {mode} | {split} | "
                     f"{_gb(h['client_peak_rss'])} | {_gb(max(h['server_peak_rss'], ing.get('server_peak_rss', 0))) if r['backend'] == 'server' else 'in client'} | {dense} | {_gb(d['peak_rss'])} | "
                     f"{a['jaccard']:.4f} | {a['pair_recall']:.4f} |")
     return "\n".join(rows)

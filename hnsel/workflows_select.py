@@ -178,10 +178,14 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
             indices, known = positions(problem.candidate_ids, ids, sorter)
             yield indices, np.asarray([r["vector"] for r, k in zip(batch, known) if k], dtype=np.float32).reshape(len(indices), -1)
 
+    def paired_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in store.iter_rows(side, index.filters["paired"], ("id", "vector"), batch_size):
+            yield np.array([r["id"] for r in batch], dtype=object), np.asarray([r["vector"] for r in batch], dtype=np.float32).reshape(len(batch), -1)
+
     problem = SelectionProblem(candidate_ids=_candidate_ids(store, side), index=index, anchors=_anchor_stream(store, modality),
                                n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
                                candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress,
-                               candidate_stream=candidate_stream)
+                               candidate_stream=candidate_stream, paired_stream=paired_stream)
     return problem
 
 

@@ -128,3 +128,39 @@ def test_bad_parameters_are_one_line_errors():
         get_strategy("hardneg", weight="sum")
     with pytest.raises(SelectionError, match="takes no parameter"):
         get_strategy("random", k=3)
+
+
+class _WrongPairedIndex(ExactIndex):
+    """An index whose filtered search among paired samples misses the best ones, as HNSW can at scale."""
+
+    def search(self, vectors, limit, pool):
+        hits = super().search(vectors, limit + 3, pool)
+        return [(ids[3:], sims[3:]) for ids, sims in hits] if pool == "paired" else hits
+
+
+@pytest.mark.parametrize("k", [1, 2, 40])
+def test_in_memory_thresholds_are_exact_whatever_the_index(k):
+    problem, a = make_problem(n_paired=30)
+    problem.index = _WrongPairedIndex(problem.index.pools, max_limit=8)
+    # With the paired side streamed into memory the wrong paired search is never used ...
+    problem.paired_stream = lambda b: ((a["img_ids"][s:s + b], a["img"][s:s + b]) for s in range(0, 30, b))
+    scores, counts, stats = hardneg_scores(problem, k=k, depth=2, chunk_size=7)
+    ref_scores, ref_counts = dense_hardneg_scores(a["txt"], a["pos"], a["img_ids"], a["img"], a["cand"], k=k)
+    assert stats["thresholds"] == "exact in memory"
+    assert np.abs(scores - ref_scores).max() < 1e-5 and (counts == ref_counts).all()
+    # ... and with paired_mb=0 it is, and the thresholds (so the scores) come out wrong.
+    wrong, _, stats = hardneg_scores(problem, k=k, depth=2, chunk_size=7, paired_mb=0)
+    assert stats["thresholds"] == "index search"
+    assert np.abs(wrong - ref_scores).max() > 1e-3
+
+
+def test_in_memory_thresholds_drop_every_positive_and_handle_few_negatives():
+    # Anchor t0 describes p0 and p1 (text modality: an image with two captions); p2 is the only negative.
+    from hnsel.strategies.hardneg import PairedSide
+
+    side = PairedSide(np.array(["p0", "p1", "p2"], dtype=object), np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32))
+    chunk = AnchorChunk(np.array(["a", "b"], dtype=object), np.array([[1, 0], [0, 1]], np.float32),
+                        (frozenset(["p0", "p1"]), frozenset(["p0", "p1", "p2"])))
+    xi = side.thresholds(chunk, k=3, block_floats=3)  # block of one row: the chunking path
+    assert xi[0] == pytest.approx(0.0)  # fewer than k negatives: the smallest among them (only p2, s = 0)
+    assert np.isnan(xi[1])  # no negatives at all

@@ -72,7 +72,9 @@ def test_milvus_scores_equal_dense(shared, pool, modality, weight, k):
     cand_ids, ref_scores, ref_counts = reference(pool, extra, modality, k, weight)
     with open_store(config.store) as store:
         problem = api.build_problem(store, modality, max_limit=8)  # a small cap forces deepening and range pages
-        scores, counts, stats = hardneg_scores(problem, k=k, weight=weight, depth=2, chunk_size=16)
+        paired_mb = 0 if weight == "count" else 64  # both threshold paths: Milvus filtered search, and exact in memory
+        scores, counts, stats = hardneg_scores(problem, k=k, weight=weight, depth=2, chunk_size=16, paired_mb=paired_mb)
+    assert stats["thresholds"] == ("index search" if paired_mb == 0 else "exact in memory")
     assert list(problem.candidate_ids) == list(cand_ids)
     assert np.abs(scores - ref_scores).max() < 1e-4
     assert (counts == ref_counts).all()

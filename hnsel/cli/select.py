@@ -22,6 +22,7 @@ def select(
     weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg: surplus (s - xi) or count (1).")] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg: full or mini batch thresholds.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg --batch mini: the training batch size.")] = None,
+    paired_mb: Annotated[Optional[float], typer.Option("--paired-mb", help="hardneg: full-batch thresholds exact in memory when the paired vectors fit in this many MB (0: searched in Milvus, approximate on HNSW).")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="density: informativeness score, hardneg (Surplus) or coreset.")] = None,
     lam: Annotated[Optional[float], typer.Option("--lambda", help="density: weight of the mean pairwise similarity of the picks.")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Record the picks as the next round, so later selections skip them.")] = True,
@@ -34,7 +35,7 @@ def select(
     """Select BUDGET unpaired samples: by default the hard negatives of the paired captions (Top-1, Surplus, full batch)."""
     cfg = get_config(config, milvus_uri, token, namespace)
     params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size),
-                                              ("base", base), ("lam", lam)) if value is not None}
+                                              ("paired_mb", paired_mb), ("base", base), ("lam", lam)) if value is not None}
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
                             record=record)

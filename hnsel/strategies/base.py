@@ -104,6 +104,7 @@ class SelectionProblem:
     on_progress: Callable[[str, int, int | None], None] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     candidate_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # (indices, vectors) batches
+    paired_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # negatives' side: (ids, vectors) batches
 
     def progress(self, task: str, completed: int, total: int | None) -> None:
         if self.on_progress is not None:
@@ -125,6 +126,16 @@ class SelectionProblem:
         for start in range(0, len(self.candidate_ids), batch_size):
             indices = np.arange(start, min(start + batch_size, len(self.candidate_ids)))
             yield indices, self.vectors_of(indices)
+
+
+    def paired_batches(self, batch_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
+        """The negatives' side (paired samples) once as (ids, vectors) batches; None when this problem has no such source."""
+        if self.paired_stream is not None:
+            return self.paired_stream(batch_size)
+        if isinstance(self.index, ExactIndex) and "paired" in self.index.pools:
+            ids, vecs = self.index.pools["paired"]
+            return ((ids[s:s + batch_size], vecs[s:s + batch_size]) for s in range(0, len(ids), batch_size))
+        return None
 
 
 @dataclass(frozen=True)

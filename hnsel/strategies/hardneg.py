@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import SelectionError
 from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, register, top_by_score
 
-__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores"]
+__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "PairedSide"]
 
 WEIGHTS = ("surplus", "count")
 MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
@@ -37,8 +37,58 @@ def kth_threshold(sims: np.ndarray, k: int) -> float:
     return float(np.partition(-np.asarray(sims, dtype=np.float64), k - 1)[k - 1] * -1)
 
 
-def full_thresholds(chunk: AnchorChunk, index: NeighborIndex, k: int) -> np.ndarray:
-    """Full-batch ``xi_j``: top-(k + positives) among paired samples, each anchor's positives dropped."""
+@dataclass(frozen=True)
+class PairedSide:
+    """The negatives' side held in memory (ids and unit vectors) for exact full-batch thresholds."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def load(cls, problem: SelectionProblem, max_mb: float) -> "PairedSide | None":
+        """Stream the paired side from ``problem``; None when it has no source or holds more than ``max_mb`` MB."""
+        batches = problem.paired_batches() if max_mb > 0 else None
+        if batches is None:
+            return None
+        ids, vecs, size = [], [], 0
+        for b_ids, b_vecs in batches:
+            size += np.asarray(b_vecs).size * 4
+            if size > max_mb * 2**20:
+                return None
+            ids.append(np.asarray(b_ids, dtype=object))
+            vecs.append(np.asarray(b_vecs, dtype=np.float32))
+        if not ids:
+            return cls(np.array([], dtype=object), np.zeros((0, 0), np.float32))
+        return cls(np.concatenate(ids), np.concatenate(vecs))
+
+    def thresholds(self, chunk: AnchorChunk, k: int, block_floats: int = 2**24) -> np.ndarray:
+        """Exact full-batch ``xi_j`` by chunked matrix products: memory ``block_floats`` floats, not anchors x paired."""
+        n = len(self.ids)
+        xi = np.full(len(chunk.ids), np.nan, dtype=np.float64)
+        if n == 0:
+            return xi
+        column = {x: i for i, x in enumerate(self.ids)}
+        rows = max(1, block_floats // n)
+        for start in range(0, len(chunk.ids), rows):
+            sims = np.asarray(chunk.vectors[start:start + rows], dtype=np.float32) @ self.vectors.T
+            n_neg = np.full(len(sims), n)
+            for r, pos in enumerate(chunk.positives[start:start + rows]):
+                cols = [column[p] for p in pos if p in column]
+                sims[r, cols] = -np.inf
+                n_neg[r] -= len(cols)
+            full = n_neg >= k
+            if full.any():
+                xi[start + np.flatnonzero(full)] = -np.partition(-sims[full], k - 1, axis=1)[:, k - 1]
+            for r in np.flatnonzero(~full & (n_neg > 0)):  # fewer than k negatives: the smallest of them
+                xi[start + r] = float(sims[r][np.isfinite(sims[r])].min())
+        return xi
+
+
+def full_thresholds(chunk: AnchorChunk, index: NeighborIndex, k: int, paired: PairedSide | None = None) -> np.ndarray:
+    """Full-batch ``xi_j``: exact in memory when ``paired`` is given, else a top-(k + positives) search among
+    paired samples through ``index``, each anchor's positives dropped."""
+    if paired is not None:
+        return paired.thresholds(chunk, k)
     extra = max((len(p) for p in chunk.positives), default=0)
     hits = index.search(chunk.vectors, k + extra, "paired")
     xi = np.empty(len(chunk.ids), dtype=np.float64)
@@ -123,12 +173,15 @@ def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats) -> None:
         np.add.at(counts, idx[known], 1)
 
 
-def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str, batch_size: int,
-                                   chunk_size: int, rng: np.random.Generator) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
+def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str, batch_size: int, chunk_size: int,
+                                   rng: np.random.Generator, paired_mb: float, stats: dict) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
     if batch == "full":
+        paired = PairedSide.load(problem, paired_mb)
+        stats["thresholds"] = "exact in memory" if paired is not None else "index search"
         for chunk in problem.anchors(chunk_size):
-            yield chunk, full_thresholds(chunk, problem.index, k)
+            yield chunk, full_thresholds(chunk, problem.index, k, paired)
         return
+    stats["thresholds"] = "mini-batch in memory"
     if problem.paired_vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
     chunks = list(problem.anchors(chunk_size))  # mini-batch shuffles over all anchors: O(paired) memory
@@ -146,15 +199,19 @@ def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str
 
 def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
                    batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
-                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``."""
+                   rng: np.random.Generator | None = None, paired_mb: float = 1024) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
+
+    ``paired_mb``: full-batch thresholds are computed exactly in memory when the paired side's vectors fit in
+    this many MB (0: always through ``problem.index``, whose filtered search is approximate on HNSW/IVF).
+    """
     rng = rng if rng is not None else np.random.default_rng(0)
     ids = problem.candidate_ids
     id_to_index = {x: i for i, x in enumerate(ids)}
     scores = np.zeros(len(ids), dtype=np.float64)
     counts = np.zeros(len(ids), dtype=np.int64)
     stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0}
-    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng):
+    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats):
         valid = np.flatnonzero(~np.isnan(xi))
         stats["anchors"] += len(xi)
         stats["anchors_without_negatives"] += len(xi) - len(valid)
@@ -171,7 +228,9 @@ class HardNegative:
     """Unpaired samples that violate the Top-k hard-negative condition of paired anchors (ALGORITHM.md).
 
     ``k``: Top-k condition; ``weight``: ``surplus`` (s - xi) or ``count`` (1); ``batch``: ``full`` or ``mini``
-    thresholds with ``batch_size``; ``chunk_size`` anchors per search request; ``depth`` first search depth.
+    thresholds with ``batch_size``; ``chunk_size`` anchors per search request; ``depth`` first search depth;
+    ``paired_mb``: full-batch thresholds exact in memory when the paired side fits in this many MB (0: searched
+    through the index, approximate on HNSW/IVF indexes).
     """
 
     k: int = 1
@@ -180,6 +239,7 @@ class HardNegative:
     batch_size: int = 128
     chunk_size: int = 512
     depth: int = 64
+    paired_mb: float = 1024
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -190,13 +250,15 @@ class HardNegative:
             raise SelectionError(f"--batch {self.batch!r}: use one of {', '.join(BATCHES)}")
         if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1:
             raise SelectionError("--batch-size must be at least 2, chunk size and depth at least 1")
+        if not self.paired_mb >= 0:
+            raise SelectionError(f"paired_mb must be 0 or more, got {self.paired_mb}")
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         check_budget(budget, len(problem.candidate_ids))
         if problem.n_anchors == 0:
             raise SelectionError("no paired data: hardneg needs paired captions and images; ingest or embed a paired set first")
         scores, counts, stats = hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
-                                               chunk_size=self.chunk_size, depth=self.depth, rng=rng)
+                                               chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb)
         return rank_with_fill(problem.candidate_ids, scores, counts, budget, rng, "hardneg", self.__dict__.copy(), stats)
 
 
