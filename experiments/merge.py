@@ -2,7 +2,9 @@
 
     python experiments/merge.py OUT DIR [DIR ...]
 
-Every DIR/results.json must hold the same settings (the same protocol); runs are concatenated.
+Every DIR/results.json must hold the same settings (the same protocol); runs are concatenated, and a run of
+the same strategy label and seed in a later DIR replaces the earlier one (so a re-run strategy, such as a
+changed ``auto``, is merged over an older merged results.json without keeping both).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def main(out: str, *folders: str) -> None:
     for folder, doc in zip(folders, docs):
         if doc["settings"] != settings:
             raise SystemExit(f"{folder}/results.json: other settings than {folders[0]}; not merged")
-    runs = [run for doc in docs for run in doc["runs"]]
+    latest = {(run["strategy"], run["seed"]): run for doc in docs for run in doc["runs"]}
+    runs = list(latest.values())
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     (target / "results.json").write_text(json.dumps({"version": 1, "settings": settings, "runs": runs}, indent=1))

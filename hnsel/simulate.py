@@ -201,7 +201,7 @@ def _round(ctx: dict, run: dict, spec: StrategySpec, mask: np.ndarray, number: i
         t3 = time.perf_counter()
         result = select(config, ctx["budget"], spec.name, spec.params, seed=round_seed, record=False)
         entry.update(picks=[str(i) for i in result.selection.ids], embed_seconds=t3 - t2, select_seconds=time.perf_counter() - t3,
-                     stats={k: v for k, v in result.selection.stats.items() if isinstance(v, (int, float, str, bool))})
+                     stats={k: v for k, v in result.selection.stats.items() if _plain(v)})
     return entry
 
 
@@ -229,6 +229,12 @@ def _run(ctx: dict, run: dict, spec: StrategySpec, save: Callable[[], None], on_
     if on_progress:
         on_progress(f"{spec.label} seed {run['seed']}", ctx["rounds"] + 1, ctx["rounds"] + 1)
     return resumed
+
+
+def _plain(value: Any) -> bool:
+    """A stats value kept in results.json: a scalar, or a flat dict of scalars (``auto_decision``)."""
+    scalar = (int, float, str, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values()))
 
 
 def _namespace(label: str, seed: int) -> str:

@@ -59,10 +59,12 @@ def test_coverage_gap_known_answer():
 
 
 def test_plan_split_and_concentration_known_answers():
-    assert plan_split(20, 1.0, 100, random_share=0.1, min_share=0.1, coverage_share=None) == {
+    assert plan_split(20, 1.0, 100, random_share=0.1, min_coverage=0.1, max_coverage=0.9, coverage_share=None) == {
         "coverage": 16, "hardneg": 2, "random": 2, "planned_coverage_share": 0.9, "moved_to_coverage": 0}
-    assert plan_split(20, 0.0, 100, random_share=0.1, min_share=0.1, coverage_share=None)["coverage"] == 2
-    assert plan_split(20, 0.0, 5, random_share=0.0, min_share=0.0, coverage_share=0.5) == {
+    assert plan_split(20, 0.0, 100, random_share=0.1, min_coverage=0.1, max_coverage=0.9, coverage_share=None)["coverage"] == 2
+    assert plan_split(20, 0.05, 100, random_share=0.0, min_coverage=0.5, max_coverage=0.9, coverage_share=None)["coverage"] == 10
+    assert plan_split(20, 0.7, 100, random_share=0.0, min_coverage=0.5, max_coverage=0.9, coverage_share=None)["coverage"] == 14
+    assert plan_split(20, 0.0, 5, random_share=0.0, min_coverage=0.0, max_coverage=1.0, coverage_share=0.5) == {
         "coverage": 15, "hardneg": 5, "random": 0, "planned_coverage_share": 0.5, "moved_to_coverage": 5}
     c = concentration(np.array([0.0, 1.0, 3.0, -1.0]))
     assert c == {"candidates_with_score": 2, "score_gini": 0.25, "effective_hard_negatives": 1.6}
@@ -75,18 +77,20 @@ def test_coverage_limited_layout_goes_to_coverage():
     d = sel.stats["auto_decision"]
     # no candidate beats any caption's paired negatives, so the two planned hard-negative picks move to coverage
     assert d["uncovered"] == 1.0 and d["candidates_with_score"] == 0 and d["moved_to_coverage"] == 2
-    assert d["coverage_picks"] == 18 and d["random_picks"] == 2 and d["hardneg_picks"] == 0
+    assert d["coverage_picks"] == 20 and d["random_picks"] == 0 and d["hardneg_picks"] == 0
     assert "coverage-limited" in d["reason"]
     cov = [int(i[1:]) // 10 for i, r in zip(sel.ids, sel.reasons) if r == "coverage"]
     assert len(set(cov[:8])) == 8  # k-center: the first eight coverage picks visit every unreached group
 
 
-def test_finely_categorised_layout_goes_to_hard_negatives():
+def test_finely_categorised_layout_hedges_at_the_floor_or_goes_to_hard_negatives():
     problem = layout(covered=True)
-    sel = get_strategy("auto").select(problem, 20, np.random.default_rng(0))
+    d = get_strategy("auto").select(problem, 20, np.random.default_rng(0)).stats["auto_decision"]
+    assert d["uncovered"] <= 0.1 and d["hardneg_picks"] == 10 and d["coverage_picks"] == 10 and d["random_picks"] == 0
+    assert "No clear coverage gap" in d["reason"] and "50% coverage floor" in d["reason"]
+    sel = get_strategy("auto", min_coverage=0.1, random_share=0.1).select(problem, 20, np.random.default_rng(0))
     d = sel.stats["auto_decision"]
-    assert d["uncovered"] <= 0.1 and d["hardneg_picks"] == 16 and d["coverage_picks"] == 2 and d["fill_picks"] == 0
-    assert "finely-categorised" in d["reason"]
+    assert d["hardneg_picks"] == 16 and d["coverage_picks"] == 2 and d["random_picks"] == 2 and d["fill_picks"] == 0
     hard = [i for i, r in zip(sel.ids, sel.reasons) if r == "hardneg"]
     scores = dict(zip(sel.ids, sel.scores))
     assert all(scores[i] > 0 for i in hard)  # hard-negative picks are violators, never fill
@@ -122,7 +126,7 @@ def test_parameters_from_strings_and_errors():
     auto = get_strategy("auto", coverage_share="0.5", ratio="3", sample="100")
     assert auto.coverage_share == 0.5 and auto.ratio == 3.0 and auto.sample == 100
     assert get_strategy("auto", coverage_share="none").coverage_share is None
-    for bad in ({"coverage_share": 1.5}, {"random_share": 1.0}, {"min_share": 0.6}, {"ratio": 0.5}, {"lam": -1}):
+    for bad in ({"coverage_share": 1.5}, {"random_share": 1.0}, {"min_coverage": 0.6, "max_coverage": 0.5}, {"ratio": 0.5}, {"lam": -1}):
         with pytest.raises(SelectionError, match="auto"):
             get_strategy("auto", **bad)
 

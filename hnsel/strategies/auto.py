@@ -21,10 +21,17 @@ structure, and large where the pool holds tight groups the paired set never reac
 many are positive (the supply), their Gini coefficient and effective number ``(sum s)^2 / sum s^2``
 (concentration: a few candidates holding the mass means the rest of the ranking is marginal).
 
-**Split** of budget ``b``: ``random_share x b`` uniform picks (a guard that holds in any regime: that part is
-distributed exactly as random's picks); of the rest, ``coverage_share`` (default: ``uncovered`` clipped to
-``[min_share, 1 - min_share]``, so each part keeps a foothold) goes to coverage, the remainder to hard negatives,
-capped at the positive supply (the excess goes to coverage, never to random fill). Hard-negative picks first:
+**Split** of budget ``b``: ``random_share x b`` uniform picks (default 0; a guard for users who want part of
+every round distributed exactly as random's picks); of the rest, ``coverage_share`` goes to coverage, the
+remainder to hard negatives, capped at the positive supply (the excess goes to coverage, never to random fill).
+Measured, ``coverage_share = clip(uncovered, min_coverage, max_coverage)`` with defaults 0.5 and 0.9: half the
+budget covers new regions unless the pool is measurably less covered than that, and hard negatives always keep at
+least a tenth. Why a floor of one half: on hnsel's scenes simulations (EXPERIMENTS.md, both regimes) both
+coverage (``coreset``) and hard negatives beat random, the better of the two changed from round to round, and the
+coverage measurement did not tell the regimes apart (a random-backbone embedding resolves neither); when the
+measurement cannot decide, an even hedge is never far from the better of the two, while committing to one side
+is sometimes far. Where the measurement is decisive (a pool whose regions the paired set never reached), the
+share rises with it. Hard-negative picks first:
 ``density``'s greedy (informativeness minus ``lam`` x mean pairwise similarity) over the best-scored
 candidates, so they do not all come from one crowded region. Then coverage picks: k-center greedy (as
 ``coreset``) from the paired set and the hard-negative picks, so coverage goes where neither reaches. Then the
@@ -88,12 +95,12 @@ def concentration(scores: np.ndarray) -> dict[str, Any]:
             "effective_hard_negatives": round(float(pos.sum() ** 2 / (pos ** 2).sum()), 1)}
 
 
-def plan_split(budget: int, uncovered: float, supply: int, *, random_share: float, min_share: float,
+def plan_split(budget: int, uncovered: float, supply: int, *, random_share: float, min_coverage: float, max_coverage: float,
                coverage_share: float | None) -> dict[str, Any]:
     """Counts per part: random first, then coverage / hard negatives, hard negatives capped at ``supply``."""
     n_random = int(math.floor(random_share * budget))
     rest = budget - n_random
-    share = coverage_share if coverage_share is not None else min(max(uncovered, min_share), 1.0 - min_share)
+    share = coverage_share if coverage_share is not None else min(max(uncovered, min_coverage), max_coverage)
     n_coverage = int(round(share * rest))
     n_hardneg = rest - n_coverage
     capped = max(0, n_hardneg - supply)
@@ -101,16 +108,20 @@ def plan_split(budget: int, uncovered: float, supply: int, *, random_share: floa
             "planned_coverage_share": round(float(share), 4), "moved_to_coverage": int(capped)}
 
 
-def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int) -> str:
+def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int, min_coverage: float) -> str:
     if anchors == 0:
         return "No paired captions, so no hard negatives exist: everything not random covers the pool (k-center)."
-    how = ("the coverage share was fixed by the caller" if fixed else
-           f"{coverage['uncovered']:.0%} of sampled candidates sit much farther from every paired sample than from their "
-           f"nearest candidate (ratio > {coverage['ratio']:g})")
-    regime = "coverage-limited" if plan["coverage"] > plan["hardneg"] else "finely-categorised"
+    measured = (f"{coverage['uncovered']:.0%} of sampled candidates sit much farther from every paired sample than from their "
+                f"nearest candidate (ratio > {coverage['ratio']:g})")
+    if fixed:
+        how = "the coverage share was fixed by the caller"
+    elif coverage["uncovered"] > min_coverage:
+        how = f"looks coverage-limited: {measured}"
+    else:
+        how = f"no clear coverage gap ({measured}), so the budget is hedged at the {min_coverage:.0%} coverage floor"
     capped = f"; only {conc['candidates_with_score']} candidates violate any caption, so {plan['moved_to_coverage']} picks moved to coverage" \
         if plan["moved_to_coverage"] else ""
-    return f"Looks {regime}: {how}, so {plan['coverage']} picks cover new regions and {plan['hardneg']} are hard negatives{capped}."
+    return f"{how[0].upper() + how[1:]}: {plan['coverage']} picks cover new regions and {plan['hardneg']} are hard negatives{capped}."
 
 
 def coverage_picks(problem: SelectionProblem, count: int, centres: np.ndarray, rng: np.random.Generator, *,
@@ -154,22 +165,23 @@ class Auto:
     """Split the budget between coverage (k-center) and hard negatives (density-guarded) by measured coverage.
 
     ``coverage_share``: fix the coverage part of the non-random budget (None: measured); ``random_share``: part
-    drawn uniformly as a guard; ``min_share``: least share each of coverage and hard negatives keeps when
-    measured; ``ratio``: a candidate is uncovered when its nearest paired sample is more than ``ratio`` times
+    drawn uniformly as a guard; ``min_coverage`` / ``max_coverage``: the range a measured coverage share is
+    clipped to (the floor is the hedge when the measurement cannot tell the regimes apart); ``ratio``: a candidate is uncovered when its nearest paired sample is more than ``ratio`` times
     as far as its nearest candidate; ``sample``: candidates measured; ``lam``: crowding penalty of the
     hard-negative picks; ``shortlist``: hard-negative picks are chosen among ``shortlist x`` their count.
     """
 
     coverage_share: float | None = None
-    random_share: float = 0.1
-    min_share: float = 0.1
+    random_share: float = 0.0
+    min_coverage: float = 0.5
+    max_coverage: float = 0.9
     ratio: float = 2.0
     sample: int = 2048
     lam: float = 1.0
     shortlist: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("coverage_share", "random_share", "min_share", "ratio", "lam"):  # "0.5" from a command line
+        for name in ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam"):  # "0.5" from a command line
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, None if value.lower() in ("", "none", "auto") and name == "coverage_share" else float(value))
@@ -179,8 +191,8 @@ class Auto:
             raise SelectionError(f"auto: coverage_share must be in [0, 1] (or None to measure it), got {self.coverage_share}")
         if not 0.0 <= self.random_share < 1.0:
             raise SelectionError(f"auto: random_share must be in [0, 1), got {self.random_share}")
-        if not 0.0 <= self.min_share <= 0.5:
-            raise SelectionError(f"auto: min_share must be in [0, 0.5], got {self.min_share}")
+        if not 0.0 <= self.min_coverage <= self.max_coverage <= 1.0:
+            raise SelectionError(f"auto: need 0 <= min_coverage <= max_coverage <= 1, got {self.min_coverage} and {self.max_coverage}")
         if not self.ratio >= 1.0 or not self.lam >= 0 or self.sample < 1 or self.shortlist < 1:
             raise SelectionError("auto: ratio must be at least 1, lam at least 0, sample and shortlist at least 1")
 
@@ -194,7 +206,8 @@ class Auto:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)
         plan = plan_split(budget, coverage["uncovered"] if problem.n_anchors else 1.0, conc["candidates_with_score"],
-                          random_share=self.random_share, min_share=self.min_share, coverage_share=self.coverage_share)
+                          random_share=self.random_share, min_coverage=self.min_coverage, max_coverage=self.max_coverage,
+                          coverage_share=self.coverage_share)
         parts, part_scores, cov_stats = self._pick(problem, scores, plan, rng)
         picked = np.concatenate([p for p in parts.values()]).astype(np.int64)
         reasons = np.array([r for r, p in parts.items() for _ in p], dtype=object)
@@ -204,7 +217,7 @@ class Auto:
                     "random_picks": len(parts["random"]), "fill_picks": len(parts["fill"]),
                     "coverage_share": round(len(parts["coverage"]) / budget, 4), "hardneg_share": round(len(parts["hardneg"]) / budget, 4),
                     "planned_coverage_share": plan["planned_coverage_share"], "moved_to_coverage": plan["moved_to_coverage"],
-                    "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors)}
+                    "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors, self.min_coverage)}
         stats = {"auto_decision": decision, "candidates": int(len(ids)), "candidates_with_score": conc["candidates_with_score"],
                  "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
                  "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)), **cov_stats}
