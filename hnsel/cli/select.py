@@ -17,14 +17,14 @@ from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console
 @handle_errors
 def select(
     budget: Annotated[int, typer.Option("--budget", "-n", help="How many samples to pick.")] = 1000,
-    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: hardneg, coreset, density, random, auto.")] = "hardneg",
-    k: Annotated[Optional[int], typer.Option("--k", help="hardneg: Top-k violation condition.")] = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg: surplus (s - xi) or count (1).")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg: full or mini batch thresholds.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg --batch mini: the training batch size.")] = None,
-    paired_mb: Annotated[Optional[float], typer.Option("--paired-mb", help="hardneg: full-batch thresholds exact in memory when the paired vectors fit in this many MB (0: searched in Milvus, approximate on HNSW).")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: auto (default: coverage + hard negatives, split by measured coverage), hardneg, coreset, density, random.")] = "auto",
+    k: Annotated[Optional[int], typer.Option("--k", help="hardneg and auto: Top-k violation condition.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg and auto: surplus (s - xi) or count (1).")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg and auto: full or mini batch thresholds.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg and auto, --batch mini: the training batch size.")] = None,
+    paired_mb: Annotated[Optional[float], typer.Option("--paired-mb", help="hardneg and auto: full-batch thresholds exact in memory when the paired vectors fit in this many MB (0: searched in Milvus, approximate on HNSW).")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="density: informativeness score, hardneg (Surplus) or coreset.")] = None,
-    lam: Annotated[Optional[float], typer.Option("--lambda", help="density: weight of the mean pairwise similarity of the picks.")] = None,
+    lam: Annotated[Optional[float], typer.Option("--lambda", help="density and auto: weight of the mean pairwise similarity of the (hard-negative) picks.")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Record the picks as the next round, so later selections skip them.")] = True,
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
@@ -32,7 +32,7 @@ def select(
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
-    """Select BUDGET unpaired samples: by default the hard negatives of the paired captions (Top-1, Surplus, full batch)."""
+    """Select BUDGET unpaired samples: by default `auto`, part covering regions the paired set has not reached, part hard negatives of the paired captions (Top-1, Surplus, full batch)."""
     cfg = get_config(config, milvus_uri, token, namespace)
     params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size),
                                               ("paired_mb", paired_mb), ("base", base), ("lam", lam)) if value is not None}
@@ -58,7 +58,7 @@ def _print_selection(summary: dict, top: int) -> None:
     console.print(table)
     shown = "" if len(summary["picks"]) <= top else f" (top {top} shown)"
     console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""))
-    details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated")}
+    details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "thresholds")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
     if "auto_decision" in stats:
         d = stats["auto_decision"]
