@@ -189,7 +189,7 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
     return problem
 
 
-def select(config: HnselConfig, budget: int, strategy: str = "hardneg", params: dict[str, Any] | None = None, modality: str = "image",
+def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
            max_limit: int | None = None, record: bool = False) -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.

@@ -53,7 +53,7 @@ def shared(tmp_path_factory, pool_files):
     api.ingest(config, texts=pool_files[2])
     with open_store(config.store) as store:
         store.set_meta("model", MODEL)
-    images = api.select(config, budget=6, seed=0, record=True)
+    images = api.select(config, budget=6, strategy="hardneg", seed=0, record=True)
     texts = api.select(config, budget=4, strategy="random", modality="text", seed=0, record=True)
     return config, list(images.selection.ids), list(texts.selection.ids)
 

@@ -154,3 +154,13 @@ def test_coverage_picks_are_coreset_and_avoid_extra_centres():
     first_group = np.arange(10)  # candidates of group 0 held as centres: no coverage pick goes there
     picks, _, _ = coverage_picks(problem, 7, first_group, np.random.default_rng(0))
     assert not set(picks) & set(first_group) and len({int(p) // 10 for p in picks}) == 7
+
+
+def test_hardneg_parameters_reach_the_hard_negative_part():
+    problem = layout(covered=True)
+    base = get_strategy("auto", coverage_share=0.0).select(problem, 10, np.random.default_rng(0))
+    counted = get_strategy("auto", coverage_share=0.0, k=3, weight="count").select(problem, 10, np.random.default_rng(0))
+    assert set(base.reasons) == {"hardneg"} and list(counted.ids) != list(base.ids)
+    assert all(float(x).is_integer() for x in counted.scores)  # counting weights: whole numbers
+    with pytest.raises(SelectionError, match="--weight 'sum'"):
+        get_strategy("auto", weight="sum")

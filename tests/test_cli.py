@@ -65,7 +65,8 @@ def test_ingest_select_status_json(tmp_path, vectors):
     res = invoke(["select", "--milvus-uri", db, "--budget", 10, "--out", out, "--json", "--seed", 4])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["strategy"] == "hardneg" and summary["budget"] == 10 and summary["out"] == str(out)
+    assert summary["strategy"] == "auto" and summary["budget"] == 10 and summary["out"] == str(out)  # the default
+    assert summary["stats"]["auto_decision"]["coverage_picks"] + summary["stats"]["auto_decision"]["hardneg_picks"] == 10
     lines = out.read_text().splitlines()
     assert lines[0] == "rank,id,score,violations,reason,uri" and len(lines) == 11
     res = invoke(["select", "--milvus-uri", db, "--budget", 3, "--strategy", "random", "--json", "--no-record"]) \

@@ -63,6 +63,19 @@ def test_coreset_equals_dense_k_center_greedy(max_limit, cache_mb):
     assert updates == {(4, 0): (0, True, True), (64, 0): (0, True, True), (4096, 0): (0, True, False), (4, 256): (19, False, False)}[max_limit, cache_mb]
 
 
+@pytest.mark.parametrize("max_limit,cache_mb", [(4, 0), (4096, 0), (4, 256)])
+def test_k_center_with_extra_centres_equals_dense(max_limit, cache_mb):
+    from hnsel.strategies.coreset import k_center_greedy
+
+    cand, paired, _, _ = clustered()
+    extra = np.array([3, 40, 95, 120])
+    picks, _, _ = k_center_greedy(problem_from(cand, paired, max_limit=max_limit), 15, np.random.default_rng(0), batch_size=32,
+                                  cache_mb=cache_mb, centres=extra)
+    expected = dense_k_center(np.delete(cand, extra, axis=0), np.concatenate([paired, cand[extra]]), 15)
+    kept = np.delete(np.arange(len(cand)), extra)
+    assert list(picks) == list(kept[expected]) and not set(picks) & set(extra)
+
+
 def test_coreset_known_answer_and_empty_paired_set():
     cand = unit(np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0.05]], dtype=np.float32))
     paired = unit(np.array([[1, 0.01]], dtype=np.float32))

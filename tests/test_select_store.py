@@ -87,7 +87,7 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     config, extra = loaded
     cand_ids, ref_scores, _ = reference(pool, extra, "image", 1, "surplus")
     budget = int((ref_scores > 0).sum()) + 5  # some picks must be random fill
-    result = api.select(config, budget=budget, seed=3, out=tmp_path / "picks.parquet")
+    result = api.select(config, budget=budget, strategy="hardneg", seed=3, out=tmp_path / "picks.parquet")
     merit = np.lexsort((cand_ids.astype(str), -ref_scores))[: budget - 5]
     assert list(result.selection.ids[: budget - 5]) == list(cand_ids[merit])
     assert list(result.selection.reasons).count("fill") == 5
@@ -95,7 +95,7 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     assert list(table) == ["rank", "id", "score", "violations", "reason", "uri"]
     assert table["id"] == list(result.selection.ids) and table["rank"][:3] == [1, 2, 3]
     assert table["uri"][0].startswith("synthetic://")
-    again = api.select(config, budget=budget, seed=3)
+    again = api.select(config, budget=budget, strategy="hardneg", seed=3)
     assert list(again.selection.ids) == list(result.selection.ids)
 
 

@@ -50,9 +50,9 @@ import numpy as np
 
 from ..errors import SelectionError
 from .base import Selection, SelectionProblem, check_budget, fill_random, register
-from .coreset import PICKED, _range_update, _stream_update, nearest_centre_distances, sorter_for  # its k-center steps
+from .coreset import k_center_greedy
 from .density import density_greedy
-from .hardneg import hardneg_scores
+from .hardneg import HardNegative, hardneg_scores
 
 __all__ = ["Auto", "coverage_gap", "concentration", "plan_split", "coverage_picks"]
 
@@ -111,8 +111,8 @@ def plan_split(budget: int, uncovered: float, supply: int, *, random_share: floa
 def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int, min_coverage: float) -> str:
     if anchors == 0:
         return "No paired captions, so no hard negatives exist: everything not random covers the pool (k-center)."
-    measured = (f"{coverage['uncovered']:.0%} of sampled candidates sit much farther from every paired sample than from their "
-                f"nearest candidate (ratio > {coverage['ratio']:g})")
+    measured = (f"{coverage['uncovered']:.0%} of sampled candidates sit more than {coverage['ratio']:g}x farther from every paired "
+                "sample than from their nearest candidate")
     if fixed:
         how = "the coverage share was fixed by the caller"
     elif coverage["uncovered"] > min_coverage:
@@ -125,38 +125,16 @@ def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int
 
 
 def coverage_picks(problem: SelectionProblem, count: int, centres: np.ndarray, rng: np.random.Generator, *,
-                   search_limit: int = 4096, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray, dict]:
-    """k-center greedy (as ``coreset``) whose centres start as the paired set plus the candidates ``centres``.
+                   cache_mb: float = 256) -> tuple[np.ndarray, np.ndarray, dict]:
+    """k-center greedy (``coreset``'s) whose centres start as the paired set plus the candidates ``centres``.
 
-    Returns (picks, their distance to the nearest centre when picked; 2.0 when there was none, stats). The
-    extra centres cost one streamed pass (batch x len(centres) similarities); each pick one range search,
-    or a streamed pass when that is saturated, exactly as in coreset.py.
+    Returns (picks, their distance to the nearest centre when picked; 2.0 when there was none, stats); costs as
+    in coreset.py, plus one product of the candidates against ``centres``.
     """
     if count == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0), {}
-    dist = nearest_centre_distances(problem, batch_size)
-    if len(centres):
-        held = problem.vectors_of(centres)
-        for indices, vectors in problem.candidate_batches(batch_size):
-            dist[indices] = np.minimum(dist[indices], (1.0 - vectors @ held.T).min(axis=1).astype(np.float32))
-        dist[centres] = PICKED
-    sorter, limit = sorter_for(problem.candidate_ids), max(1, min(search_limit, problem.index.max_limit))
-    picks, radii = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.float64)
-    stats = {"range_updates": 0, "streamed_updates": 0}
-    for step in range(count):
-        c = int(rng.integers(len(dist))) if np.isinf(dist).all() else int(np.argmax(dist))  # first maximum: smallest id
-        picks[step], radii[step] = c, dist[c] if np.isfinite(dist[c]) else 2.0
-        far, dist[c] = float(dist[c]), PICKED
-        if step == count - 1:
-            break
-        centre = problem.vectors_of([c])[0]
-        if np.isfinite(far) and _range_update(problem, dist, centre, far, limit, sorter):
-            stats["range_updates"] += 1
-        else:
-            _stream_update(problem, dist, centre, batch_size)
-            stats["streamed_updates"] += 1
-        problem.progress("coverage picks", step + 1, count)
-    return picks, radii, stats
+    picks, radii, stats = k_center_greedy(problem, count, rng, cache_mb=cache_mb, centres=centres)
+    return picks, np.where(np.isfinite(radii), radii, 2.0), stats
 
 
 @register("auto")
@@ -168,7 +146,9 @@ class Auto:
     drawn uniformly as a guard; ``min_coverage`` / ``max_coverage``: the range a measured coverage share is
     clipped to (the floor is the hedge when the measurement cannot tell the regimes apart); ``ratio``: a candidate is uncovered when its nearest paired sample is more than ``ratio`` times
     as far as its nearest candidate; ``sample``: candidates measured; ``lam``: crowding penalty of the
-    hard-negative picks; ``shortlist``: hard-negative picks are chosen among ``shortlist x`` their count.
+    hard-negative picks; ``shortlist``: hard-negative picks are chosen among ``shortlist x`` their count;
+    ``k``, ``weight``, ``batch``, ``batch_size``, ``paired_mb``: the hard-negative condition and score, as
+    ``hardneg`` takes them.
     """
 
     coverage_share: float | None = None
@@ -179,6 +159,11 @@ class Auto:
     sample: int = 2048
     lam: float = 1.0
     shortlist: int = 10
+    k: int = 1
+    weight: str = "surplus"
+    batch: str = "full"
+    batch_size: int = 128
+    paired_mb: float = 1024
 
     def __post_init__(self) -> None:
         for name in ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam"):  # "0.5" from a command line
@@ -195,13 +180,19 @@ class Auto:
             raise SelectionError(f"auto: need 0 <= min_coverage <= max_coverage <= 1, got {self.min_coverage} and {self.max_coverage}")
         if not self.ratio >= 1.0 or not self.lam >= 0 or self.sample < 1 or self.shortlist < 1:
             raise SelectionError("auto: ratio must be at least 1, lam at least 0, sample and shortlist at least 1")
+        self._hardneg()  # the hard-negative parameters fail here, with hardneg's own messages
+
+    def _hardneg(self) -> HardNegative:
+        return HardNegative(k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size, paired_mb=self.paired_mb)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         ids = problem.candidate_ids
         check_budget(budget, len(ids))
         coverage = dict(coverage_gap(problem, min(self.sample, len(ids)), self.ratio, rng), ratio=self.ratio)
         if problem.n_anchors:
-            scores, counts, hn_stats = hardneg_scores(problem, rng=rng)
+            h = self._hardneg()
+            scores, counts, hn_stats = hardneg_scores(problem, k=h.k, weight=h.weight, batch=h.batch, batch_size=h.batch_size,
+                                                      chunk_size=h.chunk_size, depth=h.depth, rng=rng, paired_mb=h.paired_mb)
         else:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)
@@ -220,7 +211,8 @@ class Auto:
                     "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors, self.min_coverage)}
         stats = {"auto_decision": decision, "candidates": int(len(ids)), "candidates_with_score": conc["candidates_with_score"],
                  "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
-                 "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)), **cov_stats}
+                 "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)),
+                 **{k: hn_stats[k] for k in ("deepened", "range_searched", "thresholds") if k in hn_stats}, **cov_stats}
         return Selection(ids[picked], np.concatenate(part_scores), counts[picked], reasons, "auto", self.__dict__.copy(), stats)
 
     def _pick(self, problem: SelectionProblem, scores: np.ndarray, plan: dict, rng: np.random.Generator):

@@ -90,10 +90,28 @@ def _range_update(problem: SelectionProblem, dist: np.ndarray, centre: np.ndarra
     return True
 
 
+def _add_centres(problem: SelectionProblem, dist: np.ndarray, cache: np.ndarray | None, centres: np.ndarray, batch_size: int) -> None:
+    """Make the candidates ``centres`` centres too: one product against them (in memory, or one streamed pass)."""
+    held = cache[centres] if cache is not None else problem.vectors_of(centres)
+    if cache is not None:
+        for start in range(0, len(cache), batch_size):
+            part = slice(start, start + batch_size)
+            dist[part] = np.minimum(dist[part], (1.0 - cache[part] @ held.T).min(axis=1).astype(np.float32))
+    else:
+        for indices, vectors in problem.candidate_batches(batch_size):
+            dist[indices] = np.minimum(dist[indices], (1.0 - vectors @ held.T).min(axis=1).astype(np.float32))
+    dist[centres] = PICKED
+
+
 def k_center_greedy(problem: SelectionProblem, budget: int, rng: np.random.Generator, *, search_limit: int = 4096,
-                    batch_size: int = 4096, cache_mb: float = 256) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(picked candidate indices, their distance to the nearest centre when picked, stats)."""
+                    batch_size: int = 4096, cache_mb: float = 256, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(picked candidate indices, their distance to the nearest centre when picked, stats).
+
+    ``centres``: candidate indices that count as centres from the start, besides the paired set (never picked).
+    """
     dist, cache = distances_and_cache(problem, batch_size, cache_mb)
+    if centres is not None and len(centres):
+        _add_centres(problem, dist, cache, np.asarray(centres, dtype=np.int64), batch_size)
     sorter = sorter_for(problem.candidate_ids)
     limit = max(1, min(search_limit, problem.index.max_limit))
     picks, radii = np.empty(budget, dtype=np.int64), np.empty(budget, dtype=np.float64)
