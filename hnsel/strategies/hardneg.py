@@ -5,10 +5,13 @@ threshold ``xi_j`` is the k-th largest similarity to its negatives (full batch: 
 not describe; mini batch: those of its seeded training batch). A candidate violates anchor ``j`` when its
 similarity exceeds ``xi_j``; its score sums ``1`` (counting) or ``s - xi_j`` (surplus) over violated anchors.
 
-Cost: per anchor chunk one top-(k + positives) search among paired samples and one top-``depth`` search
-among candidates, deepened (doubling to the index's ``max_limit``, then paged range searches) only for
-anchors whose ``depth``-th hit still violates. Memory is O(pool + chunk x depth): one float score and
-one count per candidate; no anchors x pool matrix is ever built.
+Cost: full-batch thresholds come from the paired side's vectors held in memory when they fit in ``paired_mb``
+(O(paired x dim) memory, chunked products of anchors x paired; exact whatever the index), else from one
+top-(k + positives) search per anchor chunk among paired samples (exact on FLAT; a filtered search on HNSW/IVF
+can miss the nearest negatives of a large collection). Candidates: one top-``depth`` search per chunk, deepened
+(doubling to the index's ``max_limit``, then paged range searches) only for anchors whose ``depth``-th hit
+still violates. Memory is O(pool + paired + chunk x depth): one float score and one count per candidate; no
+anchors x pool matrix is ever built.
 """
 
 from __future__ import annotations
