@@ -548,12 +548,9 @@ def save(records: list[dict], args) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": [], "commands": []}
     done = {(r["size"], r["backend"], r["index"]) for r in records}
     data["records"] = [r for r in data["records"] if (r["size"], r["backend"], r["index"]) not in done] + records
-    argv, skip = [], False
-    for a in sys.argv[1:]:  # the command without --notes FILE (the notes are not part of the measurement)
-        if skip or a.startswith("--notes"):
-            skip = a == "--notes" and not skip
-            continue
-        argv.append(a)
+    args_in = sys.argv[1:]  # the command without --notes FILE / --notes=FILE: the notes are not part of the measurement
+    dropped = {i + j for i, a in enumerate(args_in) if a == "--notes" for j in (0, 1)}
+    argv = [a for i, a in enumerate(args_in) if i not in dropped and not a.startswith("--notes=")]
     command = "python benchmarks/select_scale.py " + " ".join(argv)
     if not args.report_only:
         data["commands"] = [c for c in data.get("commands", []) if c != command] + [command]

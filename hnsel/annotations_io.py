@@ -53,12 +53,10 @@ class Annotation:
 def write_label_studio(path: Path, tasks: list[dict], modality: str) -> tuple[Path, Path]:
     """The task list (JSON) and, beside it, the labeling config (``<stem>.label_config.xml``); both atomic."""
     config_path = path.with_name(path.stem + ".label_config.xml")
-    _atomic_write(path, json.dumps(tasks, indent=1))
-    _atomic_write(config_path, LABEL_CONFIGS[modality])
+    write_text_atomic(path, json.dumps(tasks, indent=1))
+    write_text_atomic(config_path, LABEL_CONFIGS[modality])
     return path, config_path
 
-
-_atomic_write = write_text_atomic
 
 
 def read_annotations(path: str | os.PathLike) -> tuple[str, list[Annotation]]:

@@ -35,6 +35,7 @@ from .features import DEFAULT_CACHE_DIR, backbone_features
 from .losses import parse_loss
 from .store import open_store
 from .strategies import get_strategy
+from .tables import write_text_atomic
 from .train import apply_heads, train_heads
 from .workflows_select import select
 from .workflows_train import Paired, paired_from_dataset
@@ -242,9 +243,7 @@ def _namespace(label: str, seed: int) -> str:
 
 
 def _atomic_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 def _load_previous(path: Path, settings: dict) -> dict:
@@ -372,10 +371,7 @@ def plot_rsum(path: Path, summary: dict[str, list[dict]], title: str) -> Path | 
 
 def write_reports(out: Path, settings: dict, runs: Sequence[dict]) -> tuple[str, str | None]:
     summary = summarise(runs)
-    table = out / "results.md"
-    tmp = table.with_name(table.name + ".tmp")
-    tmp.write_text(markdown_table(settings, summary), encoding="utf-8")
-    os.replace(tmp, table)
+    table = write_text_atomic(out / "results.md", markdown_table(settings, summary))
     seeds = max((row["seeds"] for rows in summary.values() for row in rows), default=0)
     plot = plot_rsum(out / "rsum.png", summary, f"R-sum vs paired images ({seeds} seeds, pool {settings['pool']})")
     return str(table), str(plot) if plot else None

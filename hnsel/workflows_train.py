@@ -282,15 +282,13 @@ def _run_full(base, train_part: Paired, val: Paired | None, spec, settings: dict
 
 def _write_outputs(out: Path, settings: dict, report: TrainReport) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "train_config.json", json.dumps(dict(settings, model=report.model), indent=2, default=str))
-    _atomic_text(out / "curve.json", json.dumps(report.curve, indent=2))
+    write_text_atomic(out / "train_config.json", json.dumps(dict(settings, model=report.model), indent=2, default=str))
+    write_text_atomic(out / "curve.json", json.dumps(report.curve, indent=2))
     rows = ["epoch,loss,val_rsum,seconds"] + [
         f"{c['epoch']},{'' if c['loss'] is None else c['loss']},{'' if c['val_rsum'] is None else c['val_rsum']},{c['seconds']}"
         for c in report.curve]
-    _atomic_text(out / "curve.csv", "\n".join(rows) + "\n")
+    write_text_atomic(out / "curve.csv", "\n".join(rows) + "\n")
 
-
-_atomic_text = write_text_atomic
 
 
 @dataclass

@@ -52,7 +52,7 @@ from ..errors import SelectionError
 from .base import Selection, SelectionProblem, check_budget, fill_random, register
 from .coreset import k_center_greedy
 from .density import density_greedy
-from .hardneg import HardNegative, hardneg_scores
+from .hardneg import HardNegative
 
 __all__ = ["Auto", "coverage_gap", "concentration", "plan_split", "coverage_picks"]
 
@@ -190,9 +190,7 @@ class Auto:
         check_budget(budget, len(ids))
         coverage = dict(coverage_gap(problem, min(self.sample, len(ids)), self.ratio, rng), ratio=self.ratio)
         if problem.n_anchors:
-            h = self._hardneg()
-            scores, counts, hn_stats = hardneg_scores(problem, k=h.k, weight=h.weight, batch=h.batch, batch_size=h.batch_size,
-                                                      chunk_size=h.chunk_size, depth=h.depth, rng=rng, paired_mb=h.paired_mb)
+            scores, counts, hn_stats = self._hardneg().scores(problem, rng)
         else:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)

@@ -93,13 +93,10 @@ def _range_update(problem: SelectionProblem, dist: np.ndarray, centre: np.ndarra
 def _add_centres(problem: SelectionProblem, dist: np.ndarray, cache: np.ndarray | None, centres: np.ndarray, batch_size: int) -> None:
     """Make the candidates ``centres`` centres too: one product against them (in memory, or one streamed pass)."""
     held = cache[centres] if cache is not None else problem.vectors_of(centres)
-    if cache is not None:
-        for start in range(0, len(cache), batch_size):
-            part = slice(start, start + batch_size)
-            dist[part] = np.minimum(dist[part], (1.0 - cache[part] @ held.T).min(axis=1).astype(np.float32))
-    else:
-        for indices, vectors in problem.candidate_batches(batch_size):
-            dist[indices] = np.minimum(dist[indices], (1.0 - vectors @ held.T).min(axis=1).astype(np.float32))
+    batches = (((slice(s, s + batch_size), cache[s:s + batch_size]) for s in range(0, len(cache), batch_size)) if cache is not None
+               else problem.candidate_batches(batch_size))
+    for where, vectors in batches:
+        dist[where] = np.minimum(dist[where], (1.0 - vectors @ held.T).min(axis=1).astype(np.float32))
     dist[centres] = PICKED
 
 

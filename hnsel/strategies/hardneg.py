@@ -17,6 +17,7 @@ anchors x pool matrix is ever built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -64,13 +65,18 @@ class PairedSide:
             return cls(np.array([], dtype=object), np.zeros((0, 0), np.float32))
         return cls(np.concatenate(ids), np.concatenate(vecs))
 
+    @cached_property
+    def column(self) -> dict[str, int]:
+        """Paired id -> row of ``vectors``, built once and kept for every chunk."""
+        return {x: i for i, x in enumerate(self.ids)}
+
     def thresholds(self, chunk: AnchorChunk, k: int, block_floats: int = 2**24) -> np.ndarray:
         """Exact full-batch ``xi_j`` by chunked matrix products: memory ``block_floats`` floats, not anchors x paired."""
         n = len(self.ids)
         xi = np.full(len(chunk.ids), np.nan, dtype=np.float64)
         if n == 0:
             return xi
-        column = {x: i for i, x in enumerate(self.ids)}
+        column = self.column
         rows = max(1, block_floats // n)
         for start in range(0, len(chunk.ids), rows):
             sims = np.asarray(chunk.vectors[start:start + rows], dtype=np.float32) @ self.vectors.T
@@ -256,12 +262,16 @@ class HardNegative:
         if not self.paired_mb >= 0:
             raise SelectionError(f"paired_mb must be 0 or more, got {self.paired_mb}")
 
+    def scores(self, problem: SelectionProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``hardneg_scores`` with these parameters: (scores, violation counts, stats)."""
+        return hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
+                              chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb)
+
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         check_budget(budget, len(problem.candidate_ids))
         if problem.n_anchors == 0:
             raise SelectionError("no paired data: hardneg needs paired captions and images; ingest or embed a paired set first")
-        scores, counts, stats = hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
-                                               chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb)
+        scores, counts, stats = self.scores(problem, rng)
         return rank_with_fill(problem.candidate_ids, scores, counts, budget, rng, "hardneg", self.__dict__.copy(), stats)
 
 
