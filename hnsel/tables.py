@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import InputError
 
-__all__ = ["write_table", "write_text_atomic", "table_format", "iter_jsonl", "FORMATS"]
+__all__ = ["write_table", "write_text_atomic", "table_format", "check_table_path", "iter_jsonl", "FORMATS"]
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -24,6 +24,15 @@ def table_format(path: Path) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(f"unknown output type {Path(path).suffix!r}; use .csv, .jsonl or .parquet", path=path)
+    return fmt
+
+
+def check_table_path(path: str | os.PathLike) -> str:
+    """The table format of ``path`` (by extension), refusing a bad extension or a missing folder before any work."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.parent.exists():
+        raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
     return fmt
 
 
@@ -46,9 +55,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -> Path:
     """Write ``columns`` (equal-length sequences) to ``path``; returns the path."""
     path = Path(path)
-    fmt = table_format(path)
-    if not path.parent.exists():
-        raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
+    fmt = check_table_path(path)
     names = list(columns)
     n = len(columns[names[0]]) if names else 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -25,7 +25,7 @@ from .data.images import ImageReadError, open_image
 from .data.sources import detect_format
 from .embed import DEFAULT_PRETRAINED, Encoder, describe_model, load_encoder, same_model
 from .errors import InputError, ModelMismatchError
-from .tables import table_format, write_table
+from .tables import check_table_path, write_table
 
 __all__ = ["embed", "write_bulk", "check_model", "EmbedReport", "MODEL_META_KEY"]
 
@@ -94,9 +94,7 @@ def _validate(dataset: Dataset) -> None:
 
 def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
     if errors_path is not None:
-        if not Path(errors_path).resolve().parent.is_dir():
-            raise InputError("folder for the --errors file does not exist", path=errors_path)
-        table_format(Path(errors_path))  # .csv, .jsonl or .parquet, refused before any work
+        check_table_path(errors_path)  # .csv, .jsonl or .parquet in an existing folder, refused before any work
 
 
 def _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split, errors_path,

@@ -17,7 +17,7 @@ from .config import HnselConfig
 from .errors import InputError, SelectionError
 from .store import KINDS, MilvusIndex, Store, open_store
 from .strategies import AnchorChunk, Selection, SelectionProblem, get_strategy
-from .tables import table_format, write_table
+from .tables import check_table_path, write_table
 from .vectors import FileSummary, VectorFile, normalised_batches, validate_file
 from .workflows_rounds import list_rounds, record_round, recordable
 
@@ -200,7 +200,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
     seed = config.seed if seed is None else seed
     chosen = get_strategy(strategy, **(params or {}))
     if out is not None:
-        table_format(Path(out))  # refuse a bad extension before any work
+        check_table_path(out)  # a bad extension or a missing folder is refused before any work (and before a round is recorded)
     started = time.perf_counter()
     with open_store(config.store) as store:
         side, _ = _kinds(modality)
@@ -208,17 +208,17 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
         selection = chosen.select(problem, budget, np.random.default_rng(seed))
         field_name = "uri" if side == "images" else "text"
         rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+        uris = [rows.get(i, "") or "" for i in selection.ids]
+        written = None
+        if out is not None:  # the file first: a failed write leaves no recorded round behind
+            s = selection
+            written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
+                                        "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
         number, note = None, None
         if record:
             note = recordable(store, modality)
             number = None if note else record_round(store, config, selection, modality, seed, budget)
-    uris = [rows.get(i, "") or "" for i in selection.ids]
-    result = SelectResult(selection, uris, modality, seed, time.perf_counter() - started, round=number, note=note)
-    if out is not None:
-        s = selection
-        result.out = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
-                                       "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
-    return result
+    return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note)
 
 
 def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:

@@ -95,6 +95,16 @@ def test_errors_are_one_line_exit_1(tmp_path, vectors, args, message):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_select_to_a_missing_folder_records_no_round(tmp_path, vectors):
+    db = tmp_path / "h.db"
+    images, texts = vectors
+    assert invoke(["ingest", "--milvus-uri", db, "--images", images, "--texts", texts]).exit_code == 0
+    res = invoke(["select", "--milvus-uri", db, "--budget", 5, "--out", tmp_path / "missing" / "picks.csv"])
+    assert res.exit_code == 1 and "does not exist; create it first" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    status = json.loads(invoke(["status", "--milvus-uri", db, "--json"]).stdout)
+    assert status["selected"] == 0  # the store is as it was: no round recorded for picks that were never written
+
+
 def test_select_on_empty_store_says_what_to_do(tmp_path):
     res = invoke(["select", "--milvus-uri", tmp_path / "empty.db", "--budget", 5])
     assert res.exit_code == 1 and "hnsel ingest" in res.stderr
