@@ -260,7 +260,7 @@ class HardNegative:
         if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1:
             raise SelectionError("--batch-size must be at least 2, chunk size and depth at least 1")
         if not self.paired_mb >= 0:
-            raise SelectionError(f"paired_mb must be 0 or more, got {self.paired_mb}")
+            raise SelectionError(f"--paired-mb must be 0 or more, got {self.paired_mb}")
 
     def scores(self, problem: SelectionProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
         """``hardneg_scores`` with these parameters: (scores, violation counts, stats)."""
