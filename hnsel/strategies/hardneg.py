@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import SelectionError
 from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, register, top_by_score
 
-__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "PairedSide"]
+__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "full_threshold_setters", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "PairedSide"]
 
 WEIGHTS = ("surplus", "count")
 MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
@@ -72,10 +72,18 @@ class PairedSide:
 
     def thresholds(self, chunk: AnchorChunk, k: int, block_floats: int = 2**24) -> np.ndarray:
         """Exact full-batch ``xi_j`` by chunked matrix products: memory ``block_floats`` floats, not anchors x paired."""
+        return self.threshold_setters(chunk, k, block_floats)[0]
+
+    def threshold_setters(self, chunk: AnchorChunk, k: int, block_floats: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
+        """(``xi_j``, the id of the negative whose similarity is ``xi_j``; None where there is no negative).
+
+        The setter is the anchor's k-th most similar negative (``hnsel report`` shows it: "confused with this one").
+        """
         n = len(self.ids)
         xi = np.full(len(chunk.ids), np.nan, dtype=np.float64)
+        setters = np.full(len(chunk.ids), None, dtype=object)
         if n == 0:
-            return xi
+            return xi, setters
         column = self.column
         rows = max(1, block_floats // n)
         for start in range(0, len(chunk.ids), rows):
@@ -85,27 +93,39 @@ class PairedSide:
                 cols = [column[p] for p in pos if p in column]
                 sims[r, cols] = -np.inf
                 n_neg[r] -= len(cols)
+            at = np.full(len(sims), -1, dtype=np.int64)
             full = n_neg >= k
             if full.any():
-                xi[start + np.flatnonzero(full)] = -np.partition(-sims[full], k - 1, axis=1)[:, k - 1]
+                at[full] = np.argpartition(-sims[full], k - 1, axis=1)[:, k - 1]
             for r in np.flatnonzero(~full & (n_neg > 0)):  # fewer than k negatives: the smallest of them
-                xi[start + r] = float(sims[r][np.isfinite(sims[r])].min())
-        return xi
+                at[r] = int(np.argmin(np.where(np.isfinite(sims[r]), sims[r], np.inf)))
+            found = np.flatnonzero(at >= 0)
+            xi[start + found] = sims[found, at[found]]
+            setters[start + found] = self.ids[at[found]]
+        return xi, setters
 
 
 def full_thresholds(chunk: AnchorChunk, index: NeighborIndex, k: int, paired: PairedSide | None = None) -> np.ndarray:
     """Full-batch ``xi_j``: exact in memory when ``paired`` is given, else a top-(k + positives) search among
     paired samples through ``index``, each anchor's positives dropped."""
+    return full_threshold_setters(chunk, index, k, paired)[0]
+
+
+def full_threshold_setters(chunk: AnchorChunk, index: NeighborIndex, k: int, paired: PairedSide | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``full_thresholds`` and, per anchor, the id of the negative that sets ``xi_j`` (None without negatives)."""
     if paired is not None:
-        return paired.thresholds(chunk, k)
+        return paired.threshold_setters(chunk, k)
     extra = max((len(p) for p in chunk.positives), default=0)
     hits = index.search(chunk.vectors, k + extra, "paired")
     xi = np.empty(len(chunk.ids), dtype=np.float64)
+    setters = np.full(len(chunk.ids), None, dtype=object)
     for i, (ids, sims) in enumerate(hits):
         negative = np.array([x not in chunk.positives[i] for x in ids], dtype=bool)
         kept = np.asarray(sims, dtype=np.float64)[negative][:k]
         xi[i] = kth_threshold(kept, k)
-    return xi
+        if len(kept):  # the k-th kept hit, or the last (smallest) when fewer than k
+            setters[i] = np.asarray(ids, dtype=object)[negative][:k][min(k, len(kept)) - 1]
+    return xi, setters
 
 
 def minibatch_thresholds(anchor_vectors: np.ndarray, positives: Sequence[frozenset[str]], order: np.ndarray,
