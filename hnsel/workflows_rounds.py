@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import json
 from typing import Any, Sequence
 
 from .config import HnselConfig
@@ -19,10 +20,12 @@ from .errors import SelectionError, StoreError
 from .store import Store, open_store
 
 __all__ = ["ROUND_PREFIX", "KIND_OF", "round_key", "picks_hash", "next_round", "round_log", "record_round", "list_rounds",
-           "release", "show_round", "recordable"]
+           "release", "show_round", "recordable", "PICKS_PREFIX", "record_picks", "round_picks"]
 
 ROUND_PREFIX = "round/"
 KIND_OF = {"image": "images", "text": "texts"}  # modality -> the collection its candidates live in
+PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason (hnsel report)
+PICKS_RECORD_CHARS = 60_000  # under Milvus's 65535-character VARCHAR
 
 
 def round_key(number: int) -> str:
@@ -79,13 +82,45 @@ def record_round(store: Store, config: HnselConfig, selection: Any, modality: st
         "config": _resolved_config(config), "stats": _small(selection.stats), "state": "recording", "released": 0,
     }
     store.set_meta(round_key(number), log)
+    record_picks(store, number, selection)
     store.set_round(KIND_OF[modality], [str(x) for x in selection.ids], number)
     store.set_meta(round_key(number), dict(log, state="recorded"))
     return number
 
 
 def _small(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    """Scalars, and flat dicts of scalars (``auto_decision``)."""
+    scalar = (int, float, str, bool, type(None))
+    return {k: v for k, v in stats.items() if isinstance(v, scalar) or (isinstance(v, dict) and all(isinstance(x, scalar) for x in v.values()))}
+
+
+def record_picks(store: Store, number: int, selection: Any) -> int:
+    """Keep the round's picks in pick order with score, violations and reason: meta records ``picks/NNNN/00000``...
+    of at most ``PICKS_RECORD_CHARS`` each (the collection rows carry only the round number). Returns how many."""
+    columns: dict[str, list] = {"ids": [], "scores": [], "violations": [], "reasons": []}
+    size, part = 0, 0
+    for i in range(len(selection.ids)):
+        row = (str(selection.ids[i]), float(selection.scores[i]), int(selection.violations[i]), str(selection.reasons[i]))
+        cost = len(json.dumps(row))
+        if size + cost > PICKS_RECORD_CHARS and columns["ids"]:
+            store.set_meta(f"{PICKS_PREFIX}{number:04d}/{part:05d}", columns)
+            columns, size, part = {k: [] for k in columns}, 0, part + 1
+        for key, value in zip(columns, row):
+            columns[key].append(value)
+        size += cost
+    store.set_meta(f"{PICKS_PREFIX}{number:04d}/{part:05d}", columns)
+    return part + 1
+
+
+def round_picks(store: Store, number: int) -> dict[str, list] | None:
+    """The picks ``record_picks`` kept for round ``number`` (ids, scores, violations, reasons), None for older rounds."""
+    out: dict[str, list] = {"ids": [], "scores": [], "violations": [], "reasons": []}
+    part = 0
+    while (columns := store.get_meta(f"{PICKS_PREFIX}{number:04d}/{part:05d}")) is not None:
+        for key, values in out.items():
+            values.extend(columns[key])
+        part += 1
+    return out if part else None
 
 
 def _counts(store: Store, kind: str, number: int) -> dict[str, int]:
