@@ -29,6 +29,7 @@ import torch
 
 from .errors import HnselError, InputError, ModelMismatchError
 from .heads import ProjectionHead, build_head
+from . import towers
 
 __all__ = [
     "Encoder",
@@ -84,7 +85,24 @@ class Encoder:
         """Captions -> (n, dim) float32 unit rows."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return self._run(self.model.encode_text, self.tokenizer(list(texts)), self.text_head)
+        return self._run(self.model.encode_text, self.tokens(texts), self.text_head)
+
+    def tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids of ``texts``; columns that are padding in every row are dropped (a Hugging Face
+        tower pools over its attention mask, so the features are the same and cost the captions' length)."""
+        return towers.trim_tokens(self.model, self.tokenizer(list(texts)))
+
+    def image_features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw tower features of preprocessed images: what the image head is trained on (float32, on cpu)."""
+        return self._raw(self.model.encode_image, batch)
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Raw tower features of captions: what the text head is trained on (float32, on cpu)."""
+        return self._raw(self.model.encode_text, self.tokens(texts))
+
+    def _raw(self, fn: Callable, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
+            return fn(inputs.to(self.device, non_blocking=True)).float().cpu()
 
     def _run(self, fn: Callable, inputs: torch.Tensor, head: ProjectionHead | None) -> np.ndarray:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
@@ -243,7 +261,12 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT
     )
     if ckpt is not None:
         _load_state(model, ckpt["state_dict"], weights_file)
-    image_head, text_head = _load_heads(ckpt.get("heads") if ckpt else None, int(config["embed_dim"]), weights_file)
+    feature_dims = _feature_dims(model, config)
+    heads = ckpt.get("heads") if ckpt else None
+    default_heads = towers.head_spec(towers.split_config(config, name)[1])
+    if not heads and default_heads is not None:  # a tower model needs heads: untrained ones are seeded (the floor)
+        heads = _random_heads(default_heads, feature_dims)
+    image_head, text_head = _load_heads(heads, feature_dims, weights_file)
     dim = image_head.spec["dim_out"] if image_head else text_head.spec["dim_out"] if text_head else config["embed_dim"]
     import open_clip
 
@@ -253,7 +276,9 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT
         "dim": int(dim),
         "config_sha256": _json_sha256(config),
         "weights": weights_id,
-        "heads_sha256": _tensors_sha256(ckpt["heads"]) if ckpt and ckpt.get("heads") else None,
+        "heads_sha256": _tensors_sha256(heads) if heads else None,
+        "feature_dims": list(feature_dims),
+        "head_dim": default_heads["dim"] if default_heads else None,
         "base_pretrained": base_tag,
         "open_clip_version": open_clip.__version__,
     }
@@ -291,16 +316,38 @@ def _load_state(model: torch.nn.Module, state_dict: Mapping[str, Any], path: Pat
         raise ModelMismatchError(f"{path}: weights do not fit the model ({first})") from None
 
 
-def _load_heads(heads: Mapping[str, Any] | None, embed_dim: int, path: Path | None):
+def _load_heads(heads: Mapping[str, Any] | None, feature_dims: tuple[int, int], path: Path | None):
+    """The (image, text) heads of a checkpoint, checked against the towers' feature widths."""
     if not heads:
+        if feature_dims[0] != feature_dims[1]:
+            raise InputError(f"the towers give {feature_dims[0]}-d image and {feature_dims[1]}-d text features: this model needs "
+                             "projection heads (a checkpoint of hnsel train, or heads in the config's hnsel section)", path=path)
         return None, None
     built = {side: build_head(h["spec"], h["state_dict"]) for side, h in heads.items() if h is not None}
     image, text = built.get("image"), built.get("text")
-    dims = {h.spec["dim_out"] if h else embed_dim for h in (image, text)}
-    bad_in = [s for s, h in built.items() if h.spec["dim_in"] != embed_dim]
+    width = dict(zip(("image", "text"), feature_dims))
+    dims = {h.spec["dim_out"] if h else width[side] for side, h in (("image", image), ("text", text))}
+    bad_in = [s for s, h in built.items() if h.spec["dim_in"] != width[s]]
     if len(dims) != 1 or bad_in:
-        raise InputError(f"projection heads do not fit the model (embed_dim {embed_dim}, heads {[h.spec for h in built.values()]})", path=path)
+        raise InputError(f"projection heads do not fit the model (features {feature_dims}, heads {[h.spec for h in built.values()]})", path=path)
     return image, text
+
+
+def _random_heads(spec: Mapping[str, Any], feature_dims: tuple[int, int]) -> dict:
+    """Untrained heads for a tower model, drawn from ``_INIT_SEED`` (the same floor on every load)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_INIT_SEED)
+        made = {side: ProjectionHead(spec["kind"], d, spec["dim"], spec["hidden"]) for side, d in zip(("image", "text"), feature_dims)}
+    return {side: {"spec": h.spec, "state_dict": h.state_dict()} for side, h in made.items()}
+
+
+def _feature_dims(model: torch.nn.Module, config: Mapping[str, Any]) -> tuple[int, int]:
+    """Widths of the raw image and text features (the towers' own widths when they have no projection)."""
+    embed_dim = int(config["embed_dim"])
+    trunk = getattr(model.visual, "trunk", None)
+    head = getattr(model.visual, "head", None)
+    image = int(trunk.num_features) if trunk is not None and head is not None and len(head) == 0 else embed_dim
+    return image, embed_dim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,10 +384,11 @@ def register_config(name: str, config: Mapping[str, Any], where: object = None) 
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in config]
     if missing:
         raise InputError(f"model config lacks {missing}; an open_clip config has embed_dim, vision_cfg and text_cfg", path=where or name)
-    if open_clip.get_model_config(name) != config:
+    clip_config, _ = towers.split_config(config, where or name)  # local tower paths resolved, hnsel's section apart
+    if open_clip.get_model_config(name) != clip_config:
         with tempfile.TemporaryDirectory(prefix="hnsel-model-") as tmp:
             file = Path(tmp) / f"{name}.json"
-            file.write_text(json.dumps(config), encoding="utf-8")
+            file.write_text(json.dumps(clip_config), encoding="utf-8")
             open_clip.add_model_config(file)  # the registry keeps the parsed config after the file goes
     return config
 
@@ -357,9 +405,21 @@ def _tag_overrides(name: str, tag: str) -> dict[str, Any]:
     return out
 
 
+def _quiet_transformers(config: Mapping[str, Any]) -> None:
+    """A Hugging Face text tower prints a progress bar while it loads: hnsel shows its own progress."""
+    if "hf_model_name" in (config.get("text_cfg") or {}):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weights_file: Path | None, base_tag: str, seed: int):
-    """open_clip model (fp32, cpu, eval) and its inference preprocess; errors become HnselError."""
+    """open_clip model (fp32, cpu, eval) and its inference preprocess; errors become HnselError.
+
+    A config with local towers (``hnsel.towers``) gets its image tower's weights loaded from their file."""
     import open_clip
+
+    _, section = towers.split_config(config, name)
 
     if tag not in (None, "none") and not open_clip.get_pretrained_cfg(name, tag):
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -368,10 +428,14 @@ def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weight
     pretrained = str(weights_file) if weights_file else (None if tag in (None, "none") else tag)
     muted = logging.root.manager.disable
     logging.disable(logging.ERROR)  # open_clip logs on the root logger; its failures reach us as exceptions
+    _quiet_transformers(config)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **_tag_overrides(name, base_tag))
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, **(_tag_overrides(name, base_tag) | towers.preprocess_overrides(section)))
+    except HnselError:
+        raise
     except Exception as exc:  # download errors, bad files, offline hub: one line, never a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         if weights_file is not None:
@@ -382,4 +446,6 @@ def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weight
         ) from None
     finally:
         logging.disable(muted)
+    if section.get("image_weights") and weights_file is None:
+        towers.load_image_weights(model, section["image_weights"])
     return model.eval(), preprocess

@@ -1,6 +1,6 @@
 """Backbone features for head training, computed once and cached on disk.
 
-A feature is the raw output of the open_clip tower (``model.encode_image`` / ``encode_text``, before
+A feature is the raw output of the open_clip tower (``Encoder.image_features`` / ``text_features``, before
 normalisation and before any projection head): exactly what an ``Encoder`` feeds its heads, so heads
 trained on these features give the same vectors when ``hnsel embed --pretrained CHECKPOINT`` runs them.
 
@@ -116,11 +116,6 @@ class FeatureCache:
         index.update((k, (len(self._shards) - 1, row)) for row, k in enumerate(keys))
 
 
-def _raw(encoder: Any, fn: Callable, inputs: torch.Tensor) -> np.ndarray:
-    with torch.inference_mode(), torch.autocast(encoder.device.type, enabled=bool(getattr(encoder, "amp", False))):
-        return fn(inputs.to(encoder.device)).float().cpu().numpy()
-
-
 class _Images(torch.utils.data.Dataset):
     def __init__(self, uris: Sequence[str], preprocess: Callable):
         self.uris, self.preprocess = uris, preprocess
@@ -143,7 +138,7 @@ def _encode_images(encoder: Any, uris: Sequence[str], batch_size: int, num_worke
         bad = next((why for _, why in batch if why), None)
         if bad:
             raise InputError(f"cannot read image {bad}; fix or remove it from the paired set")
-        out.append(_raw(encoder, encoder.model.encode_image, torch.stack([t for t, _ in batch])))
+        out.append(encoder.image_features(torch.stack([t for t, _ in batch])).numpy())
         done += len(batch)
         if on_progress is not None:
             on_progress("backbone features: images", done, len(uris))
@@ -153,7 +148,7 @@ def _encode_images(encoder: Any, uris: Sequence[str], batch_size: int, num_worke
 def _encode_texts(encoder: Any, texts: Sequence[str], batch_size: int, on_progress: ProgressFn | None) -> np.ndarray:
     out = []
     for start in range(0, len(texts), batch_size):
-        out.append(_raw(encoder, encoder.model.encode_text, encoder.tokenizer(list(texts[start:start + batch_size]))))
+        out.append(encoder.text_features(texts[start:start + batch_size]).numpy())
         if on_progress is not None:
             on_progress("backbone features: captions", min(start + batch_size, len(texts)), len(texts))
     return np.concatenate(out)

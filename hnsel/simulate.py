@@ -278,6 +278,8 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
     n_init = _check(init, rounds, budget, n_pool, seeds, specs)
     data = _load_data(dataset, source, split, test_split, model_name, pretrained, device, cache_dir, on_progress)
     train = dict(loss=spec_loss, head=head, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr)
+    if data.model.get("head_dim"):  # towers of different widths: heads map both into the model's retrieval space
+        train["dim_out"] = int(data.model["head_dim"])
     settings = {"source": str(Path(source).resolve()), "split": split, "test_split": test_split, "pool": n_pool,
                 "test": len(data.test.image_ids), "init": init, "n_init": n_init, "rounds": rounds, "budget": budget,
                 "model": {k: data.model.get(k) for k in ("model_name", "config_sha256", "weights", "dim")}, "train": train}

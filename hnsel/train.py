@@ -151,13 +151,18 @@ def _state(modules: Sequence[torch.nn.Module]) -> list[dict]:
     return [copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for m in modules]
 
 
-def build_heads(kind: str, dim_in: int, dim_out: int | None, hidden: int, seed: int) -> dict[str, ProjectionHead]:
-    """An image and a text head, drawn from ``seed`` (both start as the identity map when dims agree)."""
+def build_heads(kind: str, dim_in: int | tuple[int, int], dim_out: int | None, hidden: int, seed: int) -> dict[str, ProjectionHead]:
+    """An image and a text head, drawn from ``seed`` (both start as the identity map when dims agree).
+
+    ``dim_in`` is one width or (image width, text width); towers of different widths need ``dim_out``."""
     if kind not in HEAD_KINDS:
         raise InputError(f"head kind {kind!r} is not one of {', '.join(HEAD_KINDS)}")
+    widths = (dim_in, dim_in) if isinstance(dim_in, int) else tuple(dim_in)
+    if dim_out is None and widths[0] != widths[1]:
+        raise InputError(f"image features are {widths[0]}-d and text features {widths[1]}-d: give the heads' output width (dim_out)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return {side: ProjectionHead(kind, dim_in, dim_out, hidden) for side in ("image", "text")}
+        return {side: ProjectionHead(kind, width, dim_out, hidden) for side, width in zip(("image", "text"), widths)}
 
 
 def apply_heads(head: ProjectionHead | None, feats: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -237,7 +242,7 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
     else:
         check_paired(*val, what="validation set")
         val = (_float32(val[0]), _float32(val[1]), np.asarray(val[2]))
-    heads = build_heads(head, image_feats.shape[1], dim_out, hidden, seed)
+    heads = build_heads(head, (image_feats.shape[1], text_feats.shape[1]), dim_out, hidden, seed)
     X, T = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     index = np.asarray(text_image_index)
 

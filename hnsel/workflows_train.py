@@ -171,7 +171,10 @@ def train(
         train_part, val = _source_sets(source, images_dir, split, val_split)
     encoder = load_encoder(model_name, pretrained, device)
     base = dataclasses.replace(encoder, image_head=None, text_head=None)
-    mode = ("head" if base.device.type == "cpu" else "full") if mode == "auto" else mode
+    towers_locked = base.model_info.get("head_dim") is not None  # local towers (LiT): only the heads learn
+    mode = ("head" if base.device.type == "cpu" or towers_locked else "full") if mode == "auto" else mode
+    if mode == "full" and towers_locked:
+        raise ConfigError(f"{base.model_info['model_name']} keeps its towers locked and learns projection heads: use --mode head")
     settings = dict(mode=mode, loss=str(spec), loss_params=dict(spec.params), head=head, hidden=hidden, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, lock=lock,
                     source=str(source) if source is not None else f"store:{config.store.uri}#{config.store.namespace}",
@@ -214,6 +217,7 @@ def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dic
         val_arrays = (*_features(base, val, report, **feature_args), val.text_image_index)
     s = settings
     heads, curve = train_heads(images, texts, train_part.text_image_index, loss=spec, head=s["head"], hidden=s["hidden"],
+                               dim_out=base.model_info.get("head_dim"),
                                epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-3, weight_decay=s["weight_decay"] or 0.0,
                                seed=s["seed"], val=val_arrays, val_fraction=s["val_fraction"], patience=s["patience"], on_epoch=on_epoch)
     _finish(report, curve)
