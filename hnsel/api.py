@@ -13,6 +13,7 @@ from .workflows_train import EvalReport, TrainReport, evaluate, train
 from .workflows_annotate import ExportReport, ImportReport, export_round, import_annotations
 from .workflows_rounds import release, show_round
 from .simulate import SimulateReport, simulate
+from .report import ReportResult, build_report as report
 
 __all__ = [
     "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
@@ -20,4 +21,5 @@ __all__ = [
     "train", "TrainReport", "evaluate", "EvalReport",
     "release", "show_round", "export_round", "ExportReport", "import_annotations", "ImportReport",
     "simulate", "SimulateReport",
+    "report", "ReportResult",
 ]

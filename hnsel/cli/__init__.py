@@ -22,5 +22,6 @@ from . import evaluate as _evaluate  # noqa: E402,F401
 from . import rounds as _rounds  # noqa: E402,F401
 from . import annotate as _annotate  # noqa: E402,F401
 from . import simulate as _simulate  # noqa: E402,F401
+from . import report as _report  # noqa: E402,F401
 
 __all__ = ["app"]

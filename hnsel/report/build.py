@@ -1,0 +1,259 @@
+"""``build_report``: gather the picks, their evidence, the run and the rounds, then write the static page.
+
+The report is built in a temporary folder beside ``out`` and renamed into place at the end, so a failure
+leaves nothing (and a previous report stays whole until the new one replaces it). The store is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..config import HnselConfig
+from ..errors import InputError, StoreError
+from ..store import KINDS, Store, open_store
+from ..workflows_rounds import list_rounds
+from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
+from .page import render_page
+from .picks import Picks, latest_round, load_round, load_selection
+from .thumbs import make_thumbnails
+
+__all__ = ["build_report", "ReportResult"]
+
+ProgressFn = Optional[Callable[[str, int, Optional[int]], None]]
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    index: Path
+    picks: int
+    source: str
+    thumbnails: int
+    unreadable: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"out": str(self.out), "index": str(self.index), "picks": self.picks, "source": self.source, "thumbnails": self.thumbnails,
+                "unreadable": self.unreadable, "seconds": round(self.seconds, 3), "notes": self.notes}
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("--out must be a folder; this is a file", path=out)
+    if not out.parent.is_dir():
+        raise InputError(f"folder {out.parent} does not exist; create it first", path=out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.html").is_file():
+        raise InputError("--out exists and holds files that are not a hnsel report; choose an empty or new folder", path=out)
+
+
+def _read_simulation(folder: Path | None) -> dict | None:
+    if folder is None:
+        return None
+    path = Path(folder) / "results.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        runs = doc["runs"]
+    except FileNotFoundError:
+        raise InputError("no results.json here: pass the --out folder of `hnsel simulate`", path=folder) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a hnsel simulate results file ({type(exc).__name__}: {str(exc)[:120]})", path=path) from None
+    from ..simulate import summarise  # imports torch: only when a simulation is asked for
+
+    return {"settings": doc.get("settings", {}), "curves": summarise(runs), "path": str(path)}
+
+
+def _pick_rows(store: Store, picks: Picks) -> dict[str, dict]:
+    kind = picks.kind
+    wanted = ["id", "vector", "pool"] + [c for c in ("round", "uri" if kind == "images" else "text") if store.has_field(kind, c)]
+    return {r["id"]: r for r in store.get(kind, picks.ids, wanted)}
+
+
+def _labels(store: Store, images: set, texts: set) -> tuple[dict[str, str], dict[str, dict]]:
+    """(image id -> uri, text id -> {text, image_id}) for the samples the page shows."""
+    uris = {r["id"]: r.get("uri") or "" for r in store.get("images", sorted(images), ["id", "uri"] if store.has_field("images", "uri") else ["id"])}
+    fields = ["id"] + [c for c in ("text", "image_id") if store.has_field("texts", c)]
+    texts_ = {r["id"]: r for r in store.get("texts", sorted(texts), fields)}
+    return uris, texts_
+
+
+def _status(row: dict | None, round_: int | None) -> str:
+    if row is None:
+        return "not in the store"
+    if row.get("pool") == "paired":
+        return "annotated"
+    r = row.get("round")
+    if r is None or r == -1:
+        return "released" if round_ is not None else "candidate"
+    return "pending" if r == round_ else f"selected in round {r}"
+
+
+def _pca_map(store: Store, state, pick_vectors: np.ndarray, pick_index: np.ndarray, n: int, rng: np.random.Generator) -> dict:
+    """2-D PCA of a seeded sample of paired samples, the unpaired pool and the picks (at most ``n`` of each)."""
+    side = state.side
+    if state.paired is not None:
+        total = len(state.paired.ids)
+        rows = np.sort(rng.choice(total, size=min(n, total), replace=False)) if total else np.zeros(0, dtype=np.int64)
+        paired = state.paired.vectors[rows]
+    else:
+        ids, total = sample_ids(([r["id"] for r in b] for b in store.iter_rows(side, state.paired_filter, ("id",), 16384)), n, rng)
+        paired = _vectors(store, side, ids)
+    excluded = state.excluded
+    pool_ids, pool_total = sample_ids(([r["id"] for r in b if r["id"] not in excluded]
+                                       for b in store.iter_rows(side, store.pool_filter(side, "unpaired"), ("id",), 16384)), n, rng)
+    pool = _vectors(store, side, pool_ids)
+    chosen = np.sort(rng.choice(len(pick_index), size=min(n, len(pick_index)), replace=False)) if len(pick_index) else np.zeros(0, dtype=np.int64)
+    picks = pick_vectors[chosen]
+    parts = [p.reshape(len(p), -1) for p in (paired, pool, picks) if len(p)]
+    if not parts:
+        return {}
+    x = np.vstack(parts).astype(np.float64)
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    comps = vt[:2] if len(vt) >= 2 else np.vstack([vt, np.zeros_like(vt)])[:2]
+    proj = (x - mean) @ comps.T
+    lo, hi = proj.min(axis=0), proj.max(axis=0)
+    proj = (proj - lo) / np.where(hi > lo, hi - lo, 1.0)
+    a, b = len(paired), len(paired) + len(pool)
+    explained = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-12)).tolist()
+    return {"paired": np.round(proj[:a], 4).tolist(), "pool": np.round(proj[a:b], 4).tolist(),
+            "picks": [[round(float(p[0]), 4), round(float(p[1]), 4), int(pick_index[i])] for p, i in zip(proj[b:], chosen)],
+            "totals": {"paired": int(total), "pool": int(pool_total), "picks": int(len(pick_index))},
+            "shown": {"paired": int(len(paired)), "pool": int(len(pool)), "picks": int(len(chosen))}, "explained": explained}
+
+
+def _vectors(store: Store, kind: str, ids: list[str]) -> np.ndarray:
+    rows = store.get(kind, ids, ["id", "vector"])
+    return np.asarray([r["vector"] for r in rows], dtype=np.float32)
+
+
+def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on_progress: ProgressFn) -> dict:
+    rows = _pick_rows(store, picks)
+    present = np.array([i for i, x in enumerate(picks.ids) if x in rows], dtype=np.int64)
+    if len(present) < len(picks.ids):
+        picks.notes.append(f"{len(picks.ids) - len(present)} picks are no longer in the store: shown without evidence")
+    vectors = np.asarray([rows[picks.ids[i]]["vector"] for i in present], dtype=np.float32).reshape(len(present), -1)
+    params = (picks.log or {}).get("params", {})
+    k, paired_mb = int(params.get("k", 1) or 1), float(params.get("paired_mb", 1024))
+    if params.get("batch") == "mini":
+        picks.notes.append("this round used mini-batch thresholds; the evidence shows full-batch thresholds, which are never lower, "
+                           "so every violation shown is also a mini-batch violation")
+    if on_progress:
+        on_progress("evidence", 0, 3)
+    state = paired_state(store, picks.modality, picks.ids, picks.round, paired_mb)
+    if state.paired is None:
+        picks.notes.append(f"the paired side is larger than --paired-mb {paired_mb:g}: thresholds come from Milvus searches (exact on FLAT)")
+    evidence = hardneg_evidence(state, vectors, k=k, top=top)
+    if on_progress:
+        on_progress("evidence", 1, 3)
+    nearest = nearest_paired(state, vectors)
+    if on_progress:
+        on_progress("evidence", 2, 3)
+    pca = _pca_map(store, state, vectors, present, map_points, np.random.default_rng(seed))
+    if on_progress:
+        on_progress("evidence", 3, 3)
+    return {"rows": rows, "present": present, "evidence": evidence, "nearest": nearest, "map": pca, "k": k,
+            "rounds": list_rounds(store), "side": state.side, "anchor_kind": state.anchor_kind,
+            "counts": {kind: {pool: store.count(kind, store.pool_filter(kind, pool)) for pool in ("paired", "unpaired")} for kind in KINDS}}
+
+
+def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
+    """The page's JSON: one compact record per pick; plus the image and text ids it shows."""
+    image_side = g["side"] == "images"
+    images, texts = set(), set()
+    side_set, anchor_set = (images, texts) if image_side else (texts, images)
+    out = []
+    at = {int(i): n for n, i in enumerate(g["present"])}
+    for i, pick_id in enumerate(picks.ids):
+        row = g["rows"].get(pick_id)
+        rec: dict[str, Any] = {"r": i + 1, "id": pick_id, "s": picks.scores[i], "v": picks.violations[i], "why": picks.reasons[i],
+                               "st": _status(row, picks.round)}
+        side_set.add(pick_id)
+        if i in at:
+            n = at[i]
+            rec["nv"] = int(g["evidence"].violations[n])
+            rec["sur"] = round(float(g["evidence"].surplus[n]), 6)
+            near_id, dist = g["nearest"][n]
+            if near_id is not None:
+                rec["near"] = [near_id, round(dist, 6)]
+                side_set.add(near_id)
+            ev = []
+            for e in g["evidence"].anchors[n]:
+                ev.append([e["anchor"], round(e["sim"], 6), round(e["xi"], 6), e["setter"], e["positive"]])
+                anchor_set.add(e["anchor"])
+                if e["setter"] is not None:
+                    side_set.add(e["setter"])
+                if e["positive"] is not None:
+                    side_set.add(e["positive"])
+            rec["ev"] = ev
+        out.append(rec)
+    return {"picks": out}, images, texts
+
+
+def build_report(config: HnselConfig, *, round: int | None = None, selection: str | os.PathLike | None = None,
+                 out: str | os.PathLike = "report", simulation: str | os.PathLike | None = None, top: int = 3,
+                 map_points: int = 2000, seed: int | None = None, on_progress: ProgressFn = None) -> ReportResult:
+    """Write ``out/index.html`` and ``out/thumbs/`` for a recorded round (default: the latest) or a selection file."""
+    started = time.perf_counter()
+    if round is not None and selection is not None:
+        raise InputError("pass --round N or --selection FILE, not both")
+    if top < 1 or map_points < 1:
+        raise InputError("--evidence and --map-points must be at least 1")
+    out = Path(out)
+    _check_out(out)
+    if selection is not None and not Path(selection).is_file():
+        raise InputError("no such selection file" if not Path(selection).exists() else "not a file", path=selection)
+    sim = _read_simulation(Path(simulation) if simulation is not None else None)
+    if config.store.is_lite and not Path(config.store.uri).exists():
+        raise StoreError(f"no Milvus Lite store at {config.store.uri}; pass the --milvus-uri the selection was made in")
+    seed = config.seed if seed is None else seed
+    with open_store(config.store) as store:
+        picks = load_selection(store, selection) if selection is not None else load_round(store, latest_round(store) if round is None else round)
+        g = _gather(store, picks, top, map_points, seed, on_progress)
+        data, images, texts = _page_data(picks, g)
+        uris, text_rows = _labels(store, images, texts)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write into {out.parent}: {exc.strerror}", path=out) from None
+    try:
+        thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
+        data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
+        data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
+        data["uri"] = uris
+        data["map"] = g["map"]
+        data["modality"] = picks.modality
+        (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
+        _replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    unreadable = sum(1 for t in thumbs.values() if "error" in t)
+    return ReportResult(out, out / "index.html", len(picks.ids), picks.source, len(thumbs) - unreadable, unreadable,
+                        time.perf_counter() - started, list(picks.notes))
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename the finished report into place; an older report is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "report")
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old / "report", out)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
