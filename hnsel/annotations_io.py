@@ -6,7 +6,6 @@ Formats: CSV and JSONL rows (image modality: ``image_id, caption`` with optional
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
-from .tables import iter_jsonl, write_text_atomic
+from .tables import iter_jsonl, read_csv_rows, write_text_atomic
 
 __all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "write_label_studio"]
 
@@ -80,12 +79,7 @@ def read_annotations(path: str | os.PathLike) -> tuple[str, list[Annotation]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, start=1):
-            if None in row:
-                raise InputError("more values than header columns", path=path, row=number)
-            yield number, row
+    return read_csv_rows(path)  # UTF-8 with or without a byte-order mark
 
 
 _jsonl_rows = iter_jsonl
@@ -118,35 +112,81 @@ def _vector(value: Any, path: Path, number: int) -> tuple[float, ...] | None:
             raise InputError("vector is not a JSON list of numbers", path=path, row=number) from None
     if not isinstance(value, list) or not value or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise InputError("vector must be a non-empty list of numbers", path=path, row=number)
-    return tuple(float(x) for x in value)
+    try:
+        return tuple(float(x) for x in value)
+    except OverflowError:
+        raise InputError("vector holds a number too large for a float", path=path, row=number) from None
 
 
 def _label_studio(path: Path) -> tuple[str, list[Annotation]]:
-    """Rows of a Label Studio JSON export: one per caption (image tasks) or per found image id (text tasks)."""
+    """Rows of a Label Studio JSON export: one per caption (image tasks) or per found image id (text tasks).
+
+    Only the shapes Label Studio writes are read: a list of task objects with a ``data`` object and an
+    ``annotations`` list of objects, each with a ``result`` list whose text areas hold ``value.text`` as a list of
+    strings (or one string). Anything else is refused naming the task, never guessed at.
+    """
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a Label Studio JSON export ({exc})", path=path) from None
+        raise InputError(f"not a Label Studio JSON export ({_one_line(exc)}); export JSON from Label Studio, UTF-8", path=path) from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise InputError("a Label Studio JSON export is a list of task objects", path=path)
-    modality = "text" if any("text_id" in t.get("data", {}) for t in tasks) else "image"
+    for number, task in enumerate(tasks, start=1):
+        if not isinstance(task.get("data"), dict):
+            raise InputError(f"task {number}: data is {_shape(task.get('data'))}, not an object; export the tasks hnsel wrote "
+                             "(hnsel annotate export --format label-studio)", path=path)
+    modality = "text" if any("text_id" in t["data"] for t in tasks) else "image"
+    key, name = ("text_id", "image_id") if modality == "text" else ("image_id", "caption")
     out = []
     for number, task in enumerate(tasks, start=1):
-        data, where = task.get("data", {}), f"{path}, task {number}"
-        key = "text_id" if modality == "text" else "image_id"
+        data, where = task["data"], f"{path}, task {number}"
         if key not in data:
-            raise InputError(f"task has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)", path=path)
-        for annotation in task.get("annotations", []):
-            if annotation.get("was_cancelled"):
-                continue
-            for result in annotation.get("result", []):
-                name = "image_id" if modality == "text" else "caption"
-                if result.get("from_name") != name:
-                    continue
-                for text in (result.get("value") or {}).get("text") or [""]:
-                    text = str(text).strip()
-                    out.append(Annotation(where, image_id=text, text_id=str(data[key])) if modality == "text"
-                               else Annotation(where, image_id=str(data[key]), caption=text))
+            raise InputError(f"task {number} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)", path=path)
+        for text in _task_texts(task, name, where):
+            out.append(Annotation(where, image_id=text, text_id=str(data[key])) if modality == "text"
+                       else Annotation(where, image_id=str(data[key]), caption=text))
     if not out:
         raise InputError("no annotations in this export (every task is unannotated or cancelled)", path=path)
     return modality, out
+
+
+def _task_texts(task: dict, name: str, where: str) -> list[str]:
+    """The texts of ``name`` text areas in a task's annotations that were not cancelled."""
+    def refuse(what: str, value: Any) -> InputError:
+        return InputError(f"{where}: {what} is {_shape(value)}; expected the Label Studio export shape (annotations: a list of "
+                          "objects, result: a list, value.text: a list of strings); re-export the JSON from Label Studio")
+
+    annotations = task.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise refuse("annotations", annotations)
+    texts: list[str] = []
+    for annotation in annotations:
+        if not isinstance(annotation, dict):
+            raise refuse("an annotation", annotation)
+        if annotation.get("was_cancelled"):
+            continue
+        results = annotation.get("result", [])
+        if not isinstance(results, list):
+            raise refuse("result", results)
+        for result in results:
+            if not isinstance(result, dict):
+                raise refuse("a result", result)
+            if result.get("from_name") != name:
+                continue
+            value = result.get("value")
+            if not isinstance(value, dict):
+                raise refuse("value", value)
+            given = value.get("text")
+            given = [given] if isinstance(given, str) else given  # one string is one text
+            if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
+                raise refuse("value.text", given)
+            texts.extend(t.strip() for t in given or [""])
+    return texts
+
+
+def _shape(value: Any) -> str:
+    return {type(None): "null", str: "a string", list: "a list", dict: "an object", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["CollectionConfig", "StoreConfig", "HnselConfig", "load_config", "DEFAULT_CONFIG_PATH"]
+__all__ = ["CollectionConfig", "StoreConfig", "HnselConfig", "load_config", "DEFAULT_CONFIG_PATH", "redact_uri"]
 
 DEFAULT_CONFIG_PATH = Path("hnsel.toml")
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
@@ -65,6 +65,12 @@ class StoreConfig:
     images: CollectionConfig = field(default_factory=CollectionConfig)
     texts: CollectionConfig = field(default_factory=CollectionConfig)
     insert_batch_bytes: int = 16 * 1024 * 1024  # well under Milvus's 64 MB request cap
+    timeout: float = 120.0  # seconds one Milvus request may take before the command stops with a one-line error
+
+    @property
+    def safe_uri(self) -> str:
+        """The URI without credentials, for anything printed or recorded."""
+        return redact_uri(self.uri)
 
     @property
     def is_lite(self) -> bool:
@@ -89,6 +95,15 @@ class HnselConfig:
         return dataclasses.replace(self, store=_store(dataclasses.asdict(self.store) | given, self.source))
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` with any ``user:password@`` removed: ``http://root:PASS@host:19530`` -> ``http://host:19530``."""
+    scheme, sep, rest = str(uri).partition("://")
+    if not sep:
+        return str(uri)
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def _collection(raw: Mapping[str, Any], where: str) -> CollectionConfig:
     known = {f.name for f in dataclasses.fields(CollectionConfig)}
     unknown = set(raw) - known
@@ -110,6 +125,9 @@ def _store(raw: Mapping[str, Any], source: str) -> StoreConfig:
     if index_type not in INDEX_TYPES:
         raise ConfigError(f"{source or 'config'}: index_type {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
     raw["index_type"] = index_type
+    timeout = raw.get("timeout", 120.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ConfigError(f"{source or 'config'} [store]: timeout must be a positive number of seconds, got {timeout!r}")
     namespace = str(raw.get("namespace", "hnsel"))
     if not namespace.replace("_", "").isalnum() or namespace[0].isdigit():
         raise ConfigError(f"namespace {namespace!r}: use letters, digits and underscores, not starting with a digit")
@@ -138,6 +156,6 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         if env.get(var):
             store_raw[key] = env[var]
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        raise ConfigError(f"{path}: seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{path}: seed must be an integer of 0 or more, got {seed!r}")
     return HnselConfig(store=_store(store_raw, source), seed=seed, source=source)

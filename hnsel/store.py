@@ -21,7 +21,7 @@ import numpy as np
 from .config import CollectionConfig, StoreConfig
 from .errors import ConfigError, StoreError, StoreLockedError
 
-__all__ = ["Store", "open_store", "MilvusIndex", "KINDS", "MAX_TOPK"]
+__all__ = ["Store", "open_store", "MilvusIndex", "KINDS", "MAX_TOPK", "quote", "in_filter", "text_problem", "FIELD_MAX_BYTES", "ID_MAX_LENGTH"]
 
 KINDS = ("images", "texts")
 MAX_TOPK = 16384  # Milvus's cap on topk and nq
@@ -32,7 +32,52 @@ _SCALARS = {
     "images": {"pool": 16, "uri": 4096, "round": None},
     "texts": {"pool": 16, "image_id": ID_MAX_LENGTH, "text": 65535, "round": None},
 }
+# VARCHAR limits by canonical field: a server counts UTF-8 bytes (Lite counts characters), so bytes are checked.
+FIELD_MAX_BYTES = {"id": ID_MAX_LENGTH, "pool": 16, "uri": 4096, "image_id": ID_MAX_LENGTH, "text": 65535}
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_IN_FILTER_CHARS = 256 * 1024  # one expression's literals; requests stay far under Milvus's limits
 
+
+def quote(value: str) -> str:
+    """``value`` as a Milvus expression string literal: the one place a user's string enters a filter.
+
+    ``"`` and ``\\`` are escaped, newline, carriage return and tab written ``\\n``, ``\\r``, ``\\t``; every other
+    character, non-ASCII and control characters included, stays raw. Milvus Lite refuses ``\\u``/``\\x``/octal
+    escapes and the server refuses the surrogate pairs ``json.dumps`` writes for an emoji, so raw UTF-8 is the one
+    form both backends read back exactly (tests/test_hostile.py proves it on both).
+    """
+    return '"' + str(value).translate(_ESCAPES) + '"'
+
+
+def in_filter(field: str, values: Sequence[str]) -> str:
+    """``field in ["a", "b"]`` with every value quoted by ``quote``."""
+    return f"{field} in [{', '.join(quote(v) for v in values)}]"
+
+
+def _id_chunks(ids: Sequence[str], limit: int = 1000) -> Iterator[list[str]]:
+    """Ids in runs of at most ``limit`` and about ``_IN_FILTER_CHARS`` characters of literals."""
+    chunk: list[str] = []
+    size = 0
+    for i in ids:
+        if chunk and (len(chunk) >= limit or size + len(i) > _IN_FILTER_CHARS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(str(i))
+        size += len(i) + 4
+    if chunk:
+        yield chunk
+
+
+def text_problem(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be stored in the VARCHAR ``field`` (canonical name), or None when it can."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{field} is not valid Unicode (it holds a lone surrogate); fix the file's encoding"
+    limit = FIELD_MAX_BYTES[field]
+    if size > limit:
+        return f"{field} is {size} bytes of UTF-8 (Milvus stores at most {limit}); shorten it"
+    return None
 
 
 def _quiet_pymilvus() -> None:
@@ -53,7 +98,7 @@ def _connect(config: StoreConfig):
         if not path.parent.exists():
             raise ConfigError(f"--milvus-uri {config.uri!r}: folder {path.parent} does not exist; create it first")
     try:
-        return MilvusClient(uri=config.uri, token=config.token or "", timeout=30)
+        return MilvusClient(uri=config.uri, token=config.token or "", timeout=min(30.0, config.timeout))
     except Exception as exc:  # pymilvus raises several types for the same failures
         text = str(exc)
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
@@ -61,12 +106,26 @@ def _connect(config: StoreConfig):
                 f"{config.uri} is already open in another process (Milvus Lite allows one process per file); stop it, or share the file "
                 f"by serving it: `milvus-lite server --data-dir {config.uri} --port 19531` and pass --milvus-uri http://127.0.0.1:19531"
             ) from None
-        raise StoreError(f"cannot connect to Milvus at {config.uri}: {text.strip()[:300]}; check the URI and token, and that the server is running") from None
+        text = _one_line(text.replace(config.uri, config.safe_uri))
+        raise StoreError(f"cannot connect to Milvus at {config.safe_uri}: {text[:300]}; check the URI and token, and that the server is running") from None
 
 
-def _milvus_error(action: str, exc: Exception) -> StoreError:
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _milvus_error(action: str, exc: Exception, config: StoreConfig | None = None) -> StoreError:
     message = getattr(exc, "message", None) or str(exc)
-    return StoreError(f"Milvus refused to {action}: {message.strip()[:300]}")
+    where = f" at {config.safe_uri}" if config is not None else ""
+    if "DEADLINE_EXCEEDED" in message or "Deadline Exceeded" in message:
+        limit = f" within {config.timeout:g} s" if config is not None else ""
+        return StoreError(f"Milvus{where} did not answer{limit} (while trying to {action}); check that the server is running and not paused "
+                          "or overloaded, then run the command again (a larger [store] timeout in hnsel.toml allows slower requests)")
+    if "UNAVAILABLE" in message or "Connection refused" in message:
+        return StoreError(f"Milvus{where} is unreachable (while trying to {action}); check that the server is running and the URI, then run the command again")
+    if config is not None:
+        message = message.replace(config.uri, config.safe_uri)
+    return StoreError(f"Milvus refused to {action}: {_one_line(message)[:300]}")
 
 
 class Store:
@@ -79,10 +138,21 @@ class Store:
         self._fields: dict[str, set[str]] = {}
         self._synced = False
 
-    def _consistency(self) -> str:
+    def rpc(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line."""
+        try:
+            return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
+        except Exception as exc:  # pymilvus and grpc raise many types for the same failures
+            raise _milvus_error(action, exc, self.config) from None
+
+    def sync(self) -> None:
+        """Make the next read Strong again: it then sees every write made so far, by any process."""
+        self._synced = False
+
+    def _consistency(self, strong: bool = False) -> str:
         """Strong for this connection's first read (it waits for every earlier write, from any process), then
         Session: it still sees this client's own writes and skips the ~200 ms Strong wait on each request."""
-        if self._synced:
+        if self._synced and not strong:
             return "Session"
         self._synced = True
         return "Strong"
@@ -96,7 +166,7 @@ class Store:
 
     def pool_filter(self, kind: str, pool: str, unselected: bool = False) -> str:
         f = self.fields(kind)
-        expr = f'{f.pool} == "{pool}"'
+        expr = f"{f.pool} == {quote(pool)}"
         if unselected and self.has_field(kind, "round"):
             expr += f" and {f.round} == -1"
         return expr
@@ -115,13 +185,10 @@ class Store:
         self.close()
 
     def has(self, kind: str) -> bool:
-        return bool(self.client.has_collection(self.name(kind)))
+        return bool(self.rpc(f"look up collection {self.name(kind)}", "has_collection", self.name(kind)))
 
     def _describe(self, kind: str) -> dict:
-        try:
-            return self.client.describe_collection(self.name(kind))
-        except Exception as exc:
-            raise _milvus_error(f"describe collection {self.name(kind)}", exc) from None
+        return self.rpc(f"describe collection {self.name(kind)}", "describe_collection", self.name(kind))
 
     def has_field(self, kind: str, canonical: str) -> bool:
         if kind not in self._fields:
@@ -141,10 +208,7 @@ class Store:
     def _load(self, kind: str) -> str:
         name = self.name(kind)
         if name not in self._loaded:
-            try:
-                self.client.load_collection(name)
-            except Exception as exc:
-                raise _milvus_error(f"load collection {name}", exc) from None
+            self.rpc(f"load collection {name}", "load_collection", name)
             self._loaded.add(name)
         return name
 
@@ -157,11 +221,12 @@ class Store:
         held = self.dim
         if held is not None and held != dim:
             raise StoreError(f"the store holds {held}-dimensional vectors, these are {dim}-dimensional; use another --namespace or the same model")
-        for kind in KINDS:
-            if not self.has(kind):
-                if self.read_only(kind):
-                    raise StoreError(f"collection {self.name(kind)} does not exist and is configured read_only; create it or fix hnsel.toml")
-                self._create(kind, dim)
+        missing = [kind for kind in KINDS if not self.has(kind)]
+        for kind in missing:  # all checked before the first is created
+            if self.read_only(kind):
+                raise StoreError(f"collection {self.name(kind)} does not exist and is configured read_only; create it or fix hnsel.toml")
+        for kind in missing:
+            self._create(kind, dim)
         self._ensure_meta()
 
     def _index_params(self, field: str, index_type: str, params: Mapping[str, Any]):
@@ -182,42 +247,49 @@ class Store:
             else:
                 schema.add_field(getattr(f, canonical), DataType.VARCHAR, max_length=max_length)
         index = self._index_params(f.vector, self.config.index_type, self.config.index_params)
-        try:
-            self.client.create_collection(self.name(kind), schema=schema, index_params=index, consistency_level="Strong")
-        except Exception as exc:
-            raise _milvus_error(f"create collection {self.name(kind)}", exc) from None
+        self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=schema, index_params=index,
+                 consistency_level="Strong")
         self._fields.pop(kind, None)
 
     def _ensure_meta(self) -> None:
         from pymilvus import DataType, MilvusClient
 
         name = self.name("meta")
-        if self.client.has_collection(name):
+        if self.has("meta"):
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
         schema.add_field("value", DataType.VARCHAR, max_length=65535)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires a vector field
-        self.client.create_collection(name, schema=schema, index_params=self._index_params("vector", "FLAT", {}), consistency_level="Strong")
+        self.rpc(f"create collection {name}", "create_collection", name, schema=schema, index_params=self._index_params("vector", "FLAT", {}),
+                 consistency_level="Strong")
 
     # --- meta records -------------------------------------------------------------------------
-    def get_meta(self, key: str) -> Any:
-        if not self.client.has_collection(self.name("meta")):
+    def get_meta(self, key: str, strong: bool = False) -> Any:
+        """The JSON record ``key`` (None when absent); ``strong`` also sees other processes' latest writes."""
+        if not self.has("meta"):
             return None
-        rows = self.client.query(self._load("meta"), ids=[key], output_fields=["value"], consistency_level=self._consistency())
+        rows = self.rpc("read the meta collection", "query", self._load("meta"), filter=in_filter("id", [key]), output_fields=["value"],
+                        consistency_level=self._consistency(strong))
         return json.loads(rows[0]["value"]) if rows else None
 
     def set_meta(self, key: str, value: Any) -> None:
         self._ensure_meta()
-        text = json.dumps(value, sort_keys=True)
+        text = json.dumps(_finite(value), sort_keys=True, allow_nan=False)
         if len(text) > 65535:
             raise StoreError(f"meta record {key!r} is {len(text)} characters; Milvus VARCHAR holds 65535")
-        self.client.upsert(self.name("meta"), [{"id": key, "value": text, "vector": [1.0, 0.0]}])
+        self.rpc(f"write meta record {key}", "upsert", self.name("meta"), [{"id": key, "value": text, "vector": [1.0, 0.0]}])
 
-    def meta_keys(self, prefix: str = "") -> list[str]:
-        if not self.client.has_collection(self.name("meta")):
+    def delete_meta(self, keys: Sequence[str]) -> None:
+        if keys and self.has("meta"):
+            for chunk in _id_chunks(keys):
+                self.rpc("delete meta records", "delete", self.name("meta"), filter=in_filter("id", chunk))
+
+    def meta_keys(self, prefix: str = "", strong: bool = False) -> list[str]:
+        if not self.has("meta"):
             return []
-        rows = self.client.query(self._load("meta"), filter='id != ""', output_fields=["id"], consistency_level=self._consistency())
+        rows = self.rpc("list the meta collection", "query", self._load("meta"), filter='id != ""', output_fields=["id"],
+                        consistency_level=self._consistency(strong))
         return sorted(r["id"] for r in rows if r["id"].startswith(prefix))
 
     # --- writes -------------------------------------------------------------------------------
@@ -245,29 +317,33 @@ class Store:
         for start in range(0, len(ids), step):
             rows = [{f.id: ids[i], f.vector: vectors[i].tolist(), **{getattr(f, c): v[i] for c, v in columns.items()}}
                     for i in range(start, min(start + step, len(ids)))]
-            try:
-                self.client.upsert(self.name(kind), rows)
-            except Exception as exc:
-                raise _milvus_error(f"write {len(rows)} rows to {self.name(kind)}", exc) from None
+            self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
         return len(ids)
 
     def delete(self, kind: str, ids: Sequence[str]) -> None:
-        if ids:
-            self.client.delete(self.name(kind), ids=list(ids))
+        for chunk in _id_chunks(list(ids)):
+            self.rpc(f"delete rows of {self.name(kind)}", "delete", self.name(kind), filter=in_filter(self.fields(kind).id, chunk))
 
-    def set_round(self, kind: str, ids: Sequence[str], round_: int) -> int:
-        """Mark samples with a round number (-1 releases them). Rewrites the rows: Milvus has no partial update."""
+    def update(self, kind: str, ids: Sequence[str], values: Mapping[str, Any]) -> int:
+        """Set canonical fields (``{"round": 3}``, ``{"pool": "paired"}``) on the rows ``ids``; returns how many exist.
+        Rewrites whole rows: Milvus has no partial update."""
+        if self.read_only(kind):
+            raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
         f = self.fields(kind)
         wanted = [getattr(f, c) for c in _SCALARS[kind] if self.has_field(kind, c)]
         changed = 0
         for start in range(0, len(ids), 1000):
             rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
             for row in rows:
-                row[f.round] = int(round_)
+                row.update({getattr(f, c): v for c, v in values.items()})
             if rows:
-                self.client.upsert(self.name(kind), rows)
+                self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
             changed += len(rows)
         return changed
+
+    def set_round(self, kind: str, ids: Sequence[str], round_: int) -> int:
+        """Mark samples with a round number (-1 releases them)."""
+        return self.update(kind, ids, {"round": int(round_)})
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True) -> list[dict]:
@@ -277,12 +353,9 @@ class Store:
         f = self.fields(kind)
         names = [getattr(f, c) for c in output_fields] if canonical else list(output_fields)
         out: list[dict] = []
-        for start in range(0, len(ids), 1000):
-            try:
-                rows = self.client.get(self._load(kind), ids=list(ids[start:start + 1000]), output_fields=names, consistency_level=self._consistency())
-            except Exception as exc:
-                raise _milvus_error(f"read ids from {self.name(kind)}", exc) from None
-            out.extend(rows)
+        for chunk in _id_chunks(ids):  # a query by quoted ids: pymilvus's get() pastes ids into the filter unescaped
+            out.extend(self.rpc(f"read ids from {self.name(kind)}", "query", self._load(kind), filter=in_filter(f.id, chunk),
+                                output_fields=names, consistency_level=self._consistency()))
         if canonical:
             rename = {getattr(f, c): c for c in output_fields}
             out = [{rename.get(k, k): v for k, v in row.items()} for row in out]
@@ -300,10 +373,8 @@ class Store:
         if not self.has(kind):
             return 0
         f = self.fields(kind)
-        try:
-            rows = self.client.query(self._load(kind), filter=filter or f'{f.id} != ""', output_fields=["count(*)"], consistency_level=self._consistency())
-        except Exception as exc:
-            raise _milvus_error(f"count rows of {self.name(kind)}", exc) from None
+        rows = self.rpc(f"count rows of {self.name(kind)}", "query", self._load(kind), filter=filter or f'{f.id} != ""',
+                        output_fields=["count(*)"], consistency_level=self._consistency())
         return int(rows[0]["count(*)"])
 
     def iter_rows(self, kind: str, filter: str = "", output_fields: Sequence[str] = ("id",), batch_size: int = 4096) -> Iterator[list[dict]]:
@@ -313,13 +384,17 @@ class Store:
         f = self.fields(kind)
         names = [getattr(f, c) for c in output_fields]
         rename = dict(zip(names, output_fields))
+        action = f"read {self.name(kind)}"
+        iterator = self.rpc(action, "query_iterator", self._load(kind), batch_size=batch_size, filter=filter or f'{f.id} != ""',
+                            output_fields=names, consistency_level=self._consistency())
         try:
-            iterator = self.client.query_iterator(self._load(kind), batch_size=batch_size, filter=filter or f'{f.id} != ""',
-                                                  output_fields=names, consistency_level=self._consistency())
-        except Exception as exc:
-            raise _milvus_error(f"read {self.name(kind)}", exc) from None
-        try:
-            while batch := iterator.next():
+            while True:
+                try:
+                    batch = iterator.next()
+                except Exception as exc:
+                    raise _milvus_error(action, exc, self.config) from None
+                if not batch:
+                    break
                 yield [{rename.get(k, k): v for k, v in row.items()} for row in batch]
         finally:
             iterator.close()
@@ -347,12 +422,9 @@ class Store:
 
     def _search_call(self, kind: str, vectors: np.ndarray, limit: int, filter: str, params: dict):
         f = self.fields(kind)
-        try:
-            result = self.client.search(self._load(kind), data=vectors.tolist(), limit=limit, filter=filter, anns_field=f.vector,
-                                        output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
-                                        consistency_level=self._consistency())
-        except Exception as exc:
-            raise _milvus_error(f"search {self.name(kind)}", exc) from None
+        result = self.rpc(f"search {self.name(kind)}", "search", self._load(kind), data=vectors.tolist(), limit=limit, filter=filter,
+                          anns_field=f.vector, output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
+                          consistency_level=self._consistency())
         return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]
 
 
@@ -374,8 +446,19 @@ class MilvusIndex:
         self.calls += 1
         filter = self.filters[pool]
         if len(exclude):
-            filter = f"({filter}) and not ({self.store.fields(self.kind).id} in {json.dumps(list(exclude))})"
+            filter = f"({filter}) and not ({in_filter(self.store.fields(self.kind).id, list(exclude))})"
         return self.store.search(self.kind, vectors, min(limit, self.max_limit), filter, radius=radius)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, so it is JSON (``json.dumps(allow_nan=False)`` accepts it)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def open_store(config: StoreConfig) -> Store:

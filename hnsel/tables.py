@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .errors import InputError
 
-__all__ = ["write_table", "write_text_atomic", "table_format", "check_table_path", "iter_jsonl", "FORMATS"]
+__all__ = ["write_table", "write_text_atomic", "table_format", "check_table_path", "iter_jsonl", "read_csv_rows", "FORMATS"]
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -83,13 +84,44 @@ def write_table(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]]) -
 
 
 def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN or Infinity
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"line {number} is not UTF-8 text (byte {exc.start + 1}: {raw[exc.start:exc.start + 1]!r}); "
+                         "save the file as UTF-8", path=path) from None
+
+
+def read_csv_rows(path: str | os.PathLike, check_header: Callable[[list[str]], None] | None = None) -> Iterator[tuple[int, dict]]:
+    """(row number, row) per data row of a UTF-8 CSV file (a byte-order mark dropped, names stripped), streamed.
+    ``check_header`` sees the column names first. Text that is not UTF-8, or a row with more values than the
+    header, is a one-line error naming the row."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        number = 0
+        try:
+            header = [c.strip() for c in reader.fieldnames or []]
+            if check_header is not None:
+                check_header(header)
+            for number, row in enumerate(reader, start=1):
+                if None in row:
+                    raise InputError("more values than header columns", path=path, row=number)
+                yield number, {(k or "").strip(): v for k, v in row.items()}
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} near data row {number + 1}); save the file as UTF-8",
+                             path=path) from None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file; a bad line is a one-line error."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    """(line number, object) for each non-blank line of a JSON-lines file; a bad line is a one-line error.
+    UTF-8, with or without a byte-order mark; other encodings are refused naming the line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = decode_line(raw[3:] if number == 1 and raw.startswith(b"\xef\xbb\xbf") else raw, path, number)
             if not line.strip():
                 continue
             try:

@@ -13,9 +13,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import InputError
+from .store import text_problem
 from .tables import iter_jsonl
 
-__all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "POOLS", "ID_MAX_LENGTH"]
+__all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "unit_rows", "POOLS", "ID_MAX_LENGTH"]
 
 POOLS = ("paired", "unpaired")
 ID_MAX_LENGTH = 512
@@ -54,8 +55,21 @@ def _parquet_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list]]:
         parquet = pq.ParquetFile(path)
     except Exception as exc:
         raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    _check_parquet_vector_type(path, parquet.schema_arrow)
     for batch in parquet.iter_batches(batch_size=batch_rows):
         yield batch.to_pydict()
+
+
+def _check_parquet_vector_type(path: Path, schema) -> None:
+    """The vector column is a list of integers or floats (not strings, booleans or decimals): checked once per file."""
+    import pyarrow as pa
+
+    if "vector" not in schema.names:
+        return
+    kind = schema.field("vector").type
+    value = getattr(kind, "value_type", None)
+    if value is None or not (pa.types.is_floating(value) or pa.types.is_integer(value)):
+        raise InputError(f"column vector is {kind}; it must be a list of floats", path=path)
 
 
 def _jsonl_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list]]:
@@ -86,25 +100,45 @@ def iter_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[tuple[int, 
         first += n
 
 
+_NUMBER = (int, float)  # exact types: bool (an int subclass), strings and None are refused
+
+
 def _vectors(vf: VectorFile, first: int, values: list, dim: int | None) -> np.ndarray:
+    typed = vf.format == "parquet"  # Parquet's column type was checked once; JSON values are checked one by one
     for offset, v in enumerate(values):
         if not isinstance(v, (list, tuple, np.ndarray)) or len(v) == 0:
             raise InputError("vector must be a non-empty list of numbers", path=vf.path, row=first + offset)
         if dim is not None and len(v) != dim:
             raise InputError(f"vector has {len(v)} dimensions, expected {dim} like the rows before", path=vf.path, row=first + offset)
+        if not typed and not all(type(x) in _NUMBER for x in v):
+            bad = next(x for x in v if type(x) not in _NUMBER)
+            raise InputError(f"vector holds a value that is not a number ({bad!r})", path=vf.path, row=first + offset)
         dim = len(v)
     try:
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        bad = next(i for i, v in enumerate(values) if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
-        raise InputError("vector holds a value that is not a number", path=vf.path, row=first + bad) from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError("vector holds a value that is not a number", path=vf.path, row=first) from None
+    unit, bad = unit_rows(array)
+    if bad is not None:
+        raise InputError(bad[1], path=vf.path, row=first + bad[0])
+    return unit
+
+
+def unit_rows(array: np.ndarray) -> tuple[np.ndarray, tuple[int, str] | None]:
+    """Rows scaled to unit L2 norm in float64, returned as float32; or (index, why) of the first row that cannot be.
+
+    Each row is divided by its largest magnitude before its norm is taken, so ``[1e200] * 32`` (whose plain norm
+    overflows to inf) and ``[1e-300] * 32`` (whose squares underflow to 0) normalise correctly.
+    """
+    array = np.asarray(array, dtype=np.float64)
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
-        raise InputError("vector holds NaN or infinite values", path=vf.path, row=first + int(np.argmin(finite)))
-    norms = np.linalg.norm(array, axis=1)
-    if (norms == 0).any():
-        raise InputError("vector is all zeros and cannot be normalised", path=vf.path, row=first + int(np.argmin(norms)))
-    return (array / norms[:, None]).astype(np.float32)
+        return array.astype(np.float32), (int(np.argmin(finite)), "vector holds NaN or infinite values")
+    scale = np.abs(array).max(axis=1) if array.size else np.zeros(len(array))
+    if (scale == 0).any():
+        return array.astype(np.float32), (int(np.argmin(scale)), "vector is all zeros and cannot be normalised")
+    scaled = array / scale[:, None]
+    return (scaled / np.linalg.norm(scaled, axis=1)[:, None]).astype(np.float32), None
 
 
 def _check_columns(vf: VectorFile, columns: dict[str, list]) -> None:
@@ -138,8 +172,9 @@ def validate_file(vf: VectorFile, dim: int | None = None) -> FileSummary:
 def _check_row(vf: VectorFile, row: int, id_: Any, pool: Any, columns: dict, offset: int, seen: set, summary: FileSummary) -> None:
     if not isinstance(id_, str) or not id_.strip():
         raise InputError(f"id must be a non-empty string, got {id_!r}", path=vf.path, row=row)
-    if len(id_) > ID_MAX_LENGTH:
-        raise InputError(f"id is {len(id_)} characters; at most {ID_MAX_LENGTH}", path=vf.path, row=row)
+    problem = text_problem("id", id_)
+    if problem:
+        raise InputError(f"{problem} (id {id_[:60]!r})", path=vf.path, row=row)
     if id_ in seen:
         raise InputError(f"duplicate id {id_!r}; each id may appear once per file", path=vf.path, row=row)
     seen.add(id_)
@@ -155,6 +190,9 @@ def _check_row(vf: VectorFile, row: int, id_: Any, pool: Any, columns: dict, off
         value = columns.get(name, [None] * (offset + 1))[offset]
         if value is not None and not isinstance(value, str):
             raise InputError(f"{name} must be a string, got {type(value).__name__}", path=vf.path, row=row)
+        problem = text_problem(name, value) if value else None
+        if problem:  # checked here, so Milvus never refuses a row after earlier rows were written
+            raise InputError(f"{problem} (id {id_[:60]!r})", path=vf.path, row=row)
 
 
 def normalised_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[dict[str, Any]]:

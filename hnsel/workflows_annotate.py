@@ -23,13 +23,12 @@ import numpy as np
 from .annotations_io import EXPORT_FORMATS, Annotation, read_annotations, write_label_studio
 from .config import HnselConfig
 from .errors import InputError, ModelMismatchError, StoreError
-from .store import Store, open_store
+from .store import Store, open_store, text_problem
+from .vectors import unit_rows
 from .tables import write_table
 from .workflows_rounds import KIND_OF, round_log
 
 __all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport"]
-
-ID_MAX_LENGTH = 512
 
 
 @dataclass
@@ -139,9 +138,13 @@ def _caption_rows(rows: list[Annotation]) -> dict[str, Annotation]:
     for a in rows:
         if not a.caption:
             raise InputError(f"{a.where}: empty caption for image {a.image_id!r}; write the caption or drop the row")
+        problem = text_problem("text", a.caption)
+        if problem:
+            raise InputError(f"{a.where}: caption {problem.partition(' ')[2]}")
         cid = a.caption_id or f"{a.image_id}#{hashlib.sha1(a.caption.encode('utf-8')).hexdigest()[:16]}"
-        if len(cid) > ID_MAX_LENGTH:
-            raise InputError(f"{a.where}: caption id is longer than {ID_MAX_LENGTH} characters; shorten it")
+        problem = text_problem("id", cid)
+        if problem:
+            raise InputError(f"{a.where}: caption id {problem.partition(' ')[2]}")
         held = out.get(cid)
         if held is not None and (held.caption, held.image_id) != (a.caption, a.image_id):
             raise InputError(f"{a.where}: caption id {cid!r} is also used by {held.where} for another caption; give each caption its own id")
@@ -159,12 +162,11 @@ def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[st
     if given:
         out = {}
         for cid, a in captions.items():
-            v = np.asarray(a.vector, dtype=np.float32)
-            norm = float(np.linalg.norm(v))
-            if len(v) != dim or not np.isfinite(norm) or norm == 0:
-                raise InputError(f"{a.where}: vector has {len(v)} values (norm {norm:.3g}); the store holds non-zero {dim}-dimensional "
+            unit, bad = unit_rows(np.asarray([a.vector], dtype=np.float64)) if len(a.vector) == dim else (None, (0, "wrong dimension"))
+            if bad is not None:
+                raise InputError(f"{a.where}: vector has {len(a.vector)} values ({bad[1]}); the store holds non-zero finite {dim}-dimensional "
                                  "vectors of its model; compute the vectors with that model")
-            out[cid] = v / norm
+            out[cid] = unit[0]
         return {cid: out[cid] for cid in new}
     if not new:
         return {}

@@ -5,7 +5,6 @@ Called through ``hnsel.api``; each takes an ``HnselConfig`` and plain values, re
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from .config import HnselConfig
 from .errors import InputError, SelectionError
-from .store import KINDS, MilvusIndex, Store, open_store
+from .store import KINDS, MilvusIndex, Store, in_filter, open_store
 from .strategies import AnchorChunk, Selection, SelectionProblem, get_strategy
 from .tables import check_table_path, write_table
 from .vectors import FileSummary, VectorFile, normalised_batches, validate_file
@@ -56,7 +55,7 @@ def _check_unpairing(store: Store, images: VectorFile, summary: FileSummary, tex
     f = store.fields("texts")
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        expr = f'{f.pool} == "paired" and {f.image_id} in {json.dumps(chunk)}'
+        expr = f'{store.pool_filter("texts", "paired")} and {in_filter(f.image_id, chunk)}'
         for batch in store.iter_rows("texts", expr, ("id", "image_id")):
             for row in batch:
                 if texts is None or row["id"] not in texts.paired_ids | texts.unpaired_ids:
@@ -71,6 +70,10 @@ def ingest(config: HnselConfig, images: str | Path | None = None, texts: str | P
         raise InputError("nothing to ingest: pass --images FILE and/or --texts FILE")
     files = {kind: VectorFile(Path(p), kind) for kind, p in (("images", images), ("texts", texts)) if p is not None}
     with open_store(config.store) as store:
+        for kind in files:  # a read_only collection is refused before anything is written, not between the two files
+            if store.read_only(kind):
+                raise InputError(f"collection {store.name(kind)} is configured read_only in hnsel.toml; nothing was ingested "
+                                 f"(drop --{kind} or the read_only flag)", path=files[kind].path)
         dim = store.dim
         summaries: dict[str, FileSummary] = {}
         for kind, vf in files.items():

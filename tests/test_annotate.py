@@ -112,7 +112,7 @@ def test_model_mismatch_and_bad_label_studio_are_refused(shared, tmp_path):
         api.import_annotations(config, path, encoder=FakeEncoder(dict(MODEL, weights="sha256:other")))
     bad = tmp_path / "export.json"
     bad.write_text(json.dumps([{"id": 1, "data": {"image": "x"}, "annotations": []}]))
-    with pytest.raises(InputError, match="task has no data.image_id"):
+    with pytest.raises(InputError, match="task 1 has no data.image_id"):
         api.import_annotations(config, bad, encoder=FakeEncoder())
     assert snapshot(config) == before
 

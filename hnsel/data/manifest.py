@@ -8,13 +8,12 @@ resolved against ``images_dir``, or else the manifest's folder. Rows are numbere
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ..tables import iter_jsonl
+from ..tables import iter_jsonl, read_csv_rows
 from . import Dataset, ImageRecord, TextRecord
 from .images import is_remote
 
@@ -51,11 +50,8 @@ def _check_columns(path: Path, columns: list[str]) -> None:
 
 
 def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        _check_columns(path, [c.strip() for c in reader.fieldnames or []])
-        for row in reader:
-            yield {(k or "").strip(): v for k, v in row.items()}
+    for _, row in read_csv_rows(path, lambda header: _check_columns(path, header)):
+        yield row
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
