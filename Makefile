@@ -7,9 +7,17 @@ HNSEL := $(VENV)/bin/hnsel
 DEMO ?= demo
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo demo-vectors clean
+.PHONY: setup test demo demo-vectors clean chromium
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed chromium
+
+# Headless Chromium and its WebDriver for the report test (tests/test_report.py): Debian's packages, installed
+# only when missing (as root, or through sudo).
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
