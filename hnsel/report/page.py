@@ -120,7 +120,7 @@ def _run_section(picks, g: dict) -> str:
     auto = ""
     if isinstance(decision, dict) and decision.get("reason"):
         auto = f'<p class="decision" id="auto-decision"><b>auto</b>: {_e(decision["reason"])}</p>'
-    return _table(rows) + auto
+    return auto + _table(rows)
 
 
 def _histograms(picks) -> str:

@@ -35,7 +35,10 @@
   function anchorView(id) { return imageSide ? caption(id) : thumb(id, "small"); }
 
   function evidenceTable(p) {
-    var t = el("table", "evidence");
+    var t = el("table", "evidence"), head = el("tr");
+    [imageSide ? "violated paired caption" : "violated paired image", "similarity > threshold", imageSide ? "its image" : "its caption",
+     "sets the threshold"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+    t.appendChild(head);
     p.ev.forEach(function (e) {
       var tr = el("tr", "ev");
       tr.dataset.anchor = e[0];
@@ -44,8 +47,8 @@
       n.appendChild(document.createTextNode("s " + fmt(e[1]) + " > \u03be " + fmt(e[2])));
       n.appendChild(el("br")); n.appendChild(el("b", null, "+" + fmt(e[1] - e[2])));
       tr.appendChild(a); tr.appendChild(n);
-      var own = el("td"); if (e[4] !== null) { own.appendChild(sample(e[4], true)); own.appendChild(el("div", "lbl", imageSide ? "its image" : "its caption")); }
-      var setter = el("td"); if (e[3] !== null) { setter.appendChild(sample(e[3], true)); setter.appendChild(el("div", "lbl", "set \u03be: confused with " + e[3])); }
+      var own = el("td", "img"); if (e[4] !== null) { own.appendChild(sample(e[4], true)); own.appendChild(el("div", "lbl", e[4])); }
+      var setter = el("td", "img"); if (e[3] !== null) { setter.appendChild(sample(e[3], true)); setter.appendChild(el("div", "lbl", "confused with " + e[3])); }
       tr.appendChild(own); tr.appendChild(setter);
       t.appendChild(tr);
     });
@@ -65,7 +68,9 @@
     var media = el("div", "media"); media.appendChild(sample(p.id, false)); c.appendChild(media);
     var why = el("div", "why");
     var facts = [];
-    if (p.nv !== undefined) facts.push("violates " + p.nv + " paired " + (imageSide ? "captions" : "images") + " now (surplus " + fmt(p.sur, 3) + ")");
+    var unit = imageSide ? "caption" : "image";
+    if (p.nv === 0) facts.push("violates no paired " + unit + " now");
+    else if (p.nv !== undefined) facts.push("violates " + p.nv + " paired " + unit + (p.nv === 1 ? "" : "s") + " now (summed surplus " + fmt(p.sur, 4) + ")");
     if (p.near) facts.push("nearest paired sample at cosine distance " + fmt(p.near[1]));
     if (p.nv === undefined) facts.push("not in the store now: no evidence");
     why.appendChild(el("div", "facts", facts.join(" \u00b7 ")));
@@ -113,7 +118,7 @@
     canvas.style.width = w + "px"; canvas.width = w * ratio; canvas.height = h * ratio;
     var ctx = canvas.getContext("2d"); ctx.scale(ratio, ratio);
     function dot(p, colour, r) { ctx.fillStyle = colour; ctx.beginPath(); ctx.arc(pad + p[0] * (w - 2 * pad), pad + (1 - p[1]) * (h - 2 * pad), r, 0, 6.2832); ctx.fill(); }
-    ctx.globalAlpha = 0.35; m.pool.forEach(function (p) { dot(p, "#9aa3ad", 1.8); });
+    ctx.globalAlpha = 0.55; m.pool.forEach(function (p) { dot(p, "#9aa3ad", 2); });
     ctx.globalAlpha = 0.8; m.paired.forEach(function (p) { dot(p, "#1f77b4", 2.2); });
     ctx.globalAlpha = 0.9; m.picks.forEach(function (p) { dot(p, COLOURS[picks[p[2]].why] || "#444", 3); });
     var legend = document.getElementById("map-legend");
