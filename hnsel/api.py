@@ -12,6 +12,7 @@ from .workflows_select import IngestReport, SelectResult, build_problem, ingest,
 from .workflows_train import EvalReport, TrainReport, evaluate, train
 from .workflows_annotate import ExportReport, ImportReport, export_round, import_annotations
 from .workflows_rounds import release, show_round
+from .workflows_repair import repair
 from .simulate import SimulateReport, simulate
 from .report import ReportResult, build_report as report
 
@@ -19,7 +20,7 @@ __all__ = [
     "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
     "embed", "EmbedReport", "check_model", "write_bulk",
     "train", "TrainReport", "evaluate", "EvalReport",
-    "release", "show_round", "export_round", "ExportReport", "import_annotations", "ImportReport",
+    "release", "show_round", "repair", "export_round", "ExportReport", "import_annotations", "ImportReport",
     "simulate", "SimulateReport",
     "report", "ReportResult",
 ]

@@ -67,7 +67,7 @@ class EmbedReport:
 def check_model(store, model_info: dict) -> None:
     """Refuse to mix embedding spaces: the store's model record must describe ``model_info``'s model."""
     held = store.get_meta(MODEL_META_KEY)
-    where = f"namespace {store.config.namespace!r} at {store.config.uri}"
+    where = f"namespace {store.config.namespace!r} at {store.config.safe_uri}"
     if held is not None and not same_model(held, model_info):
         raise ModelMismatchError(
             f"{where} holds vectors of {describe_model(held)}, but this run uses {describe_model(model_info)}; "
@@ -84,10 +84,26 @@ def check_model(store, model_info: dict) -> None:
 
 
 def _validate(dataset: Dataset) -> None:
-    long = next((r.id for r in dataset.images if len(r.id) > _ID_MAX_LENGTH), None)
-    long = long or next((t.id for t in dataset.texts if len(t.id) > _ID_MAX_LENGTH), None)
-    if long:
-        raise InputError(f"id {long[:60]!r}... is longer than {_ID_MAX_LENGTH} characters; shorten the ids", path=dataset.source)
+    """Every id, uri and caption fits its Milvus field (UTF-8 bytes), checked before anything is written."""
+    from .store import text_problem
+
+    def fields(record) -> Iterator[tuple[str, str, str]]:
+        if isinstance(record, ImageRecord):
+            yield "id", record.id, record.id
+            yield "uri", record.uri or "", record.id
+            for cid, text in zip(record.caption_ids, record.captions):
+                yield "id", cid, cid
+                yield "text", text, cid
+        else:
+            yield "id", record.id, record.id
+            yield "text", record.text or "", record.id
+            yield "image_id", record.image_id or "", record.id
+
+    for record in [*dataset.images, *dataset.texts]:
+        for name, value, owner in fields(record):
+            problem = text_problem(name, value)
+            if problem:
+                raise InputError(f"{problem} (id {owner[:60]!r})", path=dataset.source)
     if not dataset.images and not dataset.texts:
         raise InputError("no images or captions found; check the path and --images-dir", path=dataset.source)
 
@@ -120,6 +136,10 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     start = time.perf_counter()
     with open_store(config.store) as store:
         check_model(store, encoder.model_info)
+        for kind in ("images", "texts"):  # refused before the model record or any vector is written
+            if store.read_only(kind):
+                raise InputError(f"collection {store.name(kind)} is configured read_only in hnsel.toml; hnsel embed writes to it: "
+                                 "embed into another --namespace", path=source)
         store.ensure_collections(encoder.dim)
         if store.get_meta(MODEL_META_KEY) is None:
             store.set_meta(MODEL_META_KEY, encoder.model_info)  # before any vector, so a resumed job is checked too

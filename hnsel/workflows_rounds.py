@@ -4,7 +4,16 @@ A recorded selection gives every picked sample its round number (the ``round`` f
 selected), so the candidates filter (``unpaired and round == -1``) never offers it again until it is
 annotated (it becomes paired) or released (``round`` back to -1). The strategy, its parameters, the seed,
 the resolved store config and a hash of the picks are kept in the store's meta collection, one record per
-round (key ``round/0003``); the ids themselves are not copied there, they carry the round in the collection.
+round (key ``round/0003``), and the picks in order in ``picks/0003/*`` records.
+
+Recording is safe against a second ``hnsel select`` at the same moment and against a kill at any point.
+``reserve_round`` claims the next number atomically (``leases.claim_number``) before the selection runs, with
+the log in state ``reserved`` and a heartbeat, then waits until every earlier round is finished; so selections
+that record are serialised: each one's candidates are read (Strong) after the earlier rounds' picks are marked,
+and two rounds never share a number, a log or a pick. ``record_round`` then keeps the picks (``picks/``), sets
+the state ``recording``, marks the rows, and sets ``recorded``. A round left ``reserved`` or ``recording`` by a
+process that stopped is finished from its kept picks (when they are complete) or rolled back by ``repair_round``,
+which ``hnsel round repair`` and the next recording ``hnsel select`` run.
 """
 
 from __future__ import annotations
@@ -13,19 +22,24 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
-from .config import HnselConfig
+from .config import HnselConfig, redact_uri
 from .errors import SelectionError, StoreError
+from .leases import Lease, claim_number, describe_owner, is_dead
 from .store import Store, open_store
 
 __all__ = ["ROUND_PREFIX", "KIND_OF", "round_key", "picks_hash", "next_round", "round_log", "record_round", "list_rounds",
-           "release", "show_round", "recordable", "PICKS_PREFIX", "record_picks", "round_picks"]
+           "release", "show_round", "recordable", "PICKS_PREFIX", "record_picks", "round_picks", "reserve_round", "abandon_round",
+           "repair_round", "unfinished_rounds", "UNFINISHED"]
 
 ROUND_PREFIX = "round/"
 KIND_OF = {"image": "images", "text": "texts"}  # modality -> the collection its candidates live in
 PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason (hnsel report)
 PICKS_RECORD_CHARS = 60_000  # under Milvus's 65535-character VARCHAR
+UNFINISHED = ("reserved", "recording")  # states of a round whose recording has not ended (yet, or ever: repair_round)
+WAIT_POLL_S = 0.5
 
 
 def round_key(number: int) -> str:
@@ -37,9 +51,12 @@ def picks_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode("utf-8")).hexdigest()
 
 
-def next_round(store: Store) -> int:
-    numbers = [int(k[len(ROUND_PREFIX):]) for k in store.meta_keys(ROUND_PREFIX) if k[len(ROUND_PREFIX):].isdigit()]
-    return max(numbers, default=0) + 1
+def _numbers(store: Store, strong: bool = False) -> list[int]:
+    return [int(k[len(ROUND_PREFIX):]) for k in store.meta_keys(ROUND_PREFIX, strong=strong) if k[len(ROUND_PREFIX):].isdigit()]
+
+
+def next_round(store: Store, strong: bool = False) -> int:
+    return max(_numbers(store, strong), default=0) + 1
 
 
 def round_log(store: Store, number: int) -> dict:
@@ -64,28 +81,118 @@ def recordable(store: Store, modality: str) -> str | None:
 def _resolved_config(config: HnselConfig) -> dict:
     store = dataclasses.asdict(config.store)
     store.pop("token", None)  # never write a credential into the store
+    store["uri"] = config.store.safe_uri  # nor the user:password a URI may carry
     return {"seed": config.seed, "source": config.source, "store": store}
 
 
-def record_round(store: Store, config: HnselConfig, selection: Any, modality: str, seed: int, budget: int) -> int:
-    """Write the round's log, then mark its picks. The log is written first with ``state=recording``, so an
-    interrupted recording is visible (``hnsel status``) and its picks can be released."""
+def reserve_round(store: Store, config: HnselConfig, modality: str, seed: int, budget: int, strategy: str, params: dict,
+                  on_wait: Callable[[str], None] | None = None) -> Lease:
+    """Claim the next round number for a selection about to run, then wait until every earlier round is finished
+    (finishing or rolling back one whose process stopped). Returns the held lease on the round log."""
     why = recordable(store, modality)
     if why:
         raise StoreError(why)
-    number = next_round(store)
-    log = {
-        "round": number, "modality": modality, "kind": KIND_OF[modality], "strategy": selection.strategy,
-        "params": dict(selection.params), "seed": int(seed), "budget": int(budget), "size": int(len(selection)),
-        "candidates": int(selection.stats.get("candidates", 0)), "picks_sha256": picks_hash(selection.ids),
-        "first_ids": [str(x) for x in selection.ids[:5]], "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": _resolved_config(config), "stats": _small(selection.stats), "state": "recording", "released": 0,
-    }
-    store.set_meta(round_key(number), log)
+    log = {"modality": modality, "kind": KIND_OF[modality], "strategy": strategy, "params": dict(params), "seed": int(seed),
+           "budget": int(budget), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "config": _resolved_config(config), "state": "reserved", "released": 0}
+    held: list[Lease] = []
+
+    def write(number: int) -> None:
+        held.append(Lease(store, round_key(number), dict(log, round=number)))
+        held[0].update()
+
+    claim_number(store, lambda: next_round(store, strong=True), lambda n: store.get_meta(round_key(n), strong=True) is not None, write)
+    lease = held[0].start()
+    try:
+        _wait_for_earlier(store, lease.record["round"], on_wait)
+    except BaseException:
+        abandon_round(store, lease)
+        raise
+    store.sync()  # the selection's first read is Strong: it sees every earlier round's marks
+    return lease
+
+
+def _wait_for_earlier(store: Store, number: int, on_wait: Callable[[str], None] | None) -> None:
+    said: set[int] = set()
+    while True:
+        busy = []
+        for earlier in [n for n in _numbers(store, strong=True) if n < number]:
+            log = store.get_meta(round_key(earlier), strong=True)
+            if log is None or log.get("state") not in UNFINISHED:
+                continue
+            if is_dead(log):
+                repair_round(store, log)
+            else:
+                busy.append(earlier)
+                if on_wait is not None and earlier not in said:
+                    on_wait(f"waiting for round {earlier} ({describe_owner(log)}) to finish recording")
+                    said.add(earlier)
+        if not busy:
+            return
+        time.sleep(WAIT_POLL_S)
+
+
+def record_round(store: Store, lease: Lease, selection: Any) -> int:
+    """Keep the picks, then mark them in the collection. The state says how far it got: ``recording`` means the
+    picks are kept whole, so ``repair_round`` can finish the marking; ``recorded`` means done."""
+    number, kind = lease.record["round"], lease.record["kind"]
     record_picks(store, number, selection)
-    store.set_round(KIND_OF[modality], [str(x) for x in selection.ids], number)
-    store.set_meta(round_key(number), dict(log, state="recorded"))
+    lease.update(strategy=selection.strategy, params=dict(selection.params), size=int(len(selection)),
+                 candidates=int(selection.stats.get("candidates", 0)), picks_sha256=picks_hash(selection.ids),
+                 first_ids=[str(x) for x in selection.ids[:5]], stats=_small(selection.stats), state="recording")
+    store.set_round(kind, [str(x) for x in selection.ids], number)
+    lease.stop()
+    lease.update(state="recorded")
     return number
+
+
+def abandon_round(store: Store, lease: Lease) -> None:
+    """Undo a reservation whose selection failed or was interrupted: no pick stays marked, no log stays behind.
+    A failure here leaves the round to ``repair_round`` (its heartbeat stops with this process)."""
+    lease.stop()
+    try:
+        _roll_back(store, lease.record)
+    except StoreError:
+        pass
+
+
+def _roll_back(store: Store, log: dict) -> int:
+    number, kind = int(log["round"]), log["kind"]
+    f = store.fields(kind)
+    ids = [r["id"] for batch in store.iter_rows(kind, f"{f.round} == {number}", ("id",)) for r in batch] if store.has(kind) else []
+    released = store.set_round(kind, ids, -1)
+    store.delete_meta([k for k in store.meta_keys(f"{PICKS_PREFIX}{number:04d}/", strong=True)])
+    store.delete_meta([round_key(number)])
+    return released
+
+
+def repair_round(store: Store, log: dict) -> str:
+    """Finish or roll back a round a stopped process left ``reserved`` or ``recording``; says what it did (one line).
+
+    ``recording`` with its picks kept whole (count and sha256 match the log): the picks not yet marked are
+    marked and the round is ``recorded``. Anything less (``reserved``, or picks cut short) is rolled back:
+    rows marked with the round go back to the pool and the log is removed, so the number can be selected again.
+    """
+    number = int(log["round"])
+    picks = round_picks(store, number) if log.get("state") == "recording" else None
+    whole = picks is not None and len(picks["ids"]) == log.get("size") and picks_hash(picks["ids"]) == log.get("picks_sha256")
+    if not whole:
+        released = _roll_back(store, log)
+        return (f"round {number} was left {log.get('state')} by {describe_owner(log)}, which stopped: rolled back "
+                f"({released} marked samples returned to the pool); run hnsel select again")
+    kind = log["kind"]
+    rounds = store.get_rounds(kind, picks["ids"])
+    todo = [i for i in picks["ids"] if rounds.get(i) == -1]
+    store.set_round(kind, todo, number)
+    store.set_meta(round_key(number), dict(log, state="recorded"))
+    return (f"round {number} was left recording by {describe_owner(log)}, which stopped: finished "
+            f"({len(todo)} of its {len(picks['ids'])} picks marked now)")
+
+
+def unfinished_rounds(store: Store) -> list[dict]:
+    """Logs of rounds still ``reserved`` or ``recording``, each with ``dead`` (True when its process stopped)."""
+    logs = [store.get_meta(k, strong=True) for k in store.meta_keys(ROUND_PREFIX, strong=True) if k[len(ROUND_PREFIX):].isdigit()]
+    return [dict(log, dead=is_dead(log)) for log in logs if log and log.get("state") in UNFINISHED]
 
 
 def _small(stats: dict) -> dict:
@@ -135,9 +242,11 @@ def list_rounds(store: Store) -> list[dict]:
         log = store.get_meta(key)
         kind = log.get("kind", KIND_OF.get(log.get("modality", "image"), "images"))
         counts = _counts(store, kind, log["round"]) if store.has(kind) and store.has_field(kind, "round") else {"paired": 0, "unpaired": 0}
+        unfinished = log.get("state") in UNFINISHED
         out.append({"round": log["round"], "modality": log.get("modality"), "strategy": log.get("strategy"), "params": log.get("params", {}),
                     "seed": log.get("seed"), "size": log.get("size"), "annotated": counts["paired"], "pending": counts["unpaired"],
-                    "released": log.get("released", 0), "state": log.get("state"), "created": log.get("created")})
+                    "released": log.get("released", 0), "state": log.get("state"), "created": log.get("created"),
+                    "unfinished": unfinished, "stopped": unfinished and is_dead(log)})
     return out
 
 
@@ -145,7 +254,10 @@ def show_round(config: HnselConfig, number: int) -> dict:
     with open_store(config.store) as store:
         log = round_log(store, number)
         counts = _counts(store, log["kind"], number)
-        return dict(log, annotated=counts["paired"], pending=counts["unpaired"])
+        config_ = dict(log.get("config") or {})
+        if isinstance(config_.get("store"), dict) and "uri" in config_["store"]:  # logs written before URIs were recorded without userinfo
+            config_["store"] = dict(config_["store"], uri=redact_uri(config_["store"]["uri"]))
+        return dict(log, config=config_, annotated=counts["paired"], pending=counts["unpaired"])
 
 
 def release(config: HnselConfig, number: int) -> dict:
@@ -153,6 +265,9 @@ def release(config: HnselConfig, number: int) -> dict:
     with open_store(config.store) as store:
         log = round_log(store, number)
         kind = log["kind"]
+        if log.get("state") in UNFINISHED:
+            raise StoreError(f"round {number} is still {log['state']} ({describe_owner(log)}); wait for it, or run `hnsel round repair` "
+                             "if that process stopped, then release")
         why = recordable(store, log["modality"])
         if why:
             raise StoreError(why.replace("the round was not recorded", "nothing can be released"))

@@ -18,7 +18,8 @@ from .store import KINDS, MilvusIndex, Store, in_filter, open_store
 from .strategies import AnchorChunk, Selection, SelectionProblem, get_strategy
 from .tables import check_table_path, write_table
 from .vectors import FileSummary, VectorFile, normalised_batches, validate_file
-from .workflows_rounds import list_rounds, record_round, recordable
+from .workflows_repair import repair_dead, unfinished
+from .workflows_rounds import KIND_OF, abandon_round, list_rounds, record_round, recordable, reserve_round
 
 __all__ = ["ingest", "IngestReport", "select", "SelectResult", "status", "build_problem", "MODALITIES"]
 
@@ -107,13 +108,14 @@ class SelectResult:
     stats: dict[str, Any] = field(default_factory=dict)
     round: int | None = None  # the round number recorded in the store, None when not recorded
     note: str | None = None  # why a requested recording did not happen
+    repaired: list[str] = field(default_factory=list)  # unfinished rounds or imports of stopped processes this run finished or rolled back
 
     def summary(self) -> dict[str, Any]:
         s = self.selection
         return {
             "strategy": s.strategy, "params": s.params, "modality": self.modality, "seed": self.seed, "budget": len(s),
             "seconds": round(self.seconds, 3), "out": str(self.out) if self.out else None, "stats": s.stats,
-            "round": self.round, "note": self.note,
+            "round": self.round, "note": self.note, "repaired": self.repaired,
             "picks": [{"rank": i + 1, "id": s.ids[i], "score": float(s.scores[i]), "violations": int(s.violations[i]),
                        "reason": s.reasons[i], "uri": self.uris[i]} for i in range(len(s))],
         }
@@ -154,12 +156,16 @@ def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[Anch
     return anchors
 
 
-def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = None, max_limit: int | None = None) -> SelectionProblem:
-    """The strategies' view of the store for one modality: candidates, anchors, and a Milvus-backed index."""
-    side, anchor_kind = _kinds(modality)
+def _require_collections(store: Store) -> None:
     for kind in KINDS:
         if not store.has(kind):
             raise SelectionError(f"collection {store.name(kind)} does not exist: the store is empty; run `hnsel ingest` or `hnsel embed` first")
+
+
+def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = None, max_limit: int | None = None) -> SelectionProblem:
+    """The strategies' view of the store for one modality: candidates, anchors, and a Milvus-backed index."""
+    side, anchor_kind = _kinds(modality)
+    _require_collections(store)
     index = MilvusIndex(store, side, store.pool_filter(side, "paired"), store.pool_filter(side, "unpaired", unselected=True))
     if max_limit is not None:
         index.max_limit = max_limit
@@ -198,30 +204,56 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
     ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
-    read_only collection nothing is written and ``SelectResult.note`` says so.
+    read_only collection nothing is written and ``SelectResult.note`` says so. A recording selection first
+    finishes or rolls back what stopped processes left unfinished (``SelectResult.repaired``), then claims its
+    round number and waits for earlier rounds still recording, so concurrent selections never share picks.
     """
     seed = config.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
     chosen = get_strategy(strategy, **(params or {}))
+    _kinds(modality)
+    if budget < 1:
+        raise SelectionError(f"--budget must be at least 1, got {budget}")
     if out is not None:
         check_table_path(out)  # a bad extension or a missing folder is refused before any work (and before a round is recorded)
     started = time.perf_counter()
     with open_store(config.store) as store:
-        side, _ = _kinds(modality)
-        problem = build_problem(store, modality, on_progress, max_limit)
-        selection = chosen.select(problem, budget, np.random.default_rng(seed))
-        field_name = "uri" if side == "images" else "text"
-        rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
-        uris = [rows.get(i, "") or "" for i in selection.ids]
-        written = None
-        if out is not None:  # the file first: a failed write leaves no recorded round behind
-            s = selection
-            written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
-                                        "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
-        number, note = None, None
+        lease, note, repaired = None, None, []
         if record:
-            note = recordable(store, modality)
-            number = None if note else record_round(store, config, selection, modality, seed, budget)
-    return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note)
+            note = recordable(store, modality) if store.has(KIND_OF[modality]) else None
+            if note is None:
+                _require_collections(store)  # an empty store is refused before anything is written
+                repaired = repair_dead(store)
+                lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
+        try:
+            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit)
+            number = record_round(store, lease, selection) if lease is not None else None
+        except BaseException:
+            if lease is not None:
+                abandon_round(store, lease)
+            raise
+    return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note, repaired=repaired)
+
+
+def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
+    return None if on_progress is None else (lambda message: on_progress(message, 0, None))
+
+
+def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
+                      on_progress: ProgressFn | None, max_limit: int | None) -> tuple[Selection, list[str], Path | None]:
+    side, _ = _kinds(modality)
+    problem = build_problem(store, modality, on_progress, max_limit)
+    selection = chosen.select(problem, budget, np.random.default_rng(seed))
+    field_name = "uri" if side == "images" else "text"
+    rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+    uris = [rows.get(i, "") or "" for i in selection.ids]
+    written = None
+    if out is not None:  # the file before the marks: a failed write leaves no recorded round behind
+        s = selection
+        written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
+                                    "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
+    return selection, uris, written
 
 
 def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
@@ -238,4 +270,5 @@ def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
         out["selected"] = selected
         if rounds:
             out["rounds"] = list_rounds(store)
+            out["unfinished"] = unfinished(store)
         return out

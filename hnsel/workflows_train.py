@@ -67,7 +67,7 @@ def paired_from_store(config: HnselConfig, pool: str = "paired", *, fields: tupl
     from .store import open_store
 
     with open_store(config.store) as store:
-        where = f"namespace {config.store.namespace!r} at {config.store.uri}"
+        where = f"namespace {config.store.namespace!r} at {config.store.safe_uri}"
         image_rows = [r for batch in store.iter_rows("images", store.pool_filter("images", pool), ("id", fields[0])) for r in batch]
         text_rows = [r for batch in store.iter_rows("texts", store.pool_filter("texts", pool), ("id", "image_id", fields[1])) for r in batch]
     if not image_rows or not text_rows:
@@ -177,7 +177,7 @@ def train(
         raise ConfigError(f"{base.model_info['model_name']} keeps its towers locked and learns projection heads: use --mode head")
     settings = dict(mode=mode, loss=str(spec), loss_params=dict(spec.params), head=head, hidden=hidden, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, lock=lock,
-                    source=str(source) if source is not None else f"store:{config.store.uri}#{config.store.namespace}",
+                    source=str(source) if source is not None else f"store:{config.store.safe_uri}#{config.store.namespace}",
                     split=split, val_split=val_split if val is not None else None, val_fraction=val_fraction)
     report = TrainReport(str(out), str(Path(out) / "checkpoint.pt"), mode, str(spec), dict(base.model_info), len(train_part.image_ids),
                          len(train_part), len(val.image_ids) if val is not None else None)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from ._common import OneLineErrors
+
 app = typer.Typer(
     name="hnsel",
     help="Pick the unpaired images (or captions) worth paying annotators for: hard-negative active learning for image-text retrieval, backed by Milvus.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,  # usage errors are one line and exit code 1, as README promises
 )
 
 # Command modules register themselves on `app` (or add a sub-app) when imported.

@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -56,20 +58,60 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error[/bold red]: {message}", highlight=False, soft_wrap=True)
+    """``error: message`` as one line on stderr (ids and paths printed as they are, never read as markup), then exit."""
+    err_console.print(f"[bold red]error[/bold red]: {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    """One JSON document on stdout; NaN and infinities become null (JSON has neither)."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return _finite(value.tolist())
     if isinstance(value, Path):
         return str(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# click's exceptions, wherever this typer takes click from (recent typers vendor it as typer._click)
+_click = sys.modules[typer.BadParameter.__module__]
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The root command group: a usage error (unknown option, a value of the wrong type, a missing argument) is
+    one line on stderr and exit code 1, like every other error, instead of click's boxed message and exit code 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click.NoArgsIsHelpError:  # building it printed the help already (rich help prints as it formats)
+            code = 0
+        except _click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "hnsel"
+            err_console.print(f"[bold red]error[/bold red]: {escape(path)}: {escape(' '.join(exc.format_message().split()))} "
+                              f"(`{escape(path)} --help` lists the options)", highlight=False, soft_wrap=True)
+            code = 1
+        except _click.ClickException as exc:
+            err_console.print(f"[bold red]error[/bold red]: {escape(' '.join(exc.format_message().split()))}", highlight=False, soft_wrap=True)
+            code = 1
+        except typer.Abort:
+            err_console.print("[red]aborted[/red]")
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def show_progress(json_output: bool) -> bool:
@@ -112,5 +154,5 @@ def progress_bar(enabled: bool, rate: bool = False) -> Iterator[ProgressFn | Non
 
 __all__ = [
     "console", "err_console", "ConfigOpt", "UriOpt", "TokenOpt", "NamespaceOpt", "JsonOpt", "ProgressFn",
-    "get_config", "handle_errors", "fail", "print_json", "show_progress", "progress_bar", "progress_session", "RateColumn", "StoreError",
+    "get_config", "handle_errors", "fail", "print_json", "OneLineErrors", "show_progress", "progress_bar", "progress_session", "RateColumn", "StoreError",
 ]

@@ -29,7 +29,7 @@ def export(
     if json_output:
         print_json(report.__dict__)
     else:
-        console.print(f"round {report.round} ({report.modality} modality): {report.rows} samples written to {', '.join(report.files)}")
+        console.print(f"round {report.round} ({report.modality} modality): {report.rows} samples written to {', '.join(report.files)}", markup=False)
 
 
 @annotate_app.command("import")
@@ -52,5 +52,7 @@ def import_(
     if json_output:
         print_json(report.summary())
         return
+    for line in report.repaired:
+        console.print(f"repaired: {line}", markup=False, highlight=False)
     console.print(f"{file}: {report.rows} rows; {report.texts_written} captions written ({report.texts_unchanged} already there), "
-                  f"{report.images_paired} images paired ({report.images_already_paired} already paired)")
+                  f"{report.images_paired} images paired ({report.images_already_paired} already paired)", markup=False)

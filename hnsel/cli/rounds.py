@@ -1,10 +1,11 @@
-"""``hnsel round list|show|release``: the rounds recorded by ``hnsel select``."""
+"""``hnsel round list|show|release|repair``: the rounds recorded by ``hnsel select``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import api
@@ -20,11 +21,17 @@ def rounds_table(rounds: list[dict]) -> Table:
     for name in ("round", "modality", "strategy", "size", "annotated", "pending", "released", "seed"):
         table.add_column(name, justify="left" if name in ("modality", "strategy") else "right")
     for r in rounds:
-        state = "" if r.get("state") in ("recorded", "released") else f" ({r.get('state')})"
+        state = "" if r.get("state") in ("recorded", "released") else f" ({r.get('state')}{', stopped' if r.get('stopped') else ''})"
         table.add_row(str(r["round"]), str(r["modality"]), str(r["strategy"]) + state, str(r["size"]), str(r["annotated"]), str(r["pending"]),
                       str(r["released"]), str(r["seed"]))
     table.caption = "hnsel round show N: parameters, seed and config of a round"
     return table
+
+
+def print_unfinished(unfinished: list[dict]) -> None:
+    """One line per unfinished round or import; a stopped one says to run ``hnsel round repair``."""
+    for u in unfinished:
+        console.print(f"[yellow]unfinished[/yellow]: {escape(u['message'])}", highlight=False, soft_wrap=True)
 
 
 @rounds_app.command("list")
@@ -32,13 +39,16 @@ def rounds_table(rounds: list[dict]) -> Table:
 def list_(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None,
           json_output: JsonOpt = False) -> None:
     """Every recorded round: size, strategy, how many annotated so far, how many pending or released."""
-    rounds = api.status(get_config(config, milvus_uri, token, namespace), rounds=True)["rounds"]
+    info = api.status(get_config(config, milvus_uri, token, namespace), rounds=True)
+    rounds = info["rounds"]
     if json_output:
         print_json(rounds)
-    elif rounds:
+        return
+    if rounds:
         console.print(rounds_table(rounds))
     else:
         console.print("no rounds recorded yet: `hnsel select` records one")
+    print_unfinished(info["unfinished"])
 
 
 @rounds_app.command("show")
@@ -59,3 +69,22 @@ def release(number: Annotated[int, typer.Argument(help="Round number.")], config
         print_json(result)
     else:
         console.print(f"round {number}: released {result['released']} samples back to the pool; {result['annotated']} annotated stay")
+
+
+@rounds_app.command("repair")
+@handle_errors
+def repair(force: Annotated[bool, typer.Option("--force", help="Also repair work whose process still looks alive (only when you know it stopped).")] = False,
+           config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None,
+           json_output: JsonOpt = False) -> None:
+    """Finish or roll back rounds and imports a stopped (killed) process left unfinished; nothing is lost or doubled."""
+    result = api.repair(get_config(config, milvus_uri, token, namespace), force=force)
+    if json_output:
+        print_json(result)
+        return
+    for line in result["repaired"]:
+        console.print(f"[green]repaired[/green]: {escape(line)}", highlight=False, soft_wrap=True)
+    for line in result["running"]:
+        console.print(f"[yellow]left as is[/yellow]: {escape(line)}; run repair again once it ends (--force if you know it stopped)",
+                      highlight=False, soft_wrap=True)
+    if not result["repaired"] and not result["running"]:
+        console.print("nothing to repair: every round and import is finished")

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .. import api
 from . import app
@@ -54,17 +56,20 @@ def _print_selection(summary: dict, top: int) -> None:
     for name in ("rank", "id", "score", "violations", "reason", "uri"):
         table.add_column(name, justify="right" if name in ("rank", "score", "violations") else "left")
     for p in summary["picks"][:top]:
-        table.add_row(str(p["rank"]), p["id"], f"{p['score']:.4f}", str(p["violations"]), p["reason"], p["uri"])
+        table.add_row(str(p["rank"]), Text(p["id"]), f"{p['score']:.4f}", str(p["violations"]), p["reason"], Text(p["uri"]))  # ids as text, never markup
     console.print(table)
     shown = "" if len(summary["picks"]) <= top else f" (top {top} shown)"
-    console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""))
+    console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""),
+                  markup=False, highlight=False)
     details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "thresholds")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
     if "auto_decision" in stats:
         d = stats["auto_decision"]
         console.print(f"auto: coverage {d['coverage_picks']}, hard negatives {d['hardneg_picks']}, random {d['random_picks']}, fill {d['fill_picks']} "
                       f"(uncovered {d['uncovered']:.0%} of {d['sampled']} sampled; hard-negative Gini {d['score_gini']}). {d['reason']}", highlight=False)
+    for line in summary.get("repaired") or []:
+        console.print(f"[yellow]repaired[/yellow]: {escape(line)}", highlight=False)
     if summary.get("round") is not None:
         console.print(f"recorded as round {summary['round']}: export it with `hnsel annotate export --round {summary['round']}`")
     elif summary.get("note"):
-        console.print(f"[yellow]note[/yellow]: {summary['note']}", highlight=False)
+        console.print(f"[yellow]note[/yellow]: {escape(summary['note'])}", highlight=False)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .. import api
 from . import app
@@ -27,7 +28,7 @@ def ingest(
     if json_output:
         print_json({"images": report.images, "texts": report.texts, "dim": report.dim})
     else:
-        console.print(f"ingested {report.images} images and {report.texts} texts ({report.dim}-d) into {cfg.store.uri}")
+        console.print(f"ingested {report.images} images and {report.texts} texts ({report.dim}-d) into {cfg.store.safe_uri}", markup=False)
 
 
 @app.command()
@@ -39,7 +40,7 @@ def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt 
     if json_output:
         print_json(info)
         return
-    table = Table(title=f"hnsel store {cfg.store.uri} (namespace {cfg.store.namespace})")
+    table = Table(title=Text(f"hnsel store {cfg.store.safe_uri} (namespace {cfg.store.namespace})"))
     table.add_column("collection")
     table.add_column("paired", justify="right")
     table.add_column("unpaired", justify="right")
@@ -47,7 +48,8 @@ def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt 
         table.add_row(kind, str(info[kind]["paired"]), str(info[kind]["unpaired"]))
     console.print(table)
     console.print(f"dimension: {info['dim']}   selected (carry a round): {info['selected']}")
-    if info["rounds"]:
-        from .rounds import rounds_table
+    from .rounds import print_unfinished, rounds_table
 
+    if info["rounds"]:
         console.print(rounds_table(info["rounds"]))
+    print_unfinished(info["unfinished"])

@@ -8,6 +8,7 @@ index on Milvus, and ``ExactIndex`` here implements it with numpy for tests and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -187,6 +188,10 @@ def get_strategy(name: str, **params: Any) -> Strategy:
     unknown = sorted(set(params) - known)
     if unknown:
         raise SelectionError(f"strategy {name!r} takes no parameter(s) {unknown}; it takes {sorted(known)}")
+    for key, value in params.items():  # inf or NaN would give NaN scores and duplicate picks, and no valid JSON
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = "--lambda" if key == "lam" else "--" + key.replace("_", "-")
+            raise SelectionError(f"{flag} {value}: use a finite number")
     return cls(**params)
 
 
