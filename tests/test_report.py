@@ -133,6 +133,11 @@ def test_evidence_matches_the_dense_reference(store_uri, namespace, tmp_path, pa
     sims = vectors @ pool.image_vectors[paired].T
     assert [n[0] for n in near] == list(pool.image_ids[paired][sims.argmax(1)])
     np.testing.assert_allclose([n[1] for n in near], 1 - sims.max(1), atol=1e-5)
+    if paired_mb:  # the whole report on this backend too (Lite file or server)
+        calls = []
+        done = api.report(s["config"], out=tmp_path / "r", on_progress=lambda *a: calls.append(a))
+        assert done.picks == 40 and done.source == "round 1" and (tmp_path / "r" / "index.html").is_file()
+        assert ("evidence: paired anchors", 2 * N_PAIRED, 2 * N_PAIRED) in calls and calls[-1][0] == "thumbnails"
 
 
 def _browser():
@@ -282,3 +287,43 @@ def test_remote_uris_simulation_curves_and_unmatched_files(store, tmp_path):
     data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
     assert [p["id"] for p in data["picks"]] == ["img016", "img017", "img020"] and all(p["why"] == "unknown" for p in data["picks"])
     assert data["img"]["img016"]["error"] == "missing file"
+
+
+def test_text_modality_report_mirrors_the_evidence(tmp_path):
+    pool = make_pool(n_paired=10, n_unpaired=5, captions_per_image=2, dim=16, n_coarse=2, fine_per_coarse=2, seed=3)
+    rng = np.random.default_rng(4)
+    extra = pool.text_vectors[rng.integers(0, len(pool.text_ids), 25)] + 0.4 * rng.normal(size=(25, 16))
+    extra = (extra / np.linalg.norm(extra, axis=1, keepdims=True)).astype(np.float32)
+    extra_ids = [f"u{i:02d}" for i in range(25)]
+    vec = pa.list_(pa.float32())
+    pq.write_table(pa.table({"id": pool.image_ids.tolist(), "vector": pa.array(list(pool.image_vectors), type=vec), "pool": pool.image_pool.tolist()}),
+                   tmp_path / "images.parquet")
+    pq.write_table(pa.table({"id": pool.text_ids.tolist() + extra_ids, "vector": pa.array(list(pool.text_vectors) + list(extra), type=vec),
+                             "pool": ["paired"] * len(pool.text_ids) + ["unpaired"] * 25,
+                             "image_id": pool.text_image_ids.tolist() + [""] * 25,
+                             "text": [f"text of {t}" for t in list(pool.text_ids) + extra_ids]}), tmp_path / "texts.parquet")
+    config = load_config().with_overrides(uri=str(tmp_path / "h.db"))
+    api.ingest(config, images=tmp_path / "images.parquet", texts=tmp_path / "texts.parquet")
+    result = api.select(config, budget=6, strategy="hardneg", modality="text", record=True)
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["report", "--milvus-uri", config.store.uri, "--out", str(out), "--evidence", "2"])
+    assert res.exit_code == 0, res.output
+    page = (out / "index.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
+    assert data["modality"] == "text" and [p["id"] for p in data["picks"]] == list(result.selection.ids)
+
+    paired = pool.image_pool == "paired"
+    p_ids, p_vecs = pool.image_ids[paired], pool.image_vectors[paired]
+    own = pool.text_image_ids[None, :] == p_ids[:, None]  # anchors (paired images) x paired captions
+    neg = np.where(own, -np.inf, p_vecs @ pool.text_vectors.T)
+    xi, setter = neg.max(axis=1), pool.text_ids[neg.argmax(axis=1)]
+    for p in data["picks"]:
+        sims = (extra[extra_ids.index(p["id"])] @ p_vecs.T).astype(np.float64)
+        viol = np.flatnonzero(sims > xi)
+        assert p["nv"] == len(viol) and p["v"] == len(viol)
+        best = viol[np.argsort(-(sims[viol] - xi[viol]))][:2]
+        assert [e[0] for e in p["ev"]] == list(p_ids[best]) and [e[3] for e in p["ev"]] == list(setter[best])
+        np.testing.assert_allclose([e[1] for e in p["ev"]], sims[best], atol=1e-5)
+        assert data["txt"][p["id"]] == f"text of {p['id']}"
+        assert all(data["txt"][e[3]] == f"text of {e[3]}" for e in p["ev"])
+        assert all(data["img"][e[0]] == {"error": "no uri stored for this image"} for e in p["ev"])

@@ -147,20 +147,18 @@ def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on
     if params.get("batch") == "mini":
         picks.notes.append("this round used mini-batch thresholds; the evidence shows full-batch thresholds, which are never lower, "
                            "so every violation shown is also a mini-batch violation")
-    if on_progress:
-        on_progress("evidence", 0, 3)
     state = paired_state(store, picks.modality, picks.ids, picks.round, paired_mb)
     if state.paired is None:
         picks.notes.append(f"the paired side is larger than --paired-mb {paired_mb:g}: thresholds come from Milvus searches (exact on FLAT)")
-    evidence = hardneg_evidence(state, vectors, k=k, top=top)
+    evidence = hardneg_evidence(state, vectors, k=k, top=top, on_progress=on_progress)
     if on_progress:
-        on_progress("evidence", 1, 3)
+        on_progress("nearest paired samples and map", 0, 2)
     nearest = nearest_paired(state, vectors)
     if on_progress:
-        on_progress("evidence", 2, 3)
+        on_progress("nearest paired samples and map", 1, 2)
     pca = _pca_map(store, state, vectors, present, map_points, np.random.default_rng(seed))
     if on_progress:
-        on_progress("evidence", 3, 3)
+        on_progress("nearest paired samples and map", 2, 2)
     return {"rows": rows, "present": present, "evidence": evidence, "nearest": nearest, "map": pca, "k": k,
             "rounds": list_rounds(store), "side": state.side, "anchor_kind": state.anchor_kind,
             "counts": {kind: {pool: store.count(kind, store.pool_filter(kind, pool)) for pool in ("paired", "unpaired")} for kind in KINDS}}

@@ -26,7 +26,7 @@ from ..strategies.hardneg import PairedSide, full_threshold_setters
 
 __all__ = ["PairedState", "paired_state", "Evidence", "hardneg_evidence", "nearest_paired", "sample_ids"]
 
-BLOCK_FLOATS = 2**23  # floats per (picks x anchors) or (picks x paired) block: 32 MB
+BLOCK_FLOATS = 2**22  # entries per (picks x anchors) or (picks x paired) block: a few float64 temporaries of 32 MB
 
 
 @dataclass
@@ -79,7 +79,8 @@ def paired_state(store: Store, modality: str, pick_ids: list[str], round_: int |
                 yield AnchorChunk(np.array([r["id"] for r in part], dtype=object),
                                   np.asarray([r["vector"] for r in part], dtype=np.float32).reshape(len(part), -1), positives)
 
-    problem = SelectionProblem(candidate_ids=np.array(pick_ids, dtype=object), index=index, anchors=anchors, n_anchors=0,
+    n_anchors = store.count(anchor_kind, store.pool_filter(anchor_kind, "paired"))
+    problem = SelectionProblem(candidate_ids=np.array(pick_ids, dtype=object), index=index, anchors=anchors, n_anchors=n_anchors,
                                paired_stream=paired_stream)
     return PairedState(problem, side, anchor_kind, paired_filter, excluded, PairedSide.load(problem, paired_mb))
 
@@ -107,8 +108,11 @@ def _merge_top(best: tuple[np.ndarray, np.ndarray, np.ndarray], vals: np.ndarray
     return tuple(np.take_along_axis(a, keep, 1) for a in (all_v, all_s, all_i))
 
 
-def hardneg_evidence(state: PairedState, pick_vectors: np.ndarray, k: int = 1, top: int = 3, chunk_size: int = 512) -> Evidence:
-    """Violations of every pick against every anchor, the ``top`` largest surpluses kept with who set each threshold."""
+def hardneg_evidence(state: PairedState, pick_vectors: np.ndarray, k: int = 1, top: int = 3, chunk_size: int = 512,
+                     on_progress=None) -> Evidence:
+    """Violations of every pick against every anchor, the ``top`` largest surpluses kept with who set each threshold.
+
+    ``on_progress(task, done, total)`` after each anchor chunk (``total``: paired anchors, a few may be left out)."""
     n = len(pick_vectors)
     best = (np.full((n, top), -np.inf), np.zeros((n, top)), np.full((n, top), -1, dtype=np.int64))
     violations, surplus = np.zeros(n, dtype=np.int64), np.zeros(n)
@@ -133,6 +137,8 @@ def hardneg_evidence(state: PairedState, pick_vectors: np.ndarray, k: int = 1, t
         anchor_xi.extend(xi)
         anchor_setters.extend(setters)
         anchor_positive.extend(sorted(p)[0] if p else None for p in chunk.positives)
+        if on_progress is not None:
+            on_progress("evidence: paired anchors", len(anchor_ids), max(state.problem.n_anchors, len(anchor_ids)))
     out = []
     for r in range(n):
         order = np.argsort(-best[0][r], kind="stable")
