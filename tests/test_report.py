@@ -238,6 +238,18 @@ def test_report_bad_input_is_one_line_and_writes_nothing(store, tmp_path):
     assert res.exit_code == 1 and "no Milvus Lite store" in res.stderr and not (tmp_path / "none.db").exists()
 
 
+def test_report_into_an_unwritable_folder_is_one_line(store, tmp_path, monkeypatch):
+    import hnsel.report.build as build
+
+    def denied(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(build.tempfile, "mkdtemp", denied)  # root ignores file modes, so refuse the way the OS would
+    res = runner.invoke(app, ["report", "--milvus-uri", store["uri"], "--out", str(tmp_path / "report")])
+    assert res.exit_code == 1 and res.stderr.strip().count("\n") == 0
+    assert f"cannot write into {tmp_path}: Permission denied" in res.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_selection_file_report_finds_its_round_reuses_thumbnails_and_leaves_the_store(store, tmp_path, monkeypatch):
     before = api.status(store["config"], rounds=True)
     out = tmp_path / "r"

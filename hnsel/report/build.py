@@ -7,6 +7,7 @@ leaves nothing (and a previous report stays whole until the new one replaces it)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -173,7 +174,9 @@ def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
     at = {int(i): n for n, i in enumerate(g["present"])}
     for i, pick_id in enumerate(picks.ids):
         row = g["rows"].get(pick_id)
-        rec: dict[str, Any] = {"r": i + 1, "id": pick_id, "s": picks.scores[i], "v": picks.violations[i], "why": picks.reasons[i],
+        score = picks.scores[i]
+        rec: dict[str, Any] = {"r": i + 1, "id": pick_id, "s": score if score is not None and math.isfinite(score) else None,
+                               "v": picks.violations[i], "why": picks.reasons[i],
                                "st": _status(row, picks.round)}
         side_set.add(pick_id)
         if i in at:
@@ -214,22 +217,23 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
     if config.store.is_lite and not Path(config.store.uri).exists():
         raise StoreError(f"no Milvus Lite store at {config.store.uri}; pass the --milvus-uri the selection was made in")
     seed = config.seed if seed is None else seed
-    with open_store(config.store) as store:
-        picks = load_selection(store, selection) if selection is not None else load_round(store, latest_round(store) if round is None else round)
-        g = _gather(store, picks, top, map_points, seed, on_progress)
-        data, images, texts = _page_data(picks, g)
-        uris, text_rows = _labels(store, images, texts)
-    try:
+    try:  # made first: an unwritable folder fails before any work
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:
         raise InputError(f"cannot write into {out.parent}: {exc.strerror}", path=out) from None
     try:
+        with open_store(config.store) as store:
+            picks = load_selection(store, selection) if selection is not None else load_round(store, latest_round(store) if round is None else round)
+            g = _gather(store, picks, top, map_points, seed, on_progress)
+            data, images, texts = _page_data(picks, g)
+            uris, text_rows = _labels(store, images, texts)
         thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
         data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
         data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
         data["uri"] = uris
         data["map"] = g["map"]
         data["modality"] = picks.modality
+        data["strategy"] = (picks.log or {}).get("strategy")
         (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
         _replace(tmp, out)
     finally:

@@ -101,7 +101,8 @@ def load_selection(store: Store, path: str | Path) -> Picks:
     if "id" not in rows[0]:
         raise InputError(f"no id column (columns: {', '.join(rows[0])}); expected what `hnsel select --out` writes", path=path)
     if "rank" in rows[0]:
-        rows = sorted(rows, key=lambda r: float(r["rank"]) if r.get("rank") not in (None, "") else float("inf"))
+        ranks = [_number(r.get("rank"), float, path, i + 2, "rank") for i, r in enumerate(rows)]
+        rows = [r for _, _, r in sorted(zip([x if x is not None else float("inf") for x in ranks], range(len(rows)), rows))]
     ids = [str(r["id"]) for r in rows]
     scores = [_number(r.get("score"), float, path, i + 2, "score") for i, r in enumerate(rows)]
     violations = [_number(r.get("violations"), int, path, i + 2, "violations") for i, r in enumerate(rows)]

@@ -5,6 +5,8 @@
   var COLOURS = {hardneg: "#d62728", score: "#d62728", density: "#d62728", coverage: "#2ca02c", coreset: "#2ca02c",
                  diverse: "#9467bd", random: "#ff7f0e", fill: "#7f7f7f", unknown: "#444444"};
   var imageSide = D.modality === "image";
+  // hardneg marks its merit picks "score": they are its hard negatives
+  function label(why) { return why === "score" && D.strategy === "hardneg" ? "hardneg" : why; }
   var picks = D.picks, shown = picks, page = 0;
 
   function el(tag, cls, text) {
@@ -60,7 +62,7 @@
     c.dataset.id = p.id; c.dataset.rank = p.r; c.dataset.reason = p.why;
     var head = el("div", "head");
     head.appendChild(el("span", "rank", "#" + p.r));
-    var badge = el("span", "badge", p.why); badge.style.background = COLOURS[p.why] || "#444"; head.appendChild(badge);
+    var badge = el("span", "badge", label(p.why)); badge.style.background = COLOURS[p.why] || "#444"; head.appendChild(badge);
     head.appendChild(el("span", "score", "score " + fmt(p.s) + (p.v !== null && p.v !== undefined ? " \u00b7 " + p.v + " violations" : "")));
     head.appendChild(el("span", "status", p.st));
     head.appendChild(el("span", "pid", p.id));
@@ -105,7 +107,7 @@
   var reasons = {};
   picks.forEach(function (p) { reasons[p.why] = (reasons[p.why] || 0) + 1; });
   var select = document.getElementById("reason-filter");
-  Object.keys(reasons).sort().forEach(function (r) { var o = el("option", null, r + " (" + reasons[r] + ")"); o.value = r; select.appendChild(o); });
+  Object.keys(reasons).sort().forEach(function (r) { var o = el("option", null, label(r) + " (" + reasons[r] + ")"); o.value = r; select.appendChild(o); });
   select.addEventListener("change", refilter);
   document.getElementById("id-filter").addEventListener("input", refilter);
   document.querySelectorAll(".prev").forEach(function (b) { b.addEventListener("click", function () { page -= 1; render(); document.getElementById("picks").scrollIntoView(); }); });
@@ -123,7 +125,7 @@
     ctx.globalAlpha = 0.9; m.picks.forEach(function (p) { dot(p, COLOURS[picks[p[2]].why] || "#444", 3); });
     var legend = document.getElementById("map-legend");
     var items = [["pool (unpaired)", "#9aa3ad"], ["paired", "#1f77b4"]];
-    Object.keys(reasons).sort().forEach(function (r) { items.push(["picks: " + r, COLOURS[r] || "#444"]); });
+    Object.keys(reasons).sort().forEach(function (r) { items.push(["picks: " + label(r), COLOURS[r] || "#444"]); });
     items.forEach(function (it) { var s = el("span"); var i = el("i"); i.style.background = it[1]; s.appendChild(i); s.appendChild(document.createTextNode(it[0])); legend.appendChild(s); });
   }
   render();
