@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from hnsel.report import thumbs as thumbs_module
 from hnsel.report.evidence import hardneg_evidence, nearest_paired, paired_state
 from hnsel.store import open_store
 from hnsel.strategies import AnchorChunk, ExactIndex
-from hnsel.strategies.hardneg import PairedSide, dense_hardneg_scores, full_threshold_setters, kth_threshold
+from hnsel.strategies.hardneg import PairedSide, full_threshold_setters, kth_threshold
 from hnsel.synthetic import make_pool
 
 runner = CliRunner()
