@@ -338,3 +338,28 @@ def test_text_modality_report_mirrors_the_evidence(tmp_path):
         assert data["txt"][p["id"]] == f"text of {p['id']}"
         assert all(data["txt"][e[3]] == f"text of {e[3]}" for e in p["ev"])
         assert all(data["img"][e[0]] == {"error": "no uri stored for this image"} for e in p["ev"])
+
+
+def test_evidence_of_an_annotated_round_is_the_one_its_selection_saw(tmp_path):
+    """Annotating a round makes its picks paired and adds their captions; the report of that round leaves them out."""
+    s = make_store(tmp_path, str(tmp_path / "h.db"), budget=8)
+
+    def evidence() -> list:
+        out = tmp_path / "r"
+        res = runner.invoke(app, ["report", "--milvus-uri", s["uri"], "--round", "1", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        page = (out / "index.html").read_text(encoding="utf-8")
+        data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
+        return [(p["id"], p["nv"], p["ev"], p.get("near")) for p in data["picks"]], [p["st"] for p in data["picks"]]
+
+    before, states = evidence()
+    assert set(states) == {"pending"} and any(nv for _, nv, _, _ in before)
+    with open_store(s["config"].store) as st:
+        rows = {r["id"]: r["vector"] for r in st.get("images", [b[0] for b in before], ["id", "vector"])}
+    annotations = tmp_path / "annotations.jsonl"
+    annotations.write_text("".join(json.dumps({"image_id": i, "caption": f"new caption of {i}", "vector": rows[i]}) + "\n" for i in rows))
+    api.import_annotations(s["config"], annotations)
+    assert api.status(s["config"])["images"]["paired"] == N_PAIRED + 8
+    after, states = evidence()
+    assert set(states) == {"annotated"}
+    assert after == before
