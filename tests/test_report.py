@@ -290,8 +290,10 @@ def test_remote_uris_simulation_curves_and_unmatched_files(store, tmp_path):
     picked = tmp_path / "picked.jsonl"
     picked.write_text("".join(json.dumps({"id": x}) + "\n" for x in ("img016", "img017", "img020")))
     out = tmp_path / "r"
-    res = runner.invoke(app, ["report", "--milvus-uri", store["uri"], "--selection", str(picked), "--simulation", str(tmp_path / "sim"), "--out", str(out)])
+    res = runner.invoke(app, ["report", "--milvus-uri", store["uri"], "--selection", str(picked), "--simulation", str(tmp_path / "sim"),
+                              "--out", str(out), "--map-points", "10"])
     assert res.exit_code == 0, res.output
+    assert f"Seeded samples shown: paired 10 of {N_PAIRED}; pool 10 of {N_UNPAIRED - 3}; picks 3 of 3." in (out / "index.html").read_text()
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count('class="curve"') == 2 and 'data-strategy="auto"' in page and 'data-strategy="random"' in page
     assert "matches no recorded round" in page and "matches no recorded round" in res.stdout
@@ -363,3 +365,16 @@ def test_evidence_of_an_annotated_round_is_the_one_its_selection_saw(tmp_path):
     after, states = evidence()
     assert set(states) == {"annotated"}
     assert after == before
+
+
+def test_a_round_recorded_without_its_picks_is_listed_in_id_order(tmp_path):
+    s = make_store(tmp_path, str(tmp_path / "h.db"), budget=5)
+    with open_store(s["config"].store) as st:
+        st.client.delete(st.name("meta"), ids=["picks/0001/00000"])  # as a round recorded before hnsel kept its picks
+    res = runner.invoke(app, ["report", "--milvus-uri", s["uri"], "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "was recorded before hnsel kept each pick's rank, score and reason" in res.stdout
+    page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
+    assert [p["id"] for p in data["picks"]] == sorted(str(x) for x in s["result"].selection.ids)
+    assert {p["why"] for p in data["picks"]} == {"unknown"} and all(p["s"] is None and "ev" in p for p in data["picks"])
