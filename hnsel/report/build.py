@@ -166,7 +166,12 @@ def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on
 
 
 def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
-    """The page's JSON: one compact record per pick; plus the image and text ids it shows."""
+    """The page's JSON: one compact record per pick; plus the image and text ids it shows.
+
+    A record: ``r`` rank, ``id``, ``s`` recorded score, ``v`` recorded violations, ``why`` reason, ``st`` status now;
+    when the pick is in the store, ``nv``/``sur`` its violations and summed surplus recomputed, ``near`` [nearest paired
+    id, cosine distance], ``ev`` [[anchor id, similarity, threshold, id that sets the threshold, anchor's own sample]].
+    """
     image_side = g["side"] == "images"
     images, texts = set(), set()
     side_set, anchor_set = (images, texts) if image_side else (texts, images)
