@@ -378,26 +378,30 @@ class Store:
         return int(rows[0]["count(*)"])
 
     def iter_rows(self, kind: str, filter: str = "", output_fields: Sequence[str] = ("id",), batch_size: int = 4096) -> Iterator[list[dict]]:
-        """Stream rows (canonical field names) in batches; memory is one batch."""
+        """Stream rows (canonical field names) in batches; memory is one batch.
+
+        Pages by primary key (``id > "last"``; in iterator mode a query returns the lowest ids first, on Lite too),
+        with the last id quoted by ``quote``: pymilvus's query_iterator pastes it into its filter unescaped, so an
+        id holding a quote broke every read of the collection.
+        """
         if not self.has(kind):
             return
         f = self.fields(kind)
         names = [getattr(f, c) for c in output_fields]
         rename = dict(zip(names, output_fields))
-        action = f"read {self.name(kind)}"
-        iterator = self.rpc(action, "query_iterator", self._load(kind), batch_size=batch_size, filter=filter or f'{f.id} != ""',
-                            output_fields=names, consistency_level=self._consistency())
-        try:
-            while True:
-                try:
-                    batch = iterator.next()
-                except Exception as exc:
-                    raise _milvus_error(action, exc, self.config) from None
-                if not batch:
-                    break
-                yield [{rename.get(k, k): v for k, v in row.items()} for row in batch]
-        finally:
-            iterator.close()
+        limit, last = max(1, min(int(batch_size), MAX_TOPK)), None
+        while True:
+            page = f"{f.id} > {quote(last)}" if last is not None else f'{f.id} != ""'
+            rows = self.rpc(f"read {self.name(kind)}", "query", self._load(kind), filter=f"({filter}) and {page}" if filter else page,
+                            output_fields=list(dict.fromkeys([*names, f.id])), limit=limit, consistency_level=self._consistency(),
+                            iterator="True", reduce_stop_for_best="True")  # iterator mode: the lowest ids, as pymilvus's iterator asks
+            if not rows:
+                return
+            rows.sort(key=lambda row: row[f.id])
+            last = rows[-1][f.id]
+            yield [{rename[k]: v for k, v in row.items() if k in rename} for row in rows]
+            if len(rows) < limit:
+                return
 
     def search(self, kind: str, vectors: np.ndarray, limit: int, filter: str, *,
                radius: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
