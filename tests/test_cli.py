@@ -24,13 +24,18 @@ def all_commands():
     root = typer.main.get_command(app)
 
     def walk(cmd, path):
-        if isinstance(cmd, click.Group):
+        if getattr(cmd, "commands", None):  # a group (typer may vendor its own click: no isinstance on click.Group)
             for name, sub in cmd.commands.items():
                 yield from walk(sub, path + [name])
         else:
             yield path, cmd
 
     return list(walk(root, []))
+
+
+def test_the_command_walk_finds_every_command():
+    paths = {" ".join(p) for p, _ in all_commands()}
+    assert {"select", "status", "embed", "train", "eval", "simulate", "round list", "annotate import", "report"} <= paths, paths
 
 
 @pytest.mark.parametrize("path", [" ".join(p) for p, _ in all_commands()])
