@@ -100,24 +100,25 @@ class Lease:
         self._thread = None
 
 
-def claim_number(store: Store, first: Callable[[], int], taken: Callable[[int], bool], write: Callable[[int], None],
+def claim_number(store: Store, first: Callable[[], int], key_of: Callable[[int], str], write: Callable[[int], None],
                  what: str = "round number") -> int:
     """Claim the lowest free number from ``first()`` on (see the module docstring); ``write(n)`` stores the winner's
-    record while its claim still stands. ``taken(n)`` says whether a record already holds ``n`` (a Strong read)."""
+    record, under the meta key ``key_of(n)``, while its claim still stands."""
     for attempt in range(CLAIM_ATTEMPTS):
         number = first()
         prefix = f"{CLAIM_PREFIX}{number:04d}/"
         claim = f"{prefix}{uuid.uuid4().hex}"
         store.set_meta(claim, {"owner": owner()})
         try:
-            rivals = [k for k in store.meta_keys(prefix, strong=True) if k != claim]
-            if not rivals and not taken(number):
+            keys = store.meta_keys(strong=True)  # one Strong read: the rival claims and the record, if one holds the number
+            rivals = [k for k in keys if k.startswith(prefix) and k != claim]
+            if not rivals and key_of(number) not in keys:
                 write(number)
                 return number
             # a dead claimant's leftover claim must not block this number for good
             store.delete_meta([k for k in rivals if is_dead(store.get_meta(k, strong=True))])
         finally:
             store.delete_meta([claim])
-        time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+        time.sleep(random.uniform(0.0, 0.5) * min(attempt + 1, 4))  # apart, so the next try rarely overlaps
     raise StoreError(f"could not claim a {what} after {CLAIM_ATTEMPTS} tries: other hnsel processes are recording in namespace "
                      f"{store.config.namespace!r} at the same moment; run the command again")

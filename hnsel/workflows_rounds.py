@@ -101,7 +101,7 @@ def reserve_round(store: Store, config: HnselConfig, modality: str, seed: int, b
         held.append(Lease(store, round_key(number), dict(log, round=number)))
         held[0].update()
 
-    claim_number(store, lambda: next_round(store, strong=True), lambda n: store.get_meta(round_key(n), strong=True) is not None, write)
+    claim_number(store, lambda: next_round(store, strong=True), round_key, write)
     lease = held[0].start()
     try:
         _wait_for_earlier(store, lease.record["round"], on_wait)

@@ -54,14 +54,14 @@ def invoke(args, **kwargs):
     return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
-def snapshot(config):
-    """Every row of both collections and every meta record: what 'unchanged' is compared on."""
-    with open_store(config.store) as store:
-        out = {}
-        for kind, fields in (("images", ("id", "vector", "pool", "round", "uri")), ("texts", ("id", "vector", "pool", "round", "image_id", "text"))):
-            out[kind] = sorted((tuple(json.dumps(r[f]) for f in fields) for b in store.iter_rows(kind, "", fields) for r in b))
-        out["meta"] = {k: store.get_meta(k) for k in store.meta_keys()}
-        return out
+def snapshot(store):
+    """Every row of both collections and every meta record: what 'unchanged' is compared on (read Strong)."""
+    store.sync()
+    out = {}
+    for kind, fields in (("images", ("id", "vector", "pool", "round", "uri")), ("texts", ("id", "vector", "pool", "round", "image_id", "text"))):
+        out[kind] = sorted((tuple(json.dumps(r[f]) for f in fields) for b in store.iter_rows(kind, "", fields) for r in b))
+    out["meta"] = {k: store.get_meta(k) for k in store.meta_keys()}
+    return out
 
 
 def one_line_error(res, message):
@@ -80,15 +80,16 @@ def hostile(request, tmp_path_factory):
     images, texts = write_jsonl(base / "images.jsonl", images_rows()), write_jsonl(base / "texts.jsonl", texts_rows())
     res = invoke(["ingest", "--milvus-uri", uri, "--namespace", namespace, "--images", images, "--texts", texts])
     assert res.exit_code == 0, res.output
-    return HnselConfig(store=StoreConfig(uri=uri, namespace=namespace)), ["--milvus-uri", uri, "--namespace", namespace]
+    config = HnselConfig(store=StoreConfig(uri=uri, namespace=namespace))
+    with open_store(config.store) as store:  # one connection for every snapshot of the module
+        yield config, ["--milvus-uri", uri, "--namespace", namespace], store
 
 
 def test_hostile_ids_round_trip(hostile, tmp_path):
-    config, flags = hostile
+    config, flags, store = hostile
     candidates = HOSTILE + ["huge", "tiny"]
-    with open_store(config.store) as store:
-        held = {r["id"]: r for r in store.get("images", candidates + PAIRED, ["id", "vector", "pool"])}
-        paged = [r["id"] for b in store.iter_rows("images", "", ("id",), batch_size=3) for r in b]  # pages cut after hostile ids
+    held = {r["id"]: r for r in store.get("images", candidates + PAIRED, ["id", "vector", "pool"])}
+    paged = [r["id"] for b in store.iter_rows("images", "", ("id",), batch_size=3) for r in b]  # pages cut after hostile ids
     assert set(held) == set(candidates + PAIRED)  # every id stored and found again by id
     assert sorted(paged) == sorted(candidates + PAIRED)  # each exactly once
     assert np.allclose(held["huge"]["vector"], 1 / math.sqrt(DIM)) and np.allclose(held["tiny"]["vector"], 1 / math.sqrt(DIM))
@@ -98,8 +99,8 @@ def test_hostile_ids_round_trip(hostile, tmp_path):
     res = invoke(["select", *flags, "--budget", len(candidates) - 6, "--strategy", "random", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["round"] == 2
-    with open_store(config.store) as store:
-        rounds = {r["id"]: r["round"] for b in store.iter_rows("images", "", ("id", "round")) for r in b}
+    store.sync()
+    rounds = {r["id"]: r["round"] for b in store.iter_rows("images", "", ("id", "round")) for r in b}
     assert {i for i, r in rounds.items() if r > 0} == set(candidates)  # every hostile pick marked ...
     assert all(rounds[i] == -1 for i in PAIRED)  # ... and no paired image (x', 'p0 once marked p0)
     assert invoke(["select", *flags, "--budget", 1, "--no-record"]).exit_code == 1  # nothing is offered twice
@@ -115,9 +116,9 @@ def test_hostile_ids_round_trip(hostile, tmp_path):
     assert json.loads(res.stdout)["images_paired"] == len(exported)
     res = invoke(["round", "release", *flags, 1])
     assert res.exit_code == 0, res.output
-    with open_store(config.store) as store:
-        rows = {r["id"]: r for r in store.get("images", candidates, ["id", "pool", "round"])}
-        captions = {r["image_id"] for b in store.iter_rows("texts", store.pool_filter("texts", "paired"), ("image_id",)) for r in b}
+    store.sync()
+    rows = {r["id"]: r for r in store.get("images", candidates, ["id", "pool", "round"])}
+    captions = {r["image_id"] for b in store.iter_rows("texts", store.pool_filter("texts", "paired"), ("image_id",)) for r in b}
     assert {i for i, r in rows.items() if r["pool"] == "paired"} == set(exported) <= captions
     assert {i for i, r in rows.items() if r["round"] == -1} == set(candidates) - set(exported)  # round 1 released, by id
 
@@ -179,25 +180,25 @@ REFUSALS = [
 
 @pytest.mark.parametrize("case", [c[0] for c in REFUSALS])
 def test_hostile_input_is_refused_in_one_line_and_changes_nothing(hostile, tmp_path, case):
-    config, flags = hostile
+    config, flags, store = hostile
     _, build, args, message = next(c for c in REFUSALS if c[0] == case)
     path = build(tmp_path / "input.jsonl") if build else None
     args = [str(path) if a == "{f}" else a for a in args]
-    before = snapshot(config)
+    before = snapshot(store)
     res = invoke(args[:2] + flags + args[2:] if args[0] in ("annotate", "round") else args[:1] + flags + args[1:])
     one_line_error(res, message)
-    assert snapshot(config) == before
+    assert snapshot(store) == before
 
 
 def test_a_read_only_texts_collection_is_refused_before_images_are_written(hostile, tmp_path):
-    config, flags = hostile
+    config, flags, store = hostile
     toml = tmp_path / "hnsel.toml"
     toml.write_text("[store.texts]\nread_only = true\n")
     images = write_jsonl(tmp_path / "i.jsonl", [{"id": "brand new", "vector": vec(7), "pool": "paired"}])
     texts = write_jsonl(tmp_path / "t.jsonl", [{"id": "its caption", "vector": vec(8), "pool": "paired", "image_id": "brand new"}])
-    before = snapshot(config)
+    before = snapshot(store)
     one_line_error(invoke(["ingest", *flags, "--config", toml, "--images", images, "--texts", texts]), "is configured read_only")
-    assert snapshot(config) == before
+    assert snapshot(store) == before
 
 
 def test_label_studio_string_text_is_one_caption_and_a_bom_csv_keeps_its_first_column(tmp_path):
