@@ -164,6 +164,7 @@ class Auto:
     batch: str = "full"
     batch_size: int = 128
     paired_mb: float = 1024
+    window: str = "hard"
 
     def __post_init__(self) -> None:
         for name in ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam"):  # "0.5" from a command line
@@ -183,7 +184,8 @@ class Auto:
         self._hardneg()  # the hard-negative parameters fail here, with hardneg's own messages
 
     def _hardneg(self) -> HardNegative:
-        return HardNegative(k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size, paired_mb=self.paired_mb)
+        return HardNegative(k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size, paired_mb=self.paired_mb,
+                            window=self.window)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         ids = problem.candidate_ids

@@ -30,6 +30,7 @@ __all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "full_threshold_
 WEIGHTS = ("surplus", "count")
 MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
 BATCHES = ("full", "mini")
+WINDOWS = ("hard", "semi")
 
 
 def kth_threshold(sims: np.ndarray, k: int) -> float:
@@ -190,10 +191,25 @@ def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.nda
     return np.concatenate(all_ids), np.concatenate(all_sims)
 
 
-def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats) -> None:
-    for (ids, sims), threshold in zip(hits, xi):
+def positive_similarities(problem: SelectionProblem, chunk: AnchorChunk) -> np.ndarray:
+    """Per anchor, its similarity to its most similar own positive (NaN when none is on the paired side)."""
+    if problem.paired_vectors is None:
+        raise SelectionError("window=semi needs the paired vectors; this store cannot provide them")
+    wanted = sorted(set().union(*chunk.positives)) if chunk.positives else []
+    vectors = np.asarray(problem.paired_vectors(wanted), dtype=np.float32) if wanted else np.zeros((0, chunk.vectors.shape[1]), np.float32)
+    row = {x: i for i, x in enumerate(wanted)}
+    sims = np.asarray(chunk.vectors, np.float32) @ vectors.T if len(wanted) else np.zeros((len(chunk.ids), 0))
+    return np.array([max((float(sims[a, row[p]]) for p in pos), default=np.nan) for a, pos in enumerate(chunk.positives)])
+
+
+def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats, upper=None) -> None:
+    for a, ((ids, sims), threshold) in enumerate(zip(hits, xi)):
         if len(ids) == 0:
             continue
+        if upper is not None and not np.isnan(upper[a]):  # semi-hard: above the positive is a likely false negative
+            below = np.asarray(sims) < upper[a]
+            stats["above_positive"] += int((~below).sum())
+            ids, sims = np.asarray(ids)[below], np.asarray(sims)[below]
         idx = np.fromiter((id_to_index.get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
         known = idx >= 0
         stats["unknown_hits"] += int((~known).sum())
@@ -208,8 +224,14 @@ def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str
         paired = PairedSide.load(problem, paired_mb)
         stats["thresholds"] = "exact in memory" if paired is not None else "index search"
         for chunk in problem.anchors(chunk_size):
+            if paired is not None:  # violations a pool exchangeable with the negatives would give: k x M / (n_j + 1)
+                n_neg = [len(paired.ids) - sum(p in paired.column for p in pos) for pos in chunk.positives]
+                stats["expected_violations"] += sum(min(k, n) * len(problem.candidate_ids) / (n + 1) for n in n_neg if n > 0)
             yield chunk, full_thresholds(chunk, problem.index, k, paired)
+        if paired is None:
+            stats["expected_violations"] = None
         return
+    stats["expected_violations"] = None
     stats["thresholds"] = "mini-batch in memory"
     if problem.paired_vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
@@ -228,26 +250,36 @@ def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str
 
 def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
                    batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
-                   rng: np.random.Generator | None = None, paired_mb: float = 1024) -> tuple[np.ndarray, np.ndarray, dict]:
+                   rng: np.random.Generator | None = None, paired_mb: float = 1024, window: str = "hard") -> tuple[np.ndarray, np.ndarray, dict]:
     """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
 
     ``paired_mb``: full-batch thresholds are computed exactly in memory when the paired side's vectors fit in
     this many MB (0: always through ``problem.index``, whose filtered search is approximate on HNSW/IVF).
+    ``window``: ``hard`` counts every candidate above ``xi_j`` (ALGORITHM.md); ``semi`` only those below the
+    anchor's similarity to its own positive (``xi_j < s < s(p(j), t_j)``): harder than every negative the model
+    trains on, yet not closer than the true match, which would make the candidate a likely false negative.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     ids = problem.candidate_ids
     id_to_index = {x: i for i, x in enumerate(ids)}
     scores = np.zeros(len(ids), dtype=np.float64)
     counts = np.zeros(len(ids), dtype=np.int64)
-    stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0}
+    stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
+             "expected_violations": 0.0, "above_positive": 0}
     for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats):
         valid = np.flatnonzero(~np.isnan(xi))
         stats["anchors"] += len(xi)
         stats["anchors_without_negatives"] += len(xi) - len(valid)
         if len(valid):
             hits = _violators(problem.index, chunk.vectors[valid], xi[valid], depth, stats)
-            _accumulate(hits, xi[valid], weight, id_to_index, scores, counts, stats)
+            upper = positive_similarities(problem, chunk)[valid] if window == "semi" else None
+            _accumulate(hits, xi[valid], weight, id_to_index, scores, counts, stats, upper)
         problem.progress("scoring anchors", stats["anchors"], problem.n_anchors)
+    stats["violations"] = int(counts.sum())
+    expected = stats["expected_violations"]
+    stats["violation_excess"] = round(stats["violations"] / expected, 4) if expected else None
+    if expected is not None:
+        stats["expected_violations"] = round(expected, 1)
     return scores, counts, stats
 
 
@@ -269,8 +301,11 @@ class HardNegative:
     chunk_size: int = 512
     depth: int = 64
     paired_mb: float = 1024
+    window: str = "hard"
 
     def __post_init__(self) -> None:
+        if self.window not in WINDOWS:
+            raise SelectionError(f"--window {self.window!r}: use one of {', '.join(WINDOWS)}")
         if self.k < 1:
             raise SelectionError(f"--k must be at least 1, got {self.k}")
         if self.weight not in WEIGHTS:
@@ -285,7 +320,7 @@ class HardNegative:
     def scores(self, problem: SelectionProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
         """``hardneg_scores`` with these parameters: (scores, violation counts, stats)."""
         return hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
-                              chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb)
+                              chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb, window=self.window)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         check_budget(budget, len(problem.candidate_ids))
