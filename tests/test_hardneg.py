@@ -164,3 +164,46 @@ def test_in_memory_thresholds_drop_every_positive_and_handle_few_negatives():
     xi = side.thresholds(chunk, k=3, block_floats=3)  # block of one row: the chunking path
     assert xi[0] == pytest.approx(0.0)  # fewer than k negatives: the smallest among them (only p2, s = 0)
     assert np.isnan(xi[1])  # no negatives at all
+
+
+def test_semi_window_known_answer():
+    # t0 describes p0 at s = 0.9; its only negative p1 sits at 0.5. Candidates at 0.95 (closer than the true match:
+    # a likely false negative), 0.7 (semi-hard) and 0.3 (not a violator).
+    def at(s):
+        return [s, float(np.sqrt(1 - s * s))]
+
+    p = np.array([at(0.9), [0.5, -float(np.sqrt(0.75))]], np.float32)
+    c = np.array([at(0.95), [0.7, -float(np.sqrt(0.51))], at(0.3)], np.float32)
+    t = np.array([[1.0, 0.0]], np.float32)
+    index = ExactIndex({"paired": (["p0", "p1"], p), "candidates": (["a", "b", "c"], c)})
+    anchors = lambda n: iter([AnchorChunk(np.array(["t0"], dtype=object), t, (frozenset(["p0"]),))])
+    lookup = {"p0": p[0], "p1": p[1]}
+    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1,
+                               paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+    hard, hard_counts, _ = hardneg_scores(problem, window="hard")
+    semi, semi_counts, stats = hardneg_scores(problem, window="semi")
+    assert hard == pytest.approx([0.45, 0.2, 0.0], abs=1e-5) and hard_counts.tolist() == [1, 1, 0]
+    assert semi == pytest.approx([0.0, 0.2, 0.0], abs=1e-5) and semi_counts.tolist() == [0, 1, 0]
+    assert stats["above_positive"] == 1
+
+
+def test_semi_window_equals_dense_with_deepening():
+    problem, a = make_problem(max_limit=8)
+    scores, counts, _ = hardneg_scores(problem, window="semi", depth=2, chunk_size=7)
+    pos_sim = np.array([float(a["txt"][j] @ a["img"][list(a["img_ids"]).index(next(iter(a["pos"][j])))]) for j in range(len(a["txt"]))])
+    neg = a["txt"] @ a["img"].T
+    xi = np.array([max(s for i, s in enumerate(neg[j]) if a["img_ids"][i] not in a["pos"][j]) for j in range(len(a["txt"]))])
+    sims = (a["txt"] @ a["cand"].T).astype(np.float64)
+    viol = (sims > xi[:, None]) & (sims < pos_sim[:, None])
+    np.testing.assert_array_equal(counts, viol.sum(0))
+    np.testing.assert_allclose(scores, (viol * (sims - xi[:, None])).sum(0), atol=1e-4)
+    assert viol.sum() > 0 and ((sims > xi[:, None]) & ~viol).sum() > 0  # the window removed some violators, kept others
+
+
+def test_violation_excess_is_one_for_an_exchangeable_pool():
+    # candidates drawn like the paired images: violations match k * M / (n + 1) per anchor, on average over anchors
+    problem, _ = make_problem(seed=3, d=8, n_paired=40, n_cand=400, n_text=400, max_limit=16384)
+    _, counts, stats = hardneg_scores(problem, k=2)
+    assert stats["expected_violations"] == pytest.approx(400 * 2 * 400 / 40, rel=1e-6)
+    assert 0.8 < stats["violation_excess"] < 1.25, stats
+    assert stats["violations"] == counts.sum()
