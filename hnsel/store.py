@@ -117,7 +117,7 @@ def _one_line(text: str) -> str:
 def _milvus_error(action: str, exc: Exception, config: StoreConfig | None = None) -> StoreError:
     message = getattr(exc, "message", None) or str(exc)
     where = f" at {config.safe_uri}" if config is not None else ""
-    if "DEADLINE_EXCEEDED" in message or "Deadline Exceeded" in message:
+    if any(sign in message for sign in ("DEADLINE_EXCEEDED", "Deadline Exceeded", "Retry timeout")):
         limit = f" within {config.timeout:g} s" if config is not None else ""
         return StoreError(f"Milvus{where} did not answer{limit} (while trying to {action}); check that the server is running and not paused "
                           "or overloaded, then run the command again (a larger [store] timeout in hnsel.toml allows slower requests)")

@@ -25,6 +25,7 @@ DIM = 8
 HOSTILE = ["x', 'p0", "o'brien.png", 'dq"x', "back\\slash", "new\nline", "tab\tx", "café", "😀 emoji", "[/x]", "[bold]b",
            "é\\\"'", "a\\nb", "bell\x07", "%_like", "中文 ид"]
 PAIRED = ["p0", "p1", "café paired", "😀 pair", "q'1"]
+SECRETS = ("PASSWORD1", "TOKEN2", "TOKEN3", "TOKEN4")  # in the URI, --token, HNSEL_MILVUS_TOKEN, hnsel.toml
 runner = CliRunner()
 
 
@@ -73,16 +74,21 @@ def one_line_error(res, message):
 
 @pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.server)])
 def hostile(request, tmp_path_factory):
-    """A store holding the hostile ids, shared by this module's refusal cases (each checks it is unchanged)."""
+    """A store holding the hostile ids, shared by this module's tests (each refusal checks it is unchanged). On the
+    server every command is given credentials in the URI and a token, which nothing may record or print."""
     base = tmp_path_factory.mktemp("hostile")
     uri = str(base / "h.db") if request.param == "lite" else request.getfixturevalue("milvus_server")
     namespace = f"hostile_{uuid.uuid4().hex[:12]}"
+    flags = ["--milvus-uri", uri, "--namespace", namespace]
+    if request.param == "server":
+        scheme, host = uri.split("://", 1)
+        flags = ["--milvus-uri", f"{scheme}://root:{SECRETS[0]}@{host}", "--token", f"root:{SECRETS[1]}", "--namespace", namespace]
     images, texts = write_jsonl(base / "images.jsonl", images_rows()), write_jsonl(base / "texts.jsonl", texts_rows())
-    res = invoke(["ingest", "--milvus-uri", uri, "--namespace", namespace, "--images", images, "--texts", texts])
+    res = invoke(["ingest", *flags, "--images", images, "--texts", texts])
     assert res.exit_code == 0, res.output
     config = HnselConfig(store=StoreConfig(uri=uri, namespace=namespace))
     with open_store(config.store) as store:  # one connection for every snapshot of the module
-        yield config, ["--milvus-uri", uri, "--namespace", namespace], store
+        yield config, flags, store
 
 
 def test_hostile_ids_round_trip(hostile, tmp_path):
@@ -227,3 +233,106 @@ def test_main_module_exit_codes_match_the_readme():
     res = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "select", "--budget", "abc"],
                          capture_output=True, text=True)
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_embed_a_folder_of_hostile_file_names_and_refuse_an_overlong_caption_before_writing(lite_uri, tmp_path):
+    """o'brien.png made every file of a folder fail after the model record was written; a caption over the VARCHAR
+    limit is refused before the model record or any vector is written."""
+    from _embed_helpers import write_images, write_tiny_config
+
+    from hnsel.embed import load_encoder
+    from hnsel.errors import InputError
+    from hnsel.workflows_embed import embed
+
+    names = ["o'brien.png", "café.png", "😀 smile.png", "[/x].png", 'say "hi".png', "back\\slash.png"]
+    write_images(tmp_path / "img", names)
+    encoder = load_encoder(str(write_tiny_config(tmp_path)), "none", "cpu")
+    config = HnselConfig(store=StoreConfig(uri=lite_uri, namespace="photos"))
+    assert embed(config, tmp_path / "img", encoder=encoder).images_embedded == len(names)
+    again = embed(config, tmp_path / "img", encoder=encoder)  # resumable: every hostile id is found again by id
+    assert (again.images_embedded, again.images_skipped) == (0, len(names))
+    with open_store(config.store) as store:
+        assert sorted(r["id"] for b in store.iter_rows("images") for r in b) == sorted(names)  # a folder's ids are its file names
+
+    fresh = HnselConfig(store=StoreConfig(uri=lite_uri, namespace="fresh"))
+    manifest = tmp_path / "m.jsonl"
+    write_jsonl(manifest, [{"id": "a", "uri": str(tmp_path / "img" / "café.png"), "caption": "x" * 70000}])
+    with pytest.raises(InputError, match="text is 70000 bytes"):
+        embed(fresh, manifest, encoder=encoder)
+    with open_store(fresh.store) as store:
+        assert not store.has("images") and store.get_meta("model") is None
+
+
+def _listening_pid(port: int) -> int:
+    """The process listening on a local TCP port (from /proc: the socket's inode, then the fd that holds it)."""
+    import os
+    from pathlib import Path
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue
+    pytest.skip(f"no process found listening on port {port}")
+
+
+def test_a_paused_server_is_a_one_line_error_naming_what_to_check(hostile, tmp_path):
+    """A server that stops answering mid-command gave a traceback after about 85 s; now the configured timeout
+    (here 2 s) ends the command with one line that names the server, without its credentials."""
+    import os
+    import signal
+    import time
+
+    from hnsel.errors import StoreError
+
+    config, flags, _ = hostile
+    if config.store.is_lite:
+        pytest.skip("pausing needs a server process")
+    host = config.store.uri.split("://", 1)[1]
+    uri = f"http://root:{SECRETS[0]}@{host}"
+    toml = tmp_path / "hnsel.toml"
+    toml.write_text(f'[store]\nuri = "{uri}"\nnamespace = "{config.store.namespace}"\ntimeout = 2\n')
+    pid = _listening_pid(int(host.rsplit(":", 1)[1]))
+    with open_store(StoreConfig(uri=uri, namespace=config.store.namespace, timeout=2.0)) as store:
+        store.count("images")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="did not answer within 2 s") as info:
+                store.count("images")
+            assert time.monotonic() - started < 20
+            res = invoke(["status", "--config", toml])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert SECRETS[0] not in str(info.value) and "check that the server is running" in str(info.value)
+    one_line_error(res, f"Milvus at http://{host}")
+    assert SECRETS[0] not in res.stderr
+
+
+def test_credentials_in_the_uri_and_tokens_are_never_recorded_or_printed(hostile, tmp_path, monkeypatch):
+    """Every command of this module ran on the server with root:PASSWORD1@ in the URI and --token root:TOKEN2; here
+    the token also comes from the environment and hnsel.toml. None of them is in a record or an output."""
+    config, flags, store = hostile
+    if config.store.is_lite:
+        pytest.skip("credentials go in a server URI")
+    monkeypatch.setenv("HNSEL_MILVUS_TOKEN", f"root:{SECRETS[2]}")
+    toml = tmp_path / "hnsel.toml"
+    toml.write_text(f'[store]\ntoken = "root:{SECRETS[3]}"\n')
+    plain = [a for a in flags if "TOKEN" not in a and a != "--token"]
+    outputs = [invoke(["round", "show", *flags, 1]), invoke(["status", *plain]), invoke(["round", "list", *plain, "--config", toml]),
+               invoke(["select", *plain, "--config", toml, "--budget", 1])]  # records round 3 (round 1 was released)
+    assert [r.exit_code for r in outputs] == [0, 0, 0, 0], [r.output for r in outputs]
+    host = config.store.uri.split("://", 1)[1]
+    assert json.loads(outputs[0].stdout)["config"]["store"]["uri"] == f"http://{host}"
+    store.sync()
+    recorded = json.dumps({k: store.get_meta(k) for k in store.meta_keys()})
+    assert '"round": 3' in recorded and f"http://{host}" in recorded  # the URI is recorded, its userinfo is not
+    for secret in SECRETS:
+        assert secret not in recorded and not any(secret in r.output + r.stderr for r in outputs), secret
