@@ -41,4 +41,4 @@ def scenes(
         f"{splits}; {report.images / max(report.seconds, 1e-9) * 60:,.0f} images/min",
         highlight=False,
     )
-    console.print(f"wrote {report.json_path}; embed with: hnsel embed {report.json_path}", highlight=False)
+    console.print(f"wrote {report.json_path}; embed with: hnsel embed {report.json_path}", highlight=False, markup=False)

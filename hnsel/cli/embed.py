@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..embed import DEFAULT_PRETRAINED
 from ..workflows_embed import embed as run_embed
@@ -56,7 +58,8 @@ def embed(
 
 def _print_report(summary: dict) -> None:
     model = summary["model"]
-    console.print(f"[bold]{summary['source']}[/bold] ({summary['format']}) with {model['model_name']} / {model['pretrained']}, dim {model['dim']}", highlight=False)
+    console.print(f"[bold]{escape(summary['source'])}[/bold] ({summary['format']}) with {escape(str(model['model_name']))} / "
+                  f"{escape(str(model['pretrained']))}, dim {model['dim']}", highlight=False)
     table = Table(show_header=True)
     for name in ("", "embedded", "already stored", "failed"):
         table.add_column(name, justify="left" if not name else "right")
@@ -73,10 +76,10 @@ def _print_report(summary: dict) -> None:
         for name in ("id", "uri", "reason"):
             failed.add_column(name)
         for f in summary["failures"]:
-            failed.add_row(f["id"], f["uri"], f["reason"])
+            failed.add_row(Text(f["id"]), Text(f["uri"]), Text(f["reason"]))  # as text: an id like [/x] is not markup
         console.print(failed)
     if summary["errors_path"]:
-        console.print(f"failures written to {summary['errors_path']}", highlight=False)
+        console.print(f"failures written to {summary['errors_path']}", highlight=False, markup=False)
     if summary["bulk_files"]:
         for kind, files in summary["bulk_files"].items():
-            console.print(f"{kind}: {len(files)} Parquet file(s) for bulk_import, e.g. {files[0] if files else '-'}", highlight=False)
+            console.print(f"{kind}: {len(files)} Parquet file(s) for bulk_import, e.g. {files[0] if files else '-'}", highlight=False, markup=False)

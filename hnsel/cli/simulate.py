@@ -67,4 +67,4 @@ def simulate(
     console.print(table)
     resumed = f" (resumed {report.resumed_rounds} finished rounds)" if report.resumed_rounds else ""
     console.print(f"done in {report.seconds:.0f}s{resumed}; wrote {report.results}, {report.table}" + (f", {report.plot}" if report.plot else ""),
-                  highlight=False)
+                  highlight=False, markup=False)

@@ -100,7 +100,7 @@ def train(
 def _print_report(summary: dict) -> None:
     model = summary["model"]
     console.print(f"trained {summary['mode']} mode, loss {summary['loss']}, on {summary['n_images']} images / {summary['n_texts']} captions "
-                  f"with {model['model_name']} / {model['pretrained']}", highlight=False)
+                  f"with {model['model_name']} / {model['pretrained']}", highlight=False, markup=False)
     table = Table("epoch", "loss", "val R-sum", "seconds")
     for c in summary["curve"]:
         mark = " *" if c["epoch"] == summary["best_epoch"] else ""
@@ -111,4 +111,4 @@ def _print_report(summary: dict) -> None:
     if f:
         console.print(f"backbone features: {f.get('computed_images', 0)} images and {f.get('computed_texts', 0)} captions computed "
                       f"({summary['feature_seconds']:.1f}s), the rest from the cache", highlight=False)
-    console.print(f"checkpoint (best epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False)
+    console.print(f"checkpoint (best epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False, markup=False)
