@@ -148,7 +148,7 @@ def _end_import(store: Store, lease: Lease) -> None:
 def unfinished_imports(store: Store) -> list[tuple[str, dict]]:
     """(key, record with ``dead``) of each import still ``importing``."""
     keys = [k for k in store.meta_keys(IMPORT_PREFIX, strong=True) if "/" not in k[len(IMPORT_PREFIX):]]
-    records = [(k, store.get_meta(k, strong=True)) for k in keys]
+    records = [(k, store.get_meta(k)) for k in keys]  # after the Strong listing, Session reads see as much
     return [(k, dict(r, dead=is_dead(r))) for k, r in records if r]
 
 
@@ -159,7 +159,7 @@ def repair_import(store: Store, key: str, record: dict) -> str:
     Image modality with captions missing (their vectors are gone with the process): the captions it stored are
     deleted, so nothing is half paired; import the file again.
     """
-    pieces = [store.get_meta(f"{key}/{n:05d}", strong=True) for n in range(int(record.get("pieces", 0)))]
+    pieces = [store.get_meta(f"{key}/{n:05d}") for n in range(int(record.get("pieces", 0)))]
     where = f"import of {record.get('path')} by {describe_owner(record)}, which stopped,"
     if any(p is None for p in pieces):
         store.delete_meta([key] + [f"{key}/{n:05d}" for n in range(len(pieces))])

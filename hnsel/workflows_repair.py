@@ -44,7 +44,7 @@ def repair_dead(store: Store, force: bool = False) -> list[str]:
         if force or record["dead"]:
             done.append(repair_import(store, key, record))
     claims = store.meta_keys(CLAIM_PREFIX, strong=True)
-    store.delete_meta([k for k in claims if force or is_dead(store.get_meta(k, strong=True))])
+    store.delete_meta([k for k in claims if force or is_dead(store.get_meta(k))])
     return done
 
 

@@ -114,11 +114,13 @@ def reserve_round(store: Store, config: HnselConfig, modality: str, seed: int, b
 
 def _wait_for_earlier(store: Store, number: int, on_wait: Callable[[str], None] | None) -> None:
     said: set[int] = set()
+    finished: set[int] = set()  # a round never becomes unfinished again: read once
     while True:
         busy = []
-        for earlier in [n for n in _numbers(store, strong=True) if n < number]:
-            log = store.get_meta(round_key(earlier), strong=True)
+        for earlier in [n for n in _numbers(store, strong=True) if n < number and n not in finished]:
+            log = store.get_meta(round_key(earlier))  # after the Strong listing, a Session read sees as much
             if log is None or log.get("state") not in UNFINISHED:
+                finished.add(earlier)
                 continue
             if is_dead(log):
                 repair_round(store, log)
@@ -191,7 +193,7 @@ def repair_round(store: Store, log: dict) -> str:
 
 def unfinished_rounds(store: Store) -> list[dict]:
     """Logs of rounds still ``reserved`` or ``recording``, each with ``dead`` (True when its process stopped)."""
-    logs = [store.get_meta(k, strong=True) for k in store.meta_keys(ROUND_PREFIX, strong=True) if k[len(ROUND_PREFIX):].isdigit()]
+    logs = [store.get_meta(k) for k in store.meta_keys(ROUND_PREFIX, strong=True) if k[len(ROUND_PREFIX):].isdigit()]
     return [dict(log, dead=is_dead(log)) for log in logs if log and log.get("state") in UNFINISHED]
 
 
