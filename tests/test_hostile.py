@@ -283,6 +283,8 @@ def _listening_pid(port: int) -> int:
     pytest.skip(f"no process found listening on port {port}")
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("hostile", ["server"], indirect=True)  # the module's server store; pausing needs a server process
 def test_a_paused_server_is_a_one_line_error_naming_what_to_check(hostile, tmp_path):
     """A server that stops answering mid-command gave a traceback after about 85 s; now the configured timeout
     (here 2 s) ends the command with one line that names the server, without its credentials."""
@@ -293,8 +295,6 @@ def test_a_paused_server_is_a_one_line_error_naming_what_to_check(hostile, tmp_p
     from hnsel.errors import StoreError
 
     config, flags, _ = hostile
-    if config.store.is_lite:
-        pytest.skip("pausing needs a server process")
     host = config.store.uri.split("://", 1)[1]
     uri = f"http://root:{SECRETS[0]}@{host}"
     toml = tmp_path / "hnsel.toml"
@@ -316,12 +316,12 @@ def test_a_paused_server_is_a_one_line_error_naming_what_to_check(hostile, tmp_p
     assert SECRETS[0] not in res.stderr
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("hostile", ["server"], indirect=True)  # credentials go in a server URI
 def test_credentials_in_the_uri_and_tokens_are_never_recorded_or_printed(hostile, tmp_path, monkeypatch):
     """Every command of this module ran on the server with root:PASSWORD1@ in the URI and --token root:TOKEN2; here
     the token also comes from the environment and hnsel.toml. None of them is in a record or an output."""
     config, flags, store = hostile
-    if config.store.is_lite:
-        pytest.skip("credentials go in a server URI")
     monkeypatch.setenv("HNSEL_MILVUS_TOKEN", f"root:{SECRETS[2]}")
     toml = tmp_path / "hnsel.toml"
     toml.write_text(f'[store]\ntoken = "root:{SECRETS[3]}"\n')

@@ -58,7 +58,7 @@ def test_claims_never_share_a_number(milvus_server, namespace):
     """Four threads, each with its own connection, claim at once: four distinct numbers, every record intact."""
     config = StoreConfig(uri=milvus_server, namespace=namespace)
     with open_store(config) as store:
-        store.ensure_collections(4)
+        store.set_meta("created", True)  # the meta collection, created once before the race
     won, start = [], threading.Barrier(4)
 
     def claim(worker: int) -> None:
@@ -104,8 +104,8 @@ def test_two_selects_at_once_get_distinct_rounds_and_disjoint_picks(milvus_serve
 # --- killed at each point, then repaired ------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    from hnsel import api
     from hnsel.config import HnselConfig, StoreConfig
+    from hnsel.workflows_annotate import import_annotations  # not hnsel.api: that imports torch, 2.5 s per child
     from hnsel.store import Store
     import hnsel.workflows_select as workflows_select
 
@@ -125,9 +125,9 @@ CHILD = textwrap.dedent("""
     if point == "import-captions":  # half of the captions written
         Store.upsert = lambda self, kind, data: (upsert(self, kind, {k: list(v)[:len(v) // 2] for k, v in data.items()}), die())
     if point.startswith("select"):
-        api.select(config, budget=10, strategy="random", seed=1, record=True)
+        workflows_select.select(config, budget=10, strategy="random", seed=1, record=True)
     else:
-        api.import_annotations(config, path)
+        import_annotations(config, path)
     print("not killed")
 """)
 
