@@ -9,7 +9,7 @@ from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.errors import SelectionError
 from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy
-from hnsel.strategies.auto import concentration, coverage_gap, coverage_picks, plan_split
+from hnsel.strategies.auto import concentration, coverage_gap, coverage_picks, plan_split, spread_floor
 from hnsel.synthetic import make_pool, write_pool
 
 REASONS = {"coverage", "hardneg", "random", "fill"}
@@ -83,9 +83,39 @@ def test_coverage_limited_layout_goes_to_coverage():
     assert len(set(cov[:8])) == 8  # k-center: the first eight coverage picks visit every unreached group
 
 
+def siblings_layout(seed=0, d=16, n_groups=8, paired_per_group=4, near=2, far=8):
+    """Finely categorised: each group's paired images have a couple of close unpaired siblings (the fine-grained hard
+    negatives); the rest of the pool lies elsewhere. Violations concentrate on the siblings."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(n_groups, d)))
+    paired = unit(np.repeat(centres, paired_per_group, axis=0) + 0.12 * rng.normal(size=(n_groups * paired_per_group, d)))
+    sib = unit(paired[rng.choice(len(paired), n_groups * near, replace=False)] + 0.05 * rng.normal(size=(n_groups * near, d)))
+    cand = np.concatenate([sib, unit(rng.normal(size=(n_groups * far, d)))])
+    owner = np.repeat(np.arange(len(paired)), 2)
+    return problem_from(cand, paired, unit(paired[owner] + 0.1 * rng.normal(size=(len(owner), d))), owner)
+
+
+def test_spread_floor_known_answers():
+    assert spread_floor(None, 0.6, 0.9) == 0.0 and spread_floor(0.5, 0.6, 0.9) == 0.0 and spread_floor(1.2, 0.6, 0.9) == 1.0
+    assert spread_floor(0.75, 0.6, 0.9) == pytest.approx(0.5)
+    assert plan_split(20, 0.0, 100, random_share=0.0, min_coverage=0.5, max_coverage=0.9, coverage_share=None, floor=1.0)["coverage"] == 20
+    assert plan_split(20, 0.0, 100, random_share=0.0, min_coverage=0.5, max_coverage=0.9, coverage_share=None, floor=0.3)["coverage"] == 10
+
+
+def test_diffuse_hardness_goes_to_coverage():
+    # every group of candidates holds paired images: each candidate is as close to the captions as the paired negatives,
+    # so nearly every candidate violates some caption (more than independent chance draws give): no distinct hard set
+    d = get_strategy("auto").select(layout(covered=True), 20, np.random.default_rng(0)).stats["auto_decision"]
+    assert d["violator_spread"] > 0.9 and d["spread_floor"] == 1.0
+    assert d["coverage_picks"] == 20 and d["hardneg_picks"] == 0 and "Hardness is diffuse" in d["reason"]
+    d = get_strategy("auto", spread_high=5.0, spread_low=4.0).select(layout(covered=True), 20, np.random.default_rng(0)).stats["auto_decision"]
+    assert d["hardneg_picks"] == 10  # with the floor out of reach, the old hedge
+
+
 def test_finely_categorised_layout_hedges_at_the_floor_or_goes_to_hard_negatives():
-    problem = layout(covered=True)
+    problem = siblings_layout()
     d = get_strategy("auto").select(problem, 20, np.random.default_rng(0)).stats["auto_decision"]
+    assert d["violator_spread"] < 0.6 and d["spread_floor"] == 0.0
     assert d["uncovered"] <= 0.1 and d["hardneg_picks"] == 10 and d["coverage_picks"] == 10 and d["random_picks"] == 0
     assert "No clear coverage gap" in d["reason"] and "50% coverage floor" in d["reason"]
     sel = get_strategy("auto", min_coverage=0.1, random_share=0.1).select(problem, 20, np.random.default_rng(0))

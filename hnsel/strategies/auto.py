@@ -54,7 +54,7 @@ from .coreset import k_center_greedy
 from .density import density_greedy
 from .hardneg import HardNegative
 
-__all__ = ["Auto", "coverage_gap", "concentration", "plan_split", "coverage_picks"]
+__all__ = ["Auto", "coverage_gap", "concentration", "plan_split", "spread_floor", "coverage_picks"]
 
 
 def coverage_gap(problem: SelectionProblem, sample: int, ratio: float, rng: np.random.Generator,
@@ -95,12 +95,21 @@ def concentration(scores: np.ndarray) -> dict[str, Any]:
             "effective_hard_negatives": round(float(pos.sum() ** 2 / (pos ** 2).sum()), 1)}
 
 
+def spread_floor(spread: float | None, low: float, high: float) -> float:
+    """Coverage share forced by diffuse hardness: 0 at ``violator_spread <= low``, 1 at ``>= high``, linear between."""
+    if spread is None or not np.isfinite(spread):
+        return 0.0
+    return float(min(max((spread - low) / (high - low), 0.0), 1.0))
+
+
 def plan_split(budget: int, uncovered: float, supply: int, *, random_share: float, min_coverage: float, max_coverage: float,
-               coverage_share: float | None) -> dict[str, Any]:
-    """Counts per part: random first, then coverage / hard negatives, hard negatives capped at ``supply``."""
+               coverage_share: float | None, floor: float = 0.0) -> dict[str, Any]:
+    """Counts per part: random first, then coverage / hard negatives, hard negatives capped at ``supply``.
+
+    ``floor``: the least coverage share whatever the coverage measurement says (``spread_floor``)."""
     n_random = int(math.floor(random_share * budget))
     rest = budget - n_random
-    share = coverage_share if coverage_share is not None else min(max(uncovered, min_coverage), max_coverage)
+    share = coverage_share if coverage_share is not None else max(min(max(uncovered, min_coverage), max_coverage), floor)
     n_coverage = int(round(share * rest))
     n_hardneg = rest - n_coverage
     capped = max(0, n_hardneg - supply)
@@ -108,13 +117,17 @@ def plan_split(budget: int, uncovered: float, supply: int, *, random_share: floa
             "planned_coverage_share": round(float(share), 4), "moved_to_coverage": int(capped)}
 
 
-def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int, min_coverage: float) -> str:
+def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int, min_coverage: float,
+               spread: float | None = None, floor: float = 0.0) -> str:
     if anchors == 0:
         return "No paired captions, so no hard negatives exist: everything not random covers the pool (k-center)."
     measured = (f"{coverage['uncovered']:.0%} of sampled candidates sit more than {coverage['ratio']:g}x farther from every paired "
                 "sample than from their nearest candidate")
     if fixed:
         how = "the coverage share was fixed by the caller"
+    elif floor > 0 and plan["planned_coverage_share"] == floor and spread is not None:
+        how = (f"hardness is diffuse: {conc['candidates_with_score']} candidates violate some caption, {spread:.2f}x the number "
+               "independent chance draws would give, so hard negatives single out no distinct set and coverage pays")
     elif coverage["uncovered"] > min_coverage:
         how = f"looks coverage-limited: {measured}"
     else:
@@ -165,9 +178,12 @@ class Auto:
     batch_size: int = 128
     paired_mb: float = 1024
     window: str = "hard"
+    spread_low: float = 0.6
+    spread_high: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam"):  # "0.5" from a command line
+        numbers = ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam", "spread_low", "spread_high")
+        for name in numbers:  # "0.5" from a command line
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, None if value.lower() in ("", "none", "auto") and name == "coverage_share" else float(value))
@@ -179,6 +195,8 @@ class Auto:
             raise SelectionError(f"auto: random_share must be in [0, 1), got {self.random_share}")
         if not 0.0 <= self.min_coverage <= self.max_coverage <= 1.0:
             raise SelectionError(f"auto: need 0 <= min_coverage <= max_coverage <= 1, got {self.min_coverage} and {self.max_coverage}")
+        if not 0.0 <= self.spread_low < self.spread_high:
+            raise SelectionError(f"auto: need 0 <= spread_low < spread_high, got {self.spread_low} and {self.spread_high}")
         if not self.ratio >= 1.0 or not self.lam >= 0 or self.sample < 1 or self.shortlist < 1:
             raise SelectionError("auto: ratio must be at least 1, lam at least 0, sample and shortlist at least 1")
         self._hardneg()  # the hard-negative parameters fail here, with hardneg's own messages
@@ -196,19 +214,22 @@ class Auto:
         else:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)
+        spread = hn_stats.get("violator_spread")
+        floor = spread_floor(spread, self.spread_low, self.spread_high)
         plan = plan_split(budget, coverage["uncovered"] if problem.n_anchors else 1.0, conc["candidates_with_score"],
                           random_share=self.random_share, min_coverage=self.min_coverage, max_coverage=self.max_coverage,
-                          coverage_share=self.coverage_share)
+                          coverage_share=self.coverage_share, floor=floor)
         parts, part_scores, cov_stats = self._pick(problem, scores, plan, rng)
         picked = np.concatenate([p for p in parts.values()]).astype(np.int64)
         reasons = np.array([r for r, p in parts.items() for _ in p], dtype=object)
         decision = {**{k: coverage[k] for k in ("uncovered", "sampled", "ratio", "median_distance_to_paired", "median_distance_to_pool",
                                                 "median_distance_ratio")},
-                    **conc, "coverage_picks": len(parts["coverage"]), "hardneg_picks": len(parts["hardneg"]),
+                    **conc, "violator_spread": spread, "spread_floor": round(floor, 4), "coverage_picks": len(parts["coverage"]), "hardneg_picks": len(parts["hardneg"]),
                     "random_picks": len(parts["random"]), "fill_picks": len(parts["fill"]),
                     "coverage_share": round(len(parts["coverage"]) / budget, 4), "hardneg_share": round(len(parts["hardneg"]) / budget, 4),
                     "planned_coverage_share": plan["planned_coverage_share"], "moved_to_coverage": plan["moved_to_coverage"],
-                    "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors, self.min_coverage)}
+                    "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors, self.min_coverage,
+                                         spread, floor)}
         stats = {"auto_decision": decision, "candidates": int(len(ids)), "candidates_with_score": conc["candidates_with_score"],
                  "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
                  "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)),

@@ -221,15 +221,22 @@ def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats, upper=None
 def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str, batch_size: int, chunk_size: int,
                                    rng: np.random.Generator, paired_mb: float, stats: dict) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
     if batch == "full":
+        groups: dict[frozenset, float] = {}
         paired = PairedSide.load(problem, paired_mb)
         stats["thresholds"] = "exact in memory" if paired is not None else "index search"
         for chunk in problem.anchors(chunk_size):
             if paired is not None:  # violations a pool exchangeable with the negatives would give: k x M / (n_j + 1)
                 n_neg = [len(paired.ids) - sum(p in paired.column for p in pos) for pos in chunk.positives]
                 stats["expected_violations"] += sum(min(k, n) * len(problem.candidate_ids) / (n + 1) for n in n_neg if n > 0)
+                for pos, n in zip(chunk.positives, n_neg):  # anchors sharing positives (one image's captions) count once
+                    if n > 0:
+                        groups[pos] = min(k, n) / (n + 1)
             yield chunk, full_thresholds(chunk, problem.index, k, paired)
         if paired is None:
             stats["expected_violations"] = None
+        else:  # candidates violating at least one group, if each group's violators were an independent draw
+            log_none = float(np.sum(np.log1p(-np.fromiter(groups.values(), dtype=np.float64, count=len(groups)))))
+            stats["expected_violators"] = len(problem.candidate_ids) * -np.expm1(log_none)
         return
     stats["expected_violations"] = None
     stats["thresholds"] = "mini-batch in memory"
@@ -280,6 +287,8 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     stats["violation_excess"] = round(stats["violations"] / expected, 4) if expected else None
     if expected is not None:
         stats["expected_violations"] = round(expected, 1)
+    violators = stats.pop("expected_violators", None)
+    stats["violator_spread"] = round(int((counts > 0).sum()) / violators, 4) if violators else None
     return scores, counts, stats
 
 
