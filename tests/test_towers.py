@@ -167,3 +167,40 @@ def test_image_tower_sees_dogs_in_real_photos(package_state, encoder):
     p_dog = probs[:, 151:269].sum(1).numpy()  # ImageNet classes 151-268 are dog breeds
     assert dog.sum() >= 10 and (~dog).sum() >= 10
     assert p_dog[dog].mean() > 0.5 > 0.15 > p_dog[~dog].mean(), (p_dog[dog].mean(), p_dog[~dog].mean())
+
+
+def test_user_towers_any_timm_and_hugging_face_model_by_config_and_path(tmp_path):
+    """The same mechanism with a user's own local towers: a timm state dict file and a Hugging Face folder."""
+    import shutil
+
+    import timm
+    from transformers import BertConfig, BertModel
+
+    from hnsel.embed import load_encoder
+
+    torch.manual_seed(1)
+    image_model = timm.create_model("test_resnet", pretrained=False).eval()
+    torch.save(image_model.state_dict(), tmp_path / "resnet.pth")  # with its classifier: ignored by the tower
+    text_dir = tmp_path / "tiny-bert"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(text_dir)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm.get_model_path() / name, text_dir / name)
+    config = {"embed_dim": 32,
+              "vision_cfg": {"timm_model_name": "test_resnet", "timm_pool": "avg", "timm_proj": "none", "image_size": 96},
+              "text_cfg": {"hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir), "hf_pooler_type": "mean_pooler",
+                           "hf_proj_type": None, "context_length": 32},
+              "hnsel": {"image_weights": {"path": str(tmp_path / "resnet.pth"), "format": "timm"}, "heads": {"kind": "mlp", "dim": 16}}}
+    path = tmp_path / "my-towers.json"
+    path.write_text(json.dumps(config))
+    encoder = load_encoder(str(path), "none", "cpu")
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = image_model.forward_head(image_model.forward_features(x), pre_logits=True)
+    assert torch.allclose(encoder.image_features(x), expected, atol=1e-5)
+    assert encoder.model_info["feature_dims"] == [image_model.num_features, 32] and encoder.dim == 16
+    assert encoder.image_head.spec["kind"] == "mlp" and encoder.encode_texts(["a tiny tower"]).shape == (1, 16)
+    # a format that does not fit the file is refused in one line, naming the file
+    config["hnsel"]["image_weights"]["format"] = "efficientnet-lukemelas"
+    path.write_text(json.dumps(config))
+    with pytest.raises(InputError, match="EfficientNet weights: unexpected key|resnet.pth"):
+        load_encoder(str(path), "none", "cpu")
