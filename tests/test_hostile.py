@@ -7,14 +7,12 @@ Every id a file system or manifest can hold round-trips: ingest, select, mark, e
 
 import json
 import math
-import sys
 import uuid
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hnsel import api
 from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.store import open_store
@@ -223,16 +221,6 @@ def test_json_output_is_json_even_for_non_finite_scores(monkeypatch, capsys):
 
     print_json({"score": float("inf"), "scores": np.array([1.0, np.nan]), "ok": 1})
     assert json.loads(capsys.readouterr().out) == {"score": None, "scores": [1.0, None], "ok": 1}
-
-
-def test_main_module_exit_codes_match_the_readme():
-    """Outside CliRunner too: the console script's usage error is exit 1, not click's 2."""
-    import subprocess
-    from pathlib import Path
-
-    res = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "select", "--budget", "abc"],
-                         capture_output=True, text=True)
-    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
 def test_embed_a_folder_of_hostile_file_names_and_refuse_an_overlong_caption_before_writing(lite_uri, tmp_path):
