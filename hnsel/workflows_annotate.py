@@ -114,10 +114,15 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
         else:
             texts, images = _plan_matches(store, rows, report)
         lease = _begin_import(store, path, modality, texts, images) if texts or images else None
-        if texts:
-            store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round")))
-        if images:
-            store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
+        try:
+            if texts:
+                store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round")))
+            if images:
+                store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
+        except BaseException:
+            if lease is not None:
+                lease.stop()  # the journal stays for repair_import; without heartbeats it reads as stopped
+            raise
         if lease is not None:
             _end_import(store, lease)
         report.texts_written, report.images_paired = len(texts), len(images)
