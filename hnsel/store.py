@@ -98,7 +98,9 @@ def _connect(config: StoreConfig):
         if not path.parent.exists():
             raise ConfigError(f"--milvus-uri {config.uri!r}: folder {path.parent} does not exist; create it first")
     try:
-        return MilvusClient(uri=config.uri, token=config.token or "", timeout=min(30.0, config.timeout))
+        # a Lite file starts a local server process, which can take long on a loaded machine (seen: > 30 s while another
+        # job wrote gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most
+        return MilvusClient(uri=config.uri, token=config.token or "", timeout=config.timeout if config.is_lite else min(30.0, config.timeout))
     except Exception as exc:  # pymilvus raises several types for the same failures
         text = str(exc)
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
