@@ -255,15 +255,16 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT
     name, config = _resolve_for(model_name, ckpt, weights_file)
     torch_device = resolve_device(device)
     base_tag = str(ckpt.get("pretrained", "none")) if ckpt else pretrained
+    section = towers.split_config(config, name)[1]
     model, preprocess = build_model(
         name, config, tag=None if weights_file else pretrained, weights_file=weights_file if ckpt is None else None,
-        base_tag=base_tag, seed=_INIT_SEED,
+        base_tag=base_tag, seed=_INIT_SEED, section=section,
     )
     if ckpt is not None:
         _load_state(model, ckpt["state_dict"], weights_file)
     feature_dims = _feature_dims(model, config)
     heads = ckpt.get("heads") if ckpt else None
-    default_heads = towers.head_spec(towers.split_config(config, name)[1])
+    default_heads = towers.head_spec(section)
     if not heads and default_heads is not None:  # a tower model needs heads: untrained ones are seeded (the floor)
         heads = _random_heads(default_heads, feature_dims)
     image_head, text_head = _load_heads(heads, feature_dims, weights_file)
@@ -413,13 +414,14 @@ def _quiet_transformers(config: Mapping[str, Any]) -> None:
         hf_logging.disable_progress_bar()
 
 
-def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weights_file: Path | None, base_tag: str, seed: int):
+def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weights_file: Path | None, base_tag: str, seed: int,
+                section: Mapping[str, Any] | None = None):
     """open_clip model (fp32, cpu, eval) and its inference preprocess; errors become HnselError.
 
-    A config with local towers (``hnsel.towers``) gets its image tower's weights loaded from their file."""
+    ``section``: the config's ``hnsel`` section (``hnsel.towers``): local tower weights loaded from their file."""
     import open_clip
 
-    _, section = towers.split_config(config, name)
+    section = section or {}
 
     if tag not in (None, "none") and not open_clip.get_pretrained_cfg(name, tag):
         tags = open_clip.list_pretrained_tags_by_model(name)
