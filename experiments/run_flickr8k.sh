@@ -13,7 +13,10 @@ COMMON=(--images-dir "$F/images" --split train --test-split test --init 0.1 --ro
         --model-name configs/effnet-lite0-minilm.json --pretrained none
         --loss "${LOSS:-infonce}" --head linear --epochs 30 --batch-size 128 --lr 0.001 --device cpu --json)
 run() { hnsel simulate "$F/dataset_flickr8k_dev.json" --out "$OUT/$1" --seeds "$SEEDS" "${COMMON[@]}" --strategies "$2" > "$OUT/$1.log" 2>&1; }
-run main "random coreset auto hardneg" &
-run variants "density hardneg:k=5 hardneg:weight=count hardneg:batch=mini hardneg:window=semi" &
+# Three processes, as it ran (a run interrupted by a Milvus Lite start-up time-out under load resumes when the same
+# command runs again: results.json is rewritten after every round).
+run main "random coreset auto" &
+run hn "hardneg" &
+run variants "density hardneg:k=5 hardneg:weight=count hardneg:batch=mini" &
 wait
-python experiments/merge.py "$OUT" "$OUT"/main "$OUT"/variants
+python experiments/merge.py "$OUT" "$OUT"/main "$OUT"/hn "$OUT"/variants

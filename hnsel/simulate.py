@@ -330,8 +330,10 @@ def summarise(runs: Sequence[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def markdown_table(settings: dict, summary: dict[str, list[dict]]) -> str:
-    """R-sum mean ± std (over seeds) per strategy and paired count, then mean selection seconds per round."""
+def markdown_table(settings: dict, summary: dict[str, list[dict]], ceiling: float | None = None) -> str:
+    """R-sum mean ± std (over seeds) per strategy and paired count, then mean selection seconds per round.
+
+    ``ceiling``: R-sum of the same training on the whole pool; a second table gives each mean as a percentage of it."""
     counts = sorted({row["paired"] for rows in summary.values() for row in rows})
     head = "| strategy | " + " | ".join(str(c) for c in counts) + " | select s/round | train s/round |"
     lines = [f"R-sum on the test split ({settings['test']} images) against the number of paired images "
@@ -342,11 +344,17 @@ def markdown_table(settings: dict, summary: dict[str, list[dict]]) -> str:
         picked = [row["select_seconds"] for row in rows[:-1]] or [0.0]
         lines.append(f"| {label} | " + " | ".join(cells.get(c, "") for c in counts)
                      + f" | {np.mean(picked):.1f} | {np.mean([row['train_seconds'] for row in rows]):.1f} |")
+    if ceiling:
+        lines += ["", f"Percent of full supervision (the same training on all {settings['pool']} pool images: R-sum {ceiling:.1f}).", "",
+                  "| strategy | " + " | ".join(str(c) for c in counts) + " |", "|" + "---|" * (len(counts) + 1)]
+        for label, rows in summary.items():
+            cells = {row["paired"]: f"{100 * row['rsum_mean'] / ceiling:.1f} %" for row in rows}
+            lines.append(f"| {label} | " + " | ".join(cells.get(c, "") for c in counts) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_rsum(path: Path, summary: dict[str, list[dict]], title: str) -> Path | None:
-    """R-sum against paired images, one line per strategy with a ±1 std band; None without matplotlib."""
+def plot_rsum(path: Path, summary: dict[str, list[dict]], title: str, ceiling: float | None = None) -> Path | None:
+    """R-sum against paired images, one line per strategy with a ±1 std band (and a dashed ``ceiling``); None without matplotlib."""
     try:
         import matplotlib
 
@@ -360,6 +368,8 @@ def plot_rsum(path: Path, summary: dict[str, list[dict]], title: str) -> Path | 
         mean, std = np.array([r["rsum_mean"] for r in rows]), np.array([r["rsum_std"] for r in rows])
         line, = ax.plot(x, mean, marker="o", ms=3, label=label)
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    if ceiling:
+        ax.axhline(ceiling, color="black", linestyle="--", linewidth=1, label=f"all pool images paired ({ceiling:.1f})")
     ax.set(xlabel="paired images", ylabel="R-sum (test)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -371,9 +381,9 @@ def plot_rsum(path: Path, summary: dict[str, list[dict]], title: str) -> Path | 
     return path
 
 
-def write_reports(out: Path, settings: dict, runs: Sequence[dict]) -> tuple[str, str | None]:
+def write_reports(out: Path, settings: dict, runs: Sequence[dict], ceiling: float | None = None) -> tuple[str, str | None]:
     summary = summarise(runs)
-    table = write_text_atomic(out / "results.md", markdown_table(settings, summary))
+    table = write_text_atomic(out / "results.md", markdown_table(settings, summary, ceiling))
     seeds = max((row["seeds"] for rows in summary.values() for row in rows), default=0)
-    plot = plot_rsum(out / "rsum.png", summary, f"R-sum vs paired images ({seeds} seeds, pool {settings['pool']})")
+    plot = plot_rsum(out / "rsum.png", summary, f"R-sum vs paired images ({seeds} seeds, pool {settings['pool']})", ceiling)
     return str(table), str(plot) if plot else None

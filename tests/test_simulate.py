@@ -107,3 +107,14 @@ def test_cli_resumes_with_json_and_refuses_a_bad_strategy_in_one_line(setup, fir
     assert [r["rsum"] for r in summary["final"]] == [r["rounds"][-1]["metrics"]["rsum"] for r in first[1]["runs"]]
     bad = CliRunner().invoke(app, ["simulate", *common, "--strategies", "hardneg:depth", "--json"])
     assert bad.exit_code == 1 and "key=value" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_markdown_table_percent_of_full_supervision():
+    from hnsel.simulate import markdown_table
+
+    summary = {"random": [{"paired": 10, "rsum_mean": 50.0, "rsum_std": 1.0, "select_seconds": 0.5, "train_seconds": 1.0},
+                          {"paired": 20, "rsum_mean": 80.0, "rsum_std": 2.0, "select_seconds": 0.0, "train_seconds": 1.0}]}
+    text = markdown_table({"test": 5, "pool": 100, "budget": 10}, summary, ceiling=200.0)
+    assert "| random | 50.0 ± 1.0 | 80.0 ± 2.0 | 0.5 | 1.0 |" in text
+    assert "R-sum 200.0" in text and "| random | 25.0 % | 40.0 % |" in text
+    assert "Percent of full supervision" not in markdown_table({"test": 5, "pool": 100, "budget": 10}, summary)
