@@ -194,3 +194,12 @@ def test_hardneg_parameters_reach_the_hard_negative_part():
     assert all(float(x).is_integer() for x in counted.scores)  # counting weights: whole numbers
     with pytest.raises(SelectionError, match="--weight 'sum'"):
         get_strategy("auto", weight="sum")
+
+
+def test_a_partial_spread_floor_is_named_in_the_reason():
+    # spread_low/high put the diffuse layout's spread inside the ramp: the floor (above the 50 % hedge) decides the split
+    problem = layout(covered=True)
+    spread = get_strategy("auto").select(problem, 20, np.random.default_rng(0)).stats["auto_decision"]["violator_spread"]
+    d = get_strategy("auto", spread_low=spread - 0.3, spread_high=spread + 0.1).select(problem, 20, np.random.default_rng(0)).stats["auto_decision"]
+    assert d["spread_floor"] == pytest.approx(0.75, abs=1e-3) and d["coverage_picks"] == 15
+    assert "Hardness is diffuse" in d["reason"]

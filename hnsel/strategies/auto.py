@@ -118,14 +118,14 @@ def plan_split(budget: int, uncovered: float, supply: int, *, random_share: floa
 
 
 def _reasoning(coverage: dict, conc: dict, plan: dict, fixed: bool, anchors: int, min_coverage: float,
-               spread: float | None = None, floor: float = 0.0) -> str:
+               spread: float | None = None, diffuse: bool = False) -> str:
     if anchors == 0:
         return "No paired captions, so no hard negatives exist: everything not random covers the pool (k-center)."
     measured = (f"{coverage['uncovered']:.0%} of sampled candidates sit more than {coverage['ratio']:g}x farther from every paired "
                 "sample than from their nearest candidate")
     if fixed:
         how = "the coverage share was fixed by the caller"
-    elif floor > 0 and plan["planned_coverage_share"] == floor and spread is not None:
+    elif diffuse:
         how = (f"hardness is diffuse: {conc['candidates_with_score']} candidates violate some caption, {spread:.2f}x the number "
                "independent chance draws would give, so hard negatives single out no distinct set and coverage pays")
     elif coverage["uncovered"] > min_coverage:
@@ -229,7 +229,7 @@ class Auto:
                     "coverage_share": round(len(parts["coverage"]) / budget, 4), "hardneg_share": round(len(parts["hardneg"]) / budget, 4),
                     "planned_coverage_share": plan["planned_coverage_share"], "moved_to_coverage": plan["moved_to_coverage"],
                     "reason": _reasoning(coverage, conc, plan, self.coverage_share is not None, problem.n_anchors, self.min_coverage,
-                                         spread, floor)}
+                                         spread, diffuse=floor > min(max(coverage["uncovered"], self.min_coverage), self.max_coverage))}
         stats = {"auto_decision": decision, "candidates": int(len(ids)), "candidates_with_score": conc["candidates_with_score"],
                  "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
                  "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)),

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import SelectionError
 from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, register, top_by_score
 
-__all__ = ["HardNegative", "hardneg_scores", "full_thresholds", "full_threshold_setters", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "PairedSide"]
+__all__ = ["HardNegative", "hardneg_scores", "chance_stats", "full_thresholds", "full_threshold_setters", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "PairedSide"]
 
 WEIGHTS = ("surplus", "count")
 MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
@@ -219,26 +219,20 @@ def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats, upper=None
 
 
 def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str, batch_size: int, chunk_size: int,
-                                   rng: np.random.Generator, paired_mb: float, stats: dict) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
+                                   rng: np.random.Generator, paired_mb: float, stats: dict,
+                                   negatives: dict[frozenset, list[int]]) -> Iterable[tuple[AnchorChunk, np.ndarray]]:
+    """(chunk, thresholds) pairs; with the paired side in memory, ``negatives`` tallies per positive set
+    [negatives of its anchors, anchors] (the input of ``chance_stats``)."""
     if batch == "full":
-        groups: dict[frozenset, float] = {}
         paired = PairedSide.load(problem, paired_mb)
         stats["thresholds"] = "exact in memory" if paired is not None else "index search"
         for chunk in problem.anchors(chunk_size):
-            if paired is not None:  # violations a pool exchangeable with the negatives would give: k x M / (n_j + 1)
-                n_neg = [len(paired.ids) - sum(p in paired.column for p in pos) for pos in chunk.positives]
-                stats["expected_violations"] += sum(min(k, n) * len(problem.candidate_ids) / (n + 1) for n in n_neg if n > 0)
-                for pos, n in zip(chunk.positives, n_neg):  # anchors sharing positives (one image's captions) count once
-                    if n > 0:
-                        groups[pos] = min(k, n) / (n + 1)
+            if paired is not None:
+                for pos in chunk.positives:
+                    entry = negatives.setdefault(pos, [len(paired.ids) - sum(p in paired.column for p in pos), 0])
+                    entry[1] += 1
             yield chunk, full_thresholds(chunk, problem.index, k, paired)
-        if paired is None:
-            stats["expected_violations"] = None
-        else:  # candidates violating at least one group, if each group's violators were an independent draw
-            log_none = float(np.sum(np.log1p(-np.fromiter(groups.values(), dtype=np.float64, count=len(groups)))))
-            stats["expected_violators"] = len(problem.candidate_ids) * -np.expm1(log_none)
         return
-    stats["expected_violations"] = None
     stats["thresholds"] = "mini-batch in memory"
     if problem.paired_vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
@@ -272,8 +266,9 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     scores = np.zeros(len(ids), dtype=np.float64)
     counts = np.zeros(len(ids), dtype=np.int64)
     stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
-             "expected_violations": 0.0, "above_positive": 0}
-    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats):
+             "above_positive": 0}
+    negatives: dict[frozenset, list[int]] = {}
+    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
         valid = np.flatnonzero(~np.isnan(xi))
         stats["anchors"] += len(xi)
         stats["anchors_without_negatives"] += len(xi) - len(valid)
@@ -282,14 +277,31 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
             upper = positive_similarities(problem, chunk)[valid] if window == "semi" else None
             _accumulate(hits, xi[valid], weight, id_to_index, scores, counts, stats, upper)
         problem.progress("scoring anchors", stats["anchors"], problem.n_anchors)
-    stats["violations"] = int(counts.sum())
-    expected = stats["expected_violations"]
-    stats["violation_excess"] = round(stats["violations"] / expected, 4) if expected else None
-    if expected is not None:
-        stats["expected_violations"] = round(expected, 1)
-    violators = stats.pop("expected_violators", None)
-    stats["violator_spread"] = round(int((counts > 0).sum()) / violators, 4) if violators else None
+    stats.update(chance_stats(counts, negatives if stats["thresholds"] == "exact in memory" else None, k))
     return scores, counts, stats
+
+
+def chance_stats(counts: np.ndarray, negatives: dict[frozenset, list[int]] | None, k: int) -> dict:
+    """The violations against what a pool exchangeable with the paired negatives would give.
+
+    ``negatives`` maps each anchor's positive set to [its number of negatives n, its anchors]; None: unknown (then only
+    ``violations`` is reported). A candidate beats the k-th largest of n exchangeable negatives with chance
+    ``min(k, n) / (n + 1)``: ``expected_violations`` sums that over anchors times M candidates; ``violator_spread``
+    divides the distinct violators by ``M (1 - prod (1 - p))`` over positive sets (one image's captions count once,
+    as if each image's violators were an independent draw).
+    """
+    out = {"violations": int(counts.sum()), "expected_violations": None, "violation_excess": None, "violator_spread": None}
+    if negatives is None:
+        return out
+    m = len(counts)
+    chance = {pos: (min(k, n) / (n + 1), anchors) for pos, (n, anchors) in negatives.items() if n > 0}
+    expected = sum(p * anchors * m for p, anchors in chance.values())
+    log_none = float(np.sum(np.log1p(-np.fromiter((p for p, _ in chance.values()), dtype=np.float64, count=len(chance)))))
+    violators = m * -np.expm1(log_none)
+    out["expected_violations"] = round(expected, 1)
+    out["violation_excess"] = round(out["violations"] / expected, 4) if expected else None
+    out["violator_spread"] = round(int((counts > 0).sum()) / violators, 4) if violators else None
+    return out
 
 
 @register("hardneg")
