@@ -252,8 +252,13 @@ def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str
 
 def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
                    batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
-                   rng: np.random.Generator | None = None, paired_mb: float = 1024, window: str = "hard") -> tuple[np.ndarray, np.ndarray, dict]:
+                   rng: np.random.Generator | None = None, paired_mb: float = 1024, window: str = "hard",
+                   device: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
+
+    ``problem.engine`` decides how violators are found: ``milvus`` (neighbour searches through ``problem.index``,
+    deepened where saturated) or ``exact`` (every similarity, by blockwise products on ``device``: ``exact.py``);
+    both use the same thresholds and give the same stats keys, with ``stats["engine"]``.
 
     ``paired_mb``: full-batch thresholds are computed exactly in memory when the paired side's vectors fit in
     this many MB (0: always through ``problem.index``, whose filtered search is approximate on HNSW/IVF).
@@ -262,11 +267,19 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     trains on, yet not closer than the true match, which would make the candidate a likely false negative.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
+    engine = getattr(problem, "engine", "milvus")
+    if engine == "exact":
+        from .exact import exact_hardneg_scores  # torch is imported only for this engine
+
+        return exact_hardneg_scores(problem, k=k, weight=weight, batch=batch, batch_size=batch_size, chunk_size=chunk_size, rng=rng,
+                                    paired_mb=paired_mb, window=window, device=device)
+    if engine != "milvus":
+        raise SelectionError(f"engine {engine!r}: use milvus or exact")
     ids = problem.candidate_ids
     id_to_index = {x: i for i, x in enumerate(ids)}
     scores = np.zeros(len(ids), dtype=np.float64)
     counts = np.zeros(len(ids), dtype=np.int64)
-    stats = {"anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
+    stats = {"engine": "milvus", "anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
              "above_positive": 0}
     negatives: dict[frozenset, list[int]] = {}
     for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
