@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from hnsel.data import read_folder  # noqa: E402
 from hnsel.data.scenes import generate_scenes  # noqa: E402
-from hnsel.embed import load_encoder, register_config  # noqa: E402
-from hnsel.workflows_embed import _batches  # noqa: E402
+from hnsel.model.encoder import load_encoder, register_config  # noqa: E402
+from hnsel.workflows.embed import _batches  # noqa: E402
 from _sections import replace_section  # noqa: E402
 
 SMALL = {  # a small ViT: a quarter of ViT-B-32's width, a third of its depth

@@ -33,11 +33,11 @@ import torch  # noqa: E402
 
 from hnsel.data import load_source  # noqa: E402
 from hnsel.data.scenes import generate_scenes  # noqa: E402
-from hnsel.embed import load_encoder, register_config  # noqa: E402
-from hnsel.evaluate import evaluate_recall  # noqa: E402
-from hnsel.features import backbone_features  # noqa: E402
-from hnsel.train import apply_heads, train_heads  # noqa: E402
-from hnsel.workflows_train import paired_from_dataset  # noqa: E402
+from hnsel.model.encoder import load_encoder, register_config  # noqa: E402
+from hnsel.model.metrics import evaluate_recall  # noqa: E402
+from hnsel.model.features import backbone_features  # noqa: E402
+from hnsel.model.train import apply_heads, train_heads  # noqa: E402
+from hnsel.workflows.train import paired_from_dataset  # noqa: E402
 from _sections import replace_section  # noqa: E402
 
 SECTION = "## Head training"

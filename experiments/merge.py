@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from hnsel.simulate import summarise, write_reports
+from hnsel.workflows.simulate import summarise, write_reports
 
 
 def main(out: str, *folders: str, ceiling: float | None = None) -> None:

@@ -1,26 +1,44 @@
-"""The workflows the CLI calls, for Python callers too. Everything the CLI can do is here.
+"""The one facade the CLI and Python callers use: every user job, by name. Everything the CLI can do is here.
 
 >>> from hnsel import api, load_config
 >>> config = load_config()
 >>> result = api.select(config, budget=1000)            # doctest: +SKIP
+
+Names resolve lazily (PEP 562): ``api.status`` imports the store and nothing else, so a command that needs no
+model never pays for torch. Each name lives in the ``hnsel.workflows`` module of its job.
 """
 
 from __future__ import annotations
 
-from .workflows_embed import EmbedReport, check_model, embed, write_bulk
-from .workflows_select import IngestReport, SelectResult, build_problem, ingest, select, status
-from .workflows_train import EvalReport, TrainReport, evaluate, train
-from .workflows_annotate import ExportReport, ImportReport, export_round, import_annotations
-from .workflows_rounds import release, show_round
-from .workflows_repair import repair
-from .simulate import SimulateReport, simulate
-from .report import ReportResult, build_report as report
+import importlib
+from typing import Any
 
-__all__ = [
-    "ingest", "IngestReport", "select", "SelectResult", "status", "build_problem",
-    "embed", "EmbedReport", "check_model", "write_bulk",
-    "train", "TrainReport", "evaluate", "EvalReport",
-    "release", "show_round", "repair", "export_round", "ExportReport", "import_annotations", "ImportReport",
-    "simulate", "SimulateReport",
-    "report", "ReportResult",
-]
+_WHERE = {
+    "ingest": "workflows.ingest", "IngestReport": "workflows.ingest", "status": "workflows.ingest",
+    "select": "workflows.select", "SelectResult": "workflows.select",
+    "build_problem": "store.problem",
+    "embed": "workflows.embed", "EmbedReport": "workflows.embed", "check_model": "workflows.embed", "write_bulk": "workflows.embed",
+    "train": "workflows.train", "TrainReport": "workflows.train", "evaluate": "workflows.train", "EvalReport": "workflows.train",
+    "release": "workflows.rounds", "show_round": "workflows.rounds",
+    "repair": "workflows.repair",
+    "export_round": "workflows.annotate", "ExportReport": "workflows.annotate",
+    "import_annotations": "workflows.annotate", "ImportReport": "workflows.annotate",
+    "simulate": "workflows.simulate", "SimulateReport": "workflows.simulate",
+    "report": "report", "ReportResult": "report",
+    "generate_scenes": "data.scenes",
+}
+_RENAMED = {"report": "build_report"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hnsel.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hnsel.{_WHERE[name]}"), _RENAMED.get(name, name))
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

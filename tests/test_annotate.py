@@ -14,7 +14,7 @@ from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.errors import HnselError, InputError, ModelMismatchError
 from hnsel.store import open_store
-from hnsel.synthetic import make_pool, write_pool
+from hnsel.data.synthetic import make_pool, write_pool
 
 DIM = 12
 MODEL = {"model_name": "fake", "pretrained": "none", "dim": DIM, "config_sha256": "c0", "weights": "random:0", "heads_sha256": None}

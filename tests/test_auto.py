@@ -10,7 +10,7 @@ from hnsel.config import HnselConfig, StoreConfig
 from hnsel.errors import SelectionError
 from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy
 from hnsel.strategies.auto import concentration, coverage_gap, coverage_picks, plan_split, spread_floor
-from hnsel.synthetic import make_pool, write_pool
+from hnsel.data.synthetic import make_pool, write_pool
 
 REASONS = {"coverage", "hardneg", "random", "fill"}
 

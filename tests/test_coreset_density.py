@@ -5,7 +5,7 @@ import pytest
 
 from hnsel.errors import SelectionError
 from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy, list_strategies
-from hnsel.strategies.coreset import positions, sorter_for
+from hnsel.strategies.base import positions, sorter_for
 from hnsel.strategies.density import density_greedy, normalise
 
 

@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.data.scenes import generate_scenes
-from hnsel.embed import load_encoder, same_model, save_checkpoint
+from hnsel.model.encoder import load_encoder, save_checkpoint
+from hnsel.schema import same_model
 from hnsel.errors import HnselError, InputError, ModelMismatchError
-from hnsel.heads import ProjectionHead
-from hnsel.workflows_embed import embed, write_bulk
+from hnsel.model.heads import ProjectionHead
+from hnsel.workflows.embed import embed, write_bulk
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hnsel.errors import InputError
-from hnsel.evaluate import evaluate_recall, image_to_text_ranks, text_to_image_ranks
+from hnsel.model.metrics import evaluate_recall, image_to_text_ranks, text_to_image_ranks
 
 
 def vectors_for(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -206,7 +206,7 @@ def test_a_read_only_texts_collection_is_refused_before_images_are_written(hosti
 
 
 def test_label_studio_string_text_is_one_caption_and_a_bom_csv_keeps_its_first_column(tmp_path):
-    from hnsel.annotations_io import read_annotations
+    from hnsel.data.annotator_files import read_annotations
 
     export = tmp_path / "ls.json"
     export.write_text(json.dumps([{"data": {"image_id": "a"}, "annotations": [{"result": [{"from_name": "caption", "value": {"text": "circle"}}]}]}]))
@@ -228,9 +228,9 @@ def test_embed_a_folder_of_hostile_file_names_and_refuse_an_overlong_caption_bef
     limit is refused before the model record or any vector is written."""
     from _embed_helpers import write_images, write_tiny_config
 
-    from hnsel.embed import load_encoder
+    from hnsel.model.encoder import load_encoder
     from hnsel.errors import InputError
-    from hnsel.workflows_embed import embed
+    from hnsel.workflows.embed import embed
 
     names = ["o'brien.png", "café.png", "😀 smile.png", "[/x].png", 'say "hi".png', "back\\slash.png"]
     write_images(tmp_path / "img", names)

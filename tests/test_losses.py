@@ -9,15 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hnsel.errors import ConfigError
-from hnsel.losses import (
-    caption_labels,
-    infonce_loss,
-    kendall_loss,
-    list_losses,
-    parse_loss,
-    triplet_sn_loss,
-    vsepp_loss,
-)
+from hnsel.model.losses import caption_labels, infonce_loss, kendall_loss, list_losses, parse_loss, triplet_sn_loss, vsepp_loss
 
 
 def sp(x: float) -> float:

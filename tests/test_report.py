@@ -22,7 +22,7 @@ from hnsel.report.evidence import hardneg_evidence, nearest_paired, paired_state
 from hnsel.store import open_store
 from hnsel.strategies import AnchorChunk, ExactIndex
 from hnsel.strategies.hardneg import PairedSide, full_threshold_setters, kth_threshold
-from hnsel.synthetic import make_pool
+from hnsel.data.synthetic import make_pool
 
 runner = CliRunner()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -11,8 +11,8 @@ from hnsel.config import CollectionConfig, HnselConfig, StoreConfig
 from hnsel.errors import SelectionError
 from hnsel.store import open_store
 from hnsel.strategies import list_strategies
-from hnsel.synthetic import make_pool, write_pool
-from hnsel.workflows_rounds import picks_hash, round_key
+from hnsel.data.synthetic import make_pool, write_pool
+from hnsel.workflows.rounds import picks_hash, round_key
 
 
 @pytest.fixture(scope="module")

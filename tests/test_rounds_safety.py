@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from hnsel import api
 from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
-from hnsel.leases import claim_number
+from hnsel.store.leases import claim_number
 from hnsel.store import open_store
-from hnsel.synthetic import make_pool, write_pool
-from hnsel.workflows_rounds import round_picks
+from hnsel.data.synthetic import make_pool, write_pool
+from hnsel.workflows.rounds import round_picks
 
 runner = CliRunner()
 
@@ -59,7 +59,7 @@ def marks(config):
 SELECT = textwrap.dedent("""
     import json, sys
     from hnsel.config import HnselConfig, StoreConfig
-    from hnsel.workflows_select import select
+    from hnsel.workflows.select import select
 
     uri, namespace, strategy, seed = sys.argv[1:5]
     result = select(HnselConfig(store=StoreConfig(uri=uri, namespace=namespace)), budget=20, strategy=strategy, seed=int(seed), record=True)
@@ -117,9 +117,9 @@ def test_two_selects_at_once_get_distinct_rounds_and_disjoint_picks(milvus_serve
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from hnsel.config import HnselConfig, StoreConfig
-    from hnsel.workflows_annotate import import_annotations  # not hnsel.api: that imports torch, 2.5 s per child
-    from hnsel.store import Store
-    import hnsel.workflows_select as workflows_select
+    from hnsel.workflows.annotate import import_annotations  # not hnsel.api: that imports torch, 2.5 s per child
+    from hnsel.store.milvus import Store
+    import hnsel.workflows.select as workflows_select
 
     uri, namespace, point, path = sys.argv[1:5]
     config = HnselConfig(store=StoreConfig(uri=uri, namespace=namespace))

@@ -11,7 +11,7 @@ from hnsel import api
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.store import open_store
 from hnsel.strategies.hardneg import dense_hardneg_scores, hardneg_scores
-from hnsel.synthetic import make_pool, write_pool
+from hnsel.data.synthetic import make_pool, write_pool
 
 
 def unit(x):

@@ -13,7 +13,7 @@ from hnsel.cli import app
 from hnsel.config import HnselConfig
 from hnsel.data.scenes import generate_scenes
 from hnsel.errors import ConfigError, SelectionError
-from hnsel.simulate import TIME_KEYS, parse_strategy, simulate
+from hnsel.workflows.simulate import TIME_KEYS, parse_strategy, simulate
 
 ROUNDS, BUDGET = 2, 4
 
@@ -110,7 +110,7 @@ def test_cli_resumes_with_json_and_refuses_a_bad_strategy_in_one_line(setup, fir
 
 
 def test_markdown_table_percent_of_full_supervision():
-    from hnsel.simulate import markdown_table
+    from hnsel.workflows.simulate import markdown_table
 
     summary = {"random": [{"paired": 10, "rsum_mean": 50.0, "rsum_std": 1.0, "select_seconds": 0.5, "train_seconds": 1.0},
                           {"paired": 20, "rsum_mean": 80.0, "rsum_std": 2.0, "select_seconds": 0.0, "train_seconds": 1.0}]}

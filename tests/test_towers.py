@@ -1,4 +1,4 @@
-"""Local pretrained towers (hnsel.towers, configs/effnet-lite0-minilm.json): the weights really loaded.
+"""Local pretrained towers (hnsel.model.towers, configs/effnet-lite0-minilm.json): the weights really loaded.
 
 - The image tower equals an independent EfficientNet-Lite0 written here from the network's definition (TF
   "same" padding, batch-norm eps 1e-3, ReLU6, no squeeze-excitation) that reads the package's file with its
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hnsel import towers
+from hnsel.model import towers
 from hnsel.errors import InputError
 
 pytest.importorskip("timm")
@@ -75,7 +75,7 @@ def package_state():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from hnsel.embed import load_encoder
+    from hnsel.model.encoder import load_encoder
 
     return load_encoder(str(CONFIG), "none", "cpu")
 
@@ -128,7 +128,7 @@ def test_text_tower_equals_sentence_transformers(encoder):
 
 
 def test_tower_model_needs_heads_and_gets_seeded_random_ones(encoder):
-    from hnsel.embed import load_encoder
+    from hnsel.model.encoder import load_encoder
 
     assert encoder.model_info["feature_dims"] == [1280, 384] and encoder.dim == 256
     assert encoder.image_head.spec == {"kind": "linear", "dim_in": 1280, "dim_out": 256, "hidden": 1024}
@@ -139,7 +139,7 @@ def test_tower_model_needs_heads_and_gets_seeded_random_ones(encoder):
 
 
 def test_bad_tower_paths_are_one_line_errors(tmp_path):
-    from hnsel.embed import load_encoder
+    from hnsel.model.encoder import load_encoder
 
     config = json.loads(CONFIG.read_text())
     config["hnsel"]["image_weights"]["path"] = "package:no_such_weights_pkg/w.pth"
@@ -176,7 +176,7 @@ def test_user_towers_any_timm_and_hugging_face_model_by_config_and_path(tmp_path
     import timm
     from transformers import BertConfig, BertModel
 
-    from hnsel.embed import load_encoder
+    from hnsel.model.encoder import load_encoder
 
     torch.manual_seed(1)
     image_model = timm.create_model("test_resnet", pretrained=False).eval()

@@ -14,12 +14,12 @@ from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.data.images import open_image
 from hnsel.data.scenes import generate_scenes
-from hnsel.embed import load_encoder
+from hnsel.model.encoder import load_encoder
 from hnsel.errors import ConfigError, InputError, ModelMismatchError
-from hnsel.evaluate import evaluate_recall
-from hnsel.features import FeatureCache, backbone_features
-from hnsel.train import apply_heads, split_validation, train_heads
-from hnsel.workflows_train import evaluate, train
+from hnsel.model.metrics import evaluate_recall
+from hnsel.model.features import FeatureCache, backbone_features
+from hnsel.model.train import apply_heads, split_validation, train_heads
+from hnsel.workflows.train import evaluate, train
 
 # The shared tiny config pools the CLS token (its image features are nearly collinear, mean cosine 0.995)
 # and reads 16 tokens (the scenes captions have 24-34 words): heads cannot learn from it. Average pooling
@@ -197,7 +197,7 @@ def test_full_mode_with_the_image_tower_locked(tmp_path):
 
 
 def test_eval_of_store_vectors_matches_eval_of_the_source(tmp_path, model_config):
-    from hnsel.workflows_embed import embed
+    from hnsel.workflows.embed import embed
 
     generate_scenes(tmp_path / "s", n=30, seed=1, image_size=64, captions=2)
     source = tmp_path / "s" / "dataset_scenes.json"

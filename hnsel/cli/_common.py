@@ -21,6 +21,7 @@ from rich.text import Text
 
 from ..config import HnselConfig, load_config
 from ..errors import HnselError, StoreError
+from ..schema import ProgressFn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,7 +33,6 @@ NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", help="Collec
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON document and no progress bars.")]
 
 # A callback libraries call on long work: on_progress(task, completed, total).
-ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
 def get_config(config: Path | None, milvus_uri: str | None = None, token: str | None = None, namespace: str | None = None) -> HnselConfig:

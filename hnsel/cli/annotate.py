@@ -42,13 +42,8 @@ def import_(
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Add the annotators' captions as paired texts and pair their images; any bad row refuses the whole file."""
-
-    def load(record: dict):
-        from ..embed import load_encoder
-
-        return load_encoder(model_name or record.get("model_name"), pretrained or record.get("pretrained"), device)
-
-    report = api.import_annotations(get_config(config, milvus_uri, token, namespace), file, load_encoder=load)
+    report = api.import_annotations(get_config(config, milvus_uri, token, namespace), file, model_name=model_name, pretrained=pretrained,
+                                    device=device)
     if json_output:
         print_json(report.summary())
         return

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..data.scenes import generate_scenes
+from .. import api
 from . import app
 from ._common import JsonOpt, console, handle_errors, print_json, progress_bar, show_progress
 
@@ -30,7 +30,7 @@ def scenes(
 ) -> None:
     """Render finely-categorised scenes (shape, colour, size, position, count, texture) with paraphrased captions."""
     with progress_bar(show_progress(json_output)) as on_progress:
-        report = generate_scenes(out_dir, n, seed, per_category=per_category, image_size=image_size, captions=captions,
+        report = api.generate_scenes(out_dir, n, seed, per_category=per_category, image_size=image_size, captions=captions,
                                  val=val, test=test, on_progress=on_progress)
     if json_output:
         print_json(report.summary())

@@ -11,9 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..embed import DEFAULT_PRETRAINED
-from ..workflows_embed import embed as run_embed
-from ..workflows_embed import write_bulk
+from .. import api
+from ..schema import DEFAULT_PRETRAINED
 from . import app
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
@@ -46,9 +45,9 @@ def embed(
                   images_dir=images_dir, pool=pool, split=split, errors_path=errors)
     with progress_bar(show_progress(json_output), rate=True) as on_progress:
         if bulk is not None:
-            report = write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
+            report = api.write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
         else:
-            report = run_embed(cfg, source, overwrite=overwrite, on_progress=on_progress, **common)
+            report = api.embed(cfg, source, overwrite=overwrite, on_progress=on_progress, **common)
     summary = report.summary()
     if json_output:
         print_json(summary)

@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..embed import DEFAULT_PRETRAINED
-from ..features import DEFAULT_CACHE_DIR
-from ..workflows_train import evaluate as run_evaluate
+from .. import api
+from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from . import app
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
@@ -34,7 +33,7 @@ def eval_(
     """Recall@1, @5, @10 for image-to-text and text-to-image, and R-sum (every caption of an image is a match)."""
     cfg = get_config(config, milvus_uri, token, namespace)
     with progress_bar(show_progress(json_output)) as on_progress:
-        report = run_evaluate(cfg, source, store=store, split=None if split == "all" else split, pool=pool, model_name=model_name,
+        report = api.evaluate(cfg, source, store=store, split=None if split == "all" else split, pool=pool, model_name=model_name,
                               pretrained=pretrained, images_dir=images_dir, cache_dir=cache_dir, device=device,
                               batch_size=batch_size, num_workers=num_workers, on_progress=on_progress)
     if json_output:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -11,33 +12,27 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import api
+from ..strategies import list_strategies
+from ..strategies.base import params_of
 from . import app
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
-@app.command()
-@handle_errors
 def select(
     budget: Annotated[int, typer.Option("--budget", "-n", help="How many samples to pick.")] = 1000,
-    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: auto (default: coverage + hard negatives, split by measured coverage), hardneg, coreset, density, random.")] = "auto",
-    k: Annotated[Optional[int], typer.Option("--k", help="hardneg and auto: Top-k violation condition.")] = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", help="hardneg and auto: surplus (s - xi) or count (1).")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="hardneg and auto: full or mini batch thresholds.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="hardneg and auto, --batch mini: the training batch size.")] = None,
-    paired_mb: Annotated[Optional[float], typer.Option("--paired-mb", help="hardneg and auto: full-batch thresholds exact in memory when the paired vectors fit in this many MB (0: searched in Milvus, approximate on HNSW).")] = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="density: informativeness score, hardneg (Surplus) or coreset.")] = None,
-    lam: Annotated[Optional[float], typer.Option("--lambda", help="density and auto: weight of the mean pairwise similarity of the (hard-negative) picks.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="Registered strategy: auto (default: coverage + hard negatives, split by measured coverage), "
+                                          + ", ".join(n for n in list_strategies() if n != "auto") + ".")] = "auto",
     record: Annotated[bool, typer.Option("--record/--no-record", help="Record the picks as the next round, so later selections skip them.")] = True,
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write picks to .csv, .jsonl or .parquet: rank, id, score, violations, reason, uri.")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+    **strategy_params: Any,
 ) -> None:
     """Select BUDGET unpaired samples: by default `auto`, part covering regions the paired set has not reached, part hard negatives of the paired captions (Top-1, Surplus, full batch)."""
     cfg = get_config(config, milvus_uri, token, namespace)
-    params = {name: value for name, value in (("k", k), ("weight", weight), ("batch", batch), ("batch_size", batch_size),
-                                              ("paired_mb", paired_mb), ("base", base), ("lam", lam)) if value is not None}
+    params = {name: value for name, value in strategy_params.items() if value is not None}
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
                             record=record)
@@ -48,6 +43,32 @@ def select(
         print_json(summary)
         return
     _print_selection(summary, top if out is None else min(top, 10))
+
+
+def _strategy_options() -> list[inspect.Parameter]:
+    """One ``hnsel select`` option per parameter any registered strategy declares (``strategies.base.param``): a new
+    strategy needs no edit here. A name several strategies declare is one option, passed to whichever is chosen."""
+    specs: dict[str, list] = {}
+    takers: dict[str, list[str]] = {}
+    for name in list_strategies():
+        for p in params_of(name):
+            specs.setdefault(p.name, []).append(p)
+            takers.setdefault(p.help, []).append(name)
+    options = []
+    for name, same in specs.items():
+        if len({(p.type, p.flag) for p in same}) > 1:
+            raise TypeError(f"strategy parameter {name!r} is declared with different types or flags: {same}")
+        helps = dict.fromkeys(p.help for p in same)
+        text = " ".join(f"{', '.join(dict.fromkeys(takers[h]))}: {h}" for h in helps)
+        option = typer.Option(same[0].flag, help=text, rich_help_panel="Strategy parameters")
+        options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[same[0].type], option]))
+    return options
+
+
+_signature = inspect.signature(select, eval_str=True)
+_fixed = [p for p in _signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+select.__signature__ = _signature.replace(parameters=_fixed + _strategy_options())  # type: ignore[attr-defined]
+select = app.command()(handle_errors(select))
 
 
 def _print_selection(summary: dict, top: int) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import api
-from ..features import DEFAULT_CACHE_DIR
+from ..schema import DEFAULT_CACHE_DIR
 from . import app
 from ._common import ConfigOpt, JsonOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 

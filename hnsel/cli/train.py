@@ -9,12 +9,23 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.table import Table
 
-from ..embed import DEFAULT_PRETRAINED
+from .. import api
+from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from ..errors import ConfigError
-from ..features import DEFAULT_CACHE_DIR
-from ..workflows_train import train as run_train
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_session, show_progress
+from ._common import (
+    ConfigOpt,
+    JsonOpt,
+    NamespaceOpt,
+    TokenOpt,
+    UriOpt,
+    console,
+    get_config,
+    handle_errors,
+    print_json,
+    progress_session,
+    show_progress,
+)
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, float]:
@@ -83,7 +94,7 @@ def train(
     """Train on the paired set with early stopping on validation R-sum; write a checkpoint hnsel embed and eval load."""
     cfg = get_config(config, milvus_uri, token, namespace)
     with epoch_progress(show_progress(json_output)) as (on_progress, on_epoch):
-        report = run_train(
+        report = api.train(
             cfg, source, out=out, store=store, model_name=model_name, pretrained=pretrained, mode=mode,
             loss=loss, loss_params=parse_params(loss_param), head=head, hidden=hidden, epochs=epochs, batch_size=batch_size,
             lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, split=None if split == "all" else split,

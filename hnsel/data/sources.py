@@ -12,35 +12,42 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 from pathlib import Path
 
 from ..errors import InputError
-from . import Dataset, ImageRecord
-from .annotations import json_kind, read_coco, read_json, read_karpathy
+from .records import Dataset, ImageRecord
+from .coco_karpathy import json_kind, read_coco, read_json, read_karpathy
 from .images import IMAGE_EXTENSIONS
-from .manifest import MANIFEST_SUFFIXES, read_manifest
+from .manifests import MANIFEST_SUFFIXES, read_manifest
+from ..schema import POOLS
 
-__all__ = ["load_source", "detect_format", "read_folder", "apply_pool", "SOURCE_FORMATS", "POOLS"]
+__all__ = ["load_source", "detect_format", "read_folder", "apply_pool", "SOURCE_FORMATS"]
 
 SOURCE_FORMATS = ("folder", "manifest", "coco", "karpathy")
-POOLS = ("paired", "unpaired")
 
 
 def detect_format(source: str | os.PathLike) -> str:
     """One of ``SOURCE_FORMATS`` for a path, or ``InputError`` saying what is accepted."""
+    return _detect(source)[0]
+
+
+def _detect(source: str | os.PathLike) -> tuple[str, Any]:
+    """(format, the parsed document for JSON sources else None): a JSON file is parsed once, here."""
     path = Path(source)
     if path.is_dir():
-        return "folder"
+        return "folder", None
     if not path.exists():
         raise InputError("source not found; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
     suffix = path.suffix.lower()
     if suffix in MANIFEST_SUFFIXES:
-        return "manifest"
+        return "manifest", None
     if suffix == ".json":
-        kind = json_kind(read_json(path))
+        doc = read_json(path)
+        kind = json_kind(doc)
         if kind is None:
             raise InputError("JSON is neither COCO captions (images + annotations) nor Karpathy-split (images[].sentences)", path=source)
-        return kind
+        return kind, doc
     raise InputError(f"unknown source type {suffix!r}; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
 
 
@@ -57,14 +64,14 @@ def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None 
     """Read ``source`` (format detected), keep one ``split`` if asked, and decide every record's pool."""
     if pool is not None and pool not in POOLS:
         raise InputError(f"--pool {pool!r} is not 'paired' or 'unpaired'")
-    kind = detect_format(source)
+    kind, doc = _detect(source)
     if kind == "folder":
         dataset = read_folder(source)
     elif kind == "manifest":
         dataset = read_manifest(source, images_dir)
     else:
-        doc = read_json(Path(source))
         dataset = (read_coco if kind == "coco" else read_karpathy)(source, images_dir, doc=doc)
+    dataset = dataclasses.replace(dataset, format=kind)
     if split is not None:
         splits = sorted({r.split for r in dataset.images if r.split})
         if split not in splits:
@@ -86,4 +93,4 @@ def apply_pool(dataset: Dataset, pool: str | None = None) -> Dataset:
             path=dataset.source or None,
         )
     texts = [t if t.pool == "unpaired" else dataclasses.replace(t, pool="unpaired") for t in dataset.texts]
-    return Dataset(images, texts, dataset.source)
+    return Dataset(images, texts, dataset.source, dataset.format)

@@ -14,14 +14,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
 from ..config import HnselConfig
 from ..errors import InputError, StoreError
-from ..store import KINDS, Store, open_store
-from ..workflows_rounds import list_rounds
+from ..schema import KINDS, ProgressFn
+from ..store import Store, open_store
+from ..workflows.rounds import list_rounds
 from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
 from .page import render_page
 from .picks import Picks, latest_round, load_round, load_selection
@@ -29,7 +30,6 @@ from .thumbs import make_thumbnails
 
 __all__ = ["build_report", "ReportResult"]
 
-ProgressFn = Optional[Callable[[str, int, Optional[int]], None]]
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _read_simulation(folder: Path | None) -> dict | None:
         raise InputError("no results.json here: pass the --out folder of `hnsel simulate`", path=folder) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"not a hnsel simulate results file ({type(exc).__name__}: {str(exc)[:120]})", path=path) from None
-    from ..simulate import summarise  # imports torch: only when a simulation is asked for
+    from ..workflows.simulate import summarise  # imports torch: only when a simulation is asked for
 
     return {"settings": doc.get("settings", {}), "curves": summarise(runs), "path": str(path)}
 
@@ -137,7 +137,7 @@ def _vectors(store: Store, kind: str, ids: list[str]) -> np.ndarray:
     return np.asarray([r["vector"] for r in rows], dtype=np.float32)
 
 
-def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on_progress: ProgressFn) -> dict:
+def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on_progress: ProgressFn | None) -> dict:
     rows = _pick_rows(store, picks)
     present = np.array([i for i, x in enumerate(picks.ids) if x in rows], dtype=np.int64)
     if len(present) < len(picks.ids):
@@ -207,7 +207,7 @@ def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
 
 def build_report(config: HnselConfig, *, round: int | None = None, selection: str | os.PathLike | None = None,
                  out: str | os.PathLike = "report", simulation: str | os.PathLike | None = None, top: int = 3,
-                 map_points: int = 2000, seed: int | None = None, on_progress: ProgressFn = None) -> ReportResult:
+                 map_points: int = 2000, seed: int | None = None, on_progress: ProgressFn | None = None) -> ReportResult:
     """Write ``out/index.html`` and ``out/thumbs/`` for a recorded round (default: the latest) or a selection file."""
     started = time.perf_counter()
     if round is not None and selection is not None:

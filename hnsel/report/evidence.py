@@ -20,7 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..store import MilvusIndex, Store
+from ..store.problem import MilvusIndex
+from ..store import Store
 from ..strategies import AnchorChunk, SelectionProblem
 from ..strategies.hardneg import PairedSide, full_threshold_setters
 
@@ -44,8 +45,7 @@ class PairedState:
 def _later_selected(store: Store, side: str, round_: int | None) -> set[str]:
     if round_ is None or not store.has_field(side, "round"):
         return set()
-    f = store.fields(side)
-    expr = f'{f.pool} == "paired" and {f.round} >= {int(round_)}'
+    expr = store.where(side, pool="paired", min_round=round_)
     return {r["id"] for batch in store.iter_rows(side, expr, ("id",)) for r in batch}
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from ..errors import InputError, SelectionError
 from ..store import Store
 from ..tables import iter_jsonl
-from ..workflows_rounds import KIND_OF, ROUND_PREFIX, picks_hash, round_log, round_picks
+from ..schema import KIND_OF, ROUND_PREFIX
+from ..workflows.rounds import picks_hash, round_log, round_picks
 
 __all__ = ["Picks", "load_round", "load_selection", "latest_round"]
 
@@ -55,8 +56,7 @@ def load_round(store: Store, number: int) -> Picks:
     notes = []
     if kept is None:
         kind = KIND_OF[modality]
-        f = store.fields(kind)
-        ids = sorted(r["id"] for batch in store.iter_rows(kind, f"{f.round} == {int(number)}", ("id",)) for r in batch)
+        ids = sorted(r["id"] for batch in store.iter_rows(kind, store.where(kind, round=number), ("id",)) for r in batch)
         kept = {"ids": ids, "scores": [None] * len(ids), "violations": [None] * len(ids), "reasons": ["unknown"] * len(ids)}
         notes.append(f"round {number} was recorded before hnsel kept each pick's rank, score and reason: its {len(ids)} samples still "
                      "marked with the round are listed in id order")

@@ -1,6 +1,6 @@
 """Selection strategies, pluggable by name: ``get_strategy(name, **params)``, ``list_strategies()``."""
 
-from . import auto, coreset, density, hardneg, random  # noqa: F401  (importing registers them)
+from . import ascmr, auto, coreset, density, hardneg, random  # noqa: F401  (importing registers them)
 from .base import AnchorChunk, ExactIndex, NeighborIndex, Selection, SelectionProblem, get_strategy, list_strategies, register
 
 __all__ = ["AnchorChunk", "ExactIndex", "NeighborIndex", "Selection", "SelectionProblem", "get_strategy", "list_strategies", "register"]

@@ -233,7 +233,7 @@ class ASCMR:
     shift: float = field(default=10.0, metadata={"help": "Match-probability offset b in sigmoid(-a*d + b); pass a trained GaussianHeads' shift."})
     intra_weight: float = field(default=1.0, metadata={
         "help": "Weight of a candidate's own normalised uncertainty against the cross-modal ambiguity (weight 1)."})
-    lam: float = field(default=0.5, metadata={
+    lam: float = field(default=0.5, metadata={"flag": "--lambda",
         "help": "Density penalty: informativeness lost per picked linked neighbour at similarity 1 (0 = rank by informativeness)."})
     density_neighbors: int = field(default=10, metadata={"help": "Nearest candidates per shortlisted candidate that form the density neighbour graph."})
     shortlist: int = field(default=10, metadata={"help": "The allocation considers the shortlist x budget most informative candidates."})

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SelectionError
-from .base import Selection, SelectionProblem, check_budget, fill_random, register
+from .base import Selection, SelectionProblem, check_budget, describe_params, fill_random, param, register
 from .coreset import k_center_greedy
 from .density import density_greedy
 from .hardneg import HardNegative
@@ -153,33 +153,20 @@ def coverage_picks(problem: SelectionProblem, count: int, centres: np.ndarray, r
 @register("auto")
 @dataclass(frozen=True)
 class Auto:
-    """Split the budget between coverage (k-center) and hard negatives (density-guarded) by measured coverage.
+    """Split the budget between coverage (k-center) and hard negatives (density-guarded) by measured coverage;
+    the hard-negative condition and score are those of its ``hardneg`` component."""
 
-    ``coverage_share``: fix the coverage part of the non-random budget (None: measured); ``random_share``: part
-    drawn uniformly as a guard; ``min_coverage`` / ``max_coverage``: the range a measured coverage share is
-    clipped to (the floor is the hedge when the measurement cannot tell the regimes apart); ``ratio``: a candidate is uncovered when its nearest paired sample is more than ``ratio`` times
-    as far as its nearest candidate; ``sample``: candidates measured; ``lam``: crowding penalty of the
-    hard-negative picks; ``shortlist``: hard-negative picks are chosen among ``shortlist x`` their count;
-    ``k``, ``weight``, ``batch``, ``batch_size``, ``paired_mb``: the hard-negative condition and score, as
-    ``hardneg`` takes them.
-    """
-
-    coverage_share: float | None = None
-    random_share: float = 0.0
-    min_coverage: float = 0.5
-    max_coverage: float = 0.9
-    ratio: float = 2.0
-    sample: int = 2048
-    lam: float = 1.0
-    shortlist: int = 10
-    k: int = 1
-    weight: str = "surplus"
-    batch: str = "full"
-    batch_size: int = 128
-    paired_mb: float = 1024
-    window: str = "hard"
-    spread_low: float = 0.6
-    spread_high: float = 0.9
+    coverage_share: float | None = param(None, "Fix the coverage part of the non-random budget, in [0, 1] (default: measured).")
+    random_share: float = param(0.0, "Part of the budget drawn uniformly at random as a guard, in [0, 1).")
+    min_coverage: float = param(0.5, "Lowest coverage share a measured coverage is clipped to (the hedge when the measurement cannot tell the regimes apart).")
+    max_coverage: float = param(0.9, "Highest coverage share a measured coverage is clipped to.")
+    ratio: float = param(2.0, "A candidate is uncovered when its nearest paired sample is more than RATIO times as far as its nearest candidate.")
+    sample: int = param(2048, "Candidates measured for the coverage estimate.")
+    lam: float = param(1.0, "Weight of the mean pairwise similarity of the hard-negative picks (crowding penalty).", flag="--lambda")
+    shortlist: int = param(10, "Hard-negative picks are chosen among SHORTLIST x their count best-scored candidates.")
+    hardneg: HardNegative = param(factory=HardNegative, help="The hard-negative condition and score (hardneg's parameters).")
+    spread_low: float = param(0.6, "Violator spread at or below which hard negatives get their measured share (no coverage floor).")
+    spread_high: float = param(0.9, "Violator spread at or above which the coverage floor is 1 (hardness is diffuse).")
 
     def __post_init__(self) -> None:
         numbers = ("coverage_share", "random_share", "min_coverage", "max_coverage", "ratio", "lam", "spread_low", "spread_high")
@@ -199,18 +186,13 @@ class Auto:
             raise SelectionError(f"auto: need 0 <= spread_low < spread_high, got {self.spread_low} and {self.spread_high}")
         if not self.ratio >= 1.0 or not self.lam >= 0 or self.sample < 1 or self.shortlist < 1:
             raise SelectionError("auto: ratio must be at least 1, lam at least 0, sample and shortlist at least 1")
-        self._hardneg()  # the hard-negative parameters fail here, with hardneg's own messages
-
-    def _hardneg(self) -> HardNegative:
-        return HardNegative(k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size, paired_mb=self.paired_mb,
-                            window=self.window)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         ids = problem.candidate_ids
         check_budget(budget, len(ids))
         coverage = dict(coverage_gap(problem, min(self.sample, len(ids)), self.ratio, rng), ratio=self.ratio)
         if problem.n_anchors:
-            scores, counts, hn_stats = self._hardneg().scores(problem, rng)
+            scores, counts, hn_stats = self.hardneg.scores(problem, rng)
         else:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)
@@ -234,7 +216,7 @@ class Auto:
                  "picked_on_merit": int(len(parts["coverage"]) + len(parts["hardneg"])), "filled": len(parts["fill"]),
                  "anchors": int(hn_stats.get("anchors", 0)), "truncated": int(hn_stats.get("truncated", 0)),
                  **{k: hn_stats[k] for k in ("deepened", "range_searched", "thresholds") if k in hn_stats}, **cov_stats}
-        return Selection(ids[picked], np.concatenate(part_scores), counts[picked], reasons, "auto", self.__dict__.copy(), stats)
+        return Selection(ids[picked], np.concatenate(part_scores), counts[picked], reasons, "auto", describe_params(self), stats)
 
     def _pick(self, problem: SelectionProblem, scores: np.ndarray, plan: dict, rng: np.random.Generator):
         """Hard negatives first, then k-center coverage around paired samples and those picks, then random."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -18,11 +19,11 @@ from ..errors import SelectionError
 
 __all__ = [
     "NeighborIndex", "ExactIndex", "AnchorChunk", "SelectionProblem", "Selection", "Strategy",
-    "register", "get_strategy", "list_strategies", "check_budget", "fill_random", "top_by_score",
+    "register", "get_strategy", "list_strategies", "param", "params_of", "ParamSpec", "describe_params", "check_budget", "fill_random", "top_by_score", "positions", "sorter_for",
 ]
 
 # Pools a NeighborIndex answers for: "paired" (the negatives' side) and "candidates" (selectable samples).
-POOLS = ("paired", "candidates")
+INDEX_POOLS = ("paired", "candidates")
 
 
 class NeighborIndex(Protocol):
@@ -90,6 +91,7 @@ class AnchorChunk:
     ids: np.ndarray
     vectors: np.ndarray
     positives: tuple[frozenset[str], ...]
+    uncertainty: np.ndarray | None = None  # per anchor: the summed variance of its Gaussian embedding (probabilistic heads only)
 
 
 @dataclass
@@ -106,6 +108,8 @@ class SelectionProblem:
     stats: dict[str, Any] = field(default_factory=dict)
     candidate_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # (indices, vectors) batches
     paired_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # negatives' side: (ids, vectors) batches
+    candidate_uncertainty: np.ndarray | None = None  # per candidate: the summed variance of its Gaussian embedding (probabilistic heads only)
+    engine: str = "milvus"  # how hard-negative scores are computed: "milvus" (neighbour searches) or "exact" (blockwise products)
 
     def progress(self, task: str, completed: int, total: int | None) -> None:
         if self.on_progress is not None:
@@ -179,20 +183,91 @@ def list_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def param(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A strategy parameter, declared once on its dataclass: ``help`` and ``flag`` (default ``--name-with-dashes``)
+    become the ``hnsel select`` option; a ``factory`` field holding another strategy makes it a component whose own
+    parameters ``get_strategy`` routes to it (``auto`` and ``density`` take a ``hardneg``)."""
+    metadata = {"help": help, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: its ``name``, Python ``type`` (int, float or str), ``default``, ``help``, CLI ``flag``,
+    and ``owner`` (the strategy that declares it; a component's parameters name the component)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    flag: str
+    owner: str
+
+
+def _components(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that hold another registered strategy: field name -> that strategy's class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if isinstance(hints[f.name], type) and hints[f.name] in _REGISTRY.values()}
+
+
+def _scalar(tp: Any) -> type:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def params_of(name: str) -> list[ParamSpec]:
+    """The parameters strategy ``name`` takes: its own, then its components' (by the component's name)."""
+    cls = _REGISTRY[name]
+    hints = typing.get_type_hints(cls)
+    components = _components(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in components:
+            out.extend(p for p in params_of(components[f.name].name) if p.name not in {q.name for q in out})
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(ParamSpec(f.name, _scalar(hints[f.name]), default, f.metadata.get("help", ""),
+                             f.metadata.get("flag") or "--" + f.name.replace("_", "-"), name))
+    return out
+
+
 def get_strategy(name: str, **params: Any) -> Strategy:
-    """Build a registered strategy; unknown names and parameters are one-line errors."""
+    """Build a registered strategy; a parameter it does not declare itself goes to the component that does.
+    Unknown names and parameters, and non-finite numbers, are one-line errors."""
     if name not in _REGISTRY:
         raise SelectionError(f"unknown strategy {name!r}; choose one of {', '.join(list_strategies())}")
-    cls = _REGISTRY[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - known)
+    known = {p.name: p for p in params_of(name)}
+    unknown = sorted(set(params) - set(known))
     if unknown:
         raise SelectionError(f"strategy {name!r} takes no parameter(s) {unknown}; it takes {sorted(known)}")
     for key, value in params.items():  # inf or NaN would give NaN scores and duplicate picks, and no valid JSON
         if isinstance(value, float) and not math.isfinite(value):
-            flag = "--lambda" if key == "lam" else "--" + key.replace("_", "-")
-            raise SelectionError(f"{flag} {value}: use a finite number")
-    return cls(**params)
+            raise SelectionError(f"{known[key].flag} {value}: use a finite number")
+    return _build(_REGISTRY[name], params)
+
+
+def _build(cls: type, params: dict[str, Any]) -> Any:
+    own = {f.name for f in dataclasses.fields(cls)}
+    components = _components(cls)
+    kwargs = {k: v for k, v in params.items() if k in own and k not in components}
+    for field_name, comp in components.items():
+        routed = {k: v for k, v in params.items() if k not in own and k in {p.name for p in params_of(comp.name)}}
+        kwargs[field_name] = _build(comp, routed)
+    return cls(**kwargs)
+
+
+def describe_params(strategy: Any) -> dict[str, Any]:
+    """A strategy's parameters as plain values, components' flattened in (what ``Selection.params`` records)."""
+    out = {}
+    for f in dataclasses.fields(strategy):
+        value = getattr(strategy, f.name)
+        if dataclasses.is_dataclass(value) and type(value) in _REGISTRY.values():
+            out.update({k: v for k, v in describe_params(value).items() if k not in out})
+        else:
+            out[f.name] = value
+    return out
 
 
 def check_budget(budget: int, n_candidates: int) -> None:
@@ -219,3 +294,19 @@ def fill_random(n: int, taken: np.ndarray, count: int, rng: np.random.Generator)
     mask[taken] = False
     rest = np.flatnonzero(mask)
     return rng.choice(rest, size=count, replace=False) if count < len(rest) else rest
+
+
+def sorter_for(candidate_ids: np.ndarray) -> np.ndarray | None:
+    """None when the ids are sorted (as the store gives them), else the argsort ``positions`` needs."""
+    return None if bool(np.all(candidate_ids[:-1] <= candidate_ids[1:])) else np.argsort(candidate_ids)
+
+
+def positions(candidate_ids: np.ndarray, ids: np.ndarray, sorter: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate indices of ``ids``: (indices, mask of the ``ids`` that are candidates), by binary search,
+    so no id -> index table is held."""
+    if len(ids) == 0 or len(candidate_ids) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(len(ids), dtype=bool)
+    pos = np.minimum(np.searchsorted(candidate_ids, ids, sorter=sorter), len(candidate_ids) - 1)
+    pos = pos if sorter is None else sorter[pos]
+    found = np.asarray(candidate_ids[pos] == ids, dtype=bool)
+    return pos[found].astype(np.int64), found

@@ -27,27 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SelectionError
-from .base import Selection, SelectionProblem, check_budget, register
+from .base import Selection, SelectionProblem, check_budget, param, positions, register, sorter_for
 
-__all__ = ["CoreSet", "nearest_centre_distances", "distances_and_cache", "k_center_greedy", "positions", "sorter_for"]
+__all__ = ["CoreSet", "nearest_centre_distances", "distances_and_cache", "k_center_greedy"]
 
 PICKED = -1.0  # distance marking a candidate that is already a centre
-
-
-def sorter_for(candidate_ids: np.ndarray) -> np.ndarray | None:
-    """None when the ids are sorted (as the store gives them), else the argsort ``positions`` needs."""
-    return None if bool(np.all(candidate_ids[:-1] <= candidate_ids[1:])) else np.argsort(candidate_ids)
-
-
-def positions(candidate_ids: np.ndarray, ids: np.ndarray, sorter: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate indices of ``ids``: (indices, mask of the ``ids`` that are candidates), by binary search,
-    so no id -> index table is held."""
-    if len(ids) == 0 or len(candidate_ids) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(len(ids), dtype=bool)
-    pos = np.minimum(np.searchsorted(candidate_ids, ids, sorter=sorter), len(candidate_ids) - 1)
-    pos = pos if sorter is None else sorter[pos]
-    found = np.asarray(candidate_ids[pos] == ids, dtype=bool)
-    return pos[found].astype(np.int64), found
 
 
 def nearest_centre_distances(problem: SelectionProblem, batch_size: int = 4096) -> np.ndarray:
@@ -143,15 +127,12 @@ class CoreSet:
     """k-center greedy from the paired set: each pick is the candidate farthest (cosine) from every centre.
 
     Optimises coverage: the largest distance from any candidate to its nearest selected or paired sample.
-    ``cache_mb``: hold the candidates' vectors in memory when they fit (0: never);
-    ``search_limit``: hits per range-search update before falling back to a streamed pass;
-    ``batch_size``: candidate vectors per streamed batch. Deterministic; the seed only matters when there
-    is no paired sample (the first centre is then drawn at random).
+    Deterministic; the seed only matters when there is no paired sample (the first centre is then drawn at random).
     """
 
-    search_limit: int = 4096
-    batch_size: int = 4096
-    cache_mb: float = 256
+    search_limit: int = param(4096, "Hits per range-search update before it falls back to a streamed pass.")
+    batch_size: int = param(4096, "Candidate vectors per streamed batch.")
+    cache_mb: float = param(256, "Hold the candidates' vectors in memory when they fit in this many MB (0: never).")
 
     def __post_init__(self) -> None:
         if self.search_limit < 1 or self.batch_size < 1 or not self.cache_mb >= 0:

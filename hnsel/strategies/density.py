@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SelectionError
-from .base import Selection, SelectionProblem, check_budget, register
+from .base import Selection, SelectionProblem, check_budget, describe_params, param, register
 from .coreset import nearest_centre_distances
-from .hardneg import hardneg_scores
+from .hardneg import HardNegative
 
 __all__ = ["Density", "density_greedy", "normalise", "BASES"]
 
@@ -94,17 +94,13 @@ def shortlist(u: np.ndarray, ids: np.ndarray, size: int, rng: np.random.Generato
 @register("density")
 @dataclass(frozen=True)
 class Density:
-    """Maximise summed informativeness minus ``lam`` x the mean pairwise similarity of the picks (greedy).
+    """Maximise summed informativeness minus ``lam`` x the mean pairwise similarity of the picks (greedy)."""
 
-    ``base``: informativeness, ``hardneg`` (Surplus, Top-1, full batch; normalised) or ``coreset``
-    (distance to the nearest paired sample); ``lam``: weight of the crowding penalty (0 = the base ranking;
-    default: the budget, so that a mean similarity of 1 costs as much as the picks' whole informativeness);
-    ``shortlist``: the greedy considers the ``shortlist x budget`` most informative candidates.
-    """
-
-    base: str = "hardneg"
-    lam: float | None = None
-    shortlist: int = 10
+    base: str = param("hardneg", "Informativeness: hardneg (its score, normalised) or coreset (distance to the nearest paired sample).")
+    lam: float | None = param(None, "Weight of the crowding penalty (0: the base ranking; default: the budget, so a mean similarity of 1 "
+                                    "costs as much as the picks' whole informativeness).", flag="--lambda")
+    shortlist: int = param(10, "The greedy considers the SHORTLIST x budget most informative candidates.")
+    hardneg: HardNegative = param(factory=HardNegative, help="The hard-negative score used when base is hardneg (hardneg's parameters).")
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
@@ -120,7 +116,7 @@ class Density:
             return normalise(np.where(np.isinf(dist), 2.0, dist)), np.zeros(len(dist), dtype=np.int64), {}
         if problem.n_anchors == 0:
             raise SelectionError("no paired data: density with --base hardneg needs paired captions and images; use --base coreset")
-        scores, counts, stats = hardneg_scores(problem, rng=rng)
+        scores, counts, stats = self.hardneg.scores(problem, rng)
         return normalise(scores), counts, {"candidates_with_score": int((scores > 0).sum()), "truncated": stats["truncated"]}
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
@@ -133,5 +129,5 @@ class Density:
         rows, gains, greedy_stats = density_greedy(u[short], vectors, budget, lam)
         picked = short[rows]
         reasons = np.where(u[picked] > 0, "density", "diverse").astype(object)
-        return Selection(ids[picked], gains, counts[picked], reasons, "density", self.__dict__.copy(),
+        return Selection(ids[picked], gains, counts[picked], reasons, "density", describe_params(self),
                          dict(stats, **greedy_stats, candidates=int(len(ids)), shortlist=int(len(short)), lam=lam))

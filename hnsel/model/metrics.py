@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["evaluate_recall", "image_to_text_ranks", "text_to_image_ranks", "recall_at"]
 

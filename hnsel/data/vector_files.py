@@ -12,14 +12,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InputError
-from .store import text_problem
-from .tables import iter_jsonl
+from ..errors import InputError
+from ..store import text_problem
+from ..tables import iter_jsonl
+from ..schema import POOLS
 
-__all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "unit_rows", "POOLS", "ID_MAX_LENGTH"]
+__all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "unit_rows"]
 
-POOLS = ("paired", "unpaired")
-ID_MAX_LENGTH = 512
 REQUIRED = {"images": ("id", "vector", "pool"), "texts": ("id", "vector", "pool")}
 OPTIONAL = {"images": ("uri",), "texts": ("image_id", "text")}
 

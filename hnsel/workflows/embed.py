@@ -10,28 +10,26 @@ image, so an image present in the store implies its captions are too.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import HnselConfig
-from .data import Dataset, ImageRecord, load_source
-from .data.images import ImageReadError, open_image
-from .data.sources import detect_format
-from .embed import DEFAULT_PRETRAINED, Encoder, describe_model, load_encoder, same_model
-from .errors import InputError, ModelMismatchError
-from .tables import check_table_path, write_table
+from ..config import HnselConfig
+from ..data.records import Dataset, ImageRecord
+from ..data import load_source
+from ..model.encoder import Encoder, load_encoder
+from ..schema import DEFAULT_PRETRAINED
+from ..errors import InputError
+from ..store.bulk import BulkSink
+from ..tables import check_table_path, write_table
+from ..schema import MODEL_META_KEY, ProgressFn
 
-__all__ = ["embed", "write_bulk", "check_model", "EmbedReport", "MODEL_META_KEY"]
+__all__ = ["embed", "write_bulk", "EmbedReport"]
 
-MODEL_META_KEY = "model"
-ProgressFn = Callable[[str, int, Optional[int]], None]
-_ID_MAX_LENGTH = 512  # the store's VARCHAR primary key
 
 
 @dataclass
@@ -64,28 +62,9 @@ class EmbedReport:
         return out
 
 
-def check_model(store, model_info: dict) -> None:
-    """Refuse to mix embedding spaces: the store's model record must describe ``model_info``'s model."""
-    held = store.get_meta(MODEL_META_KEY)
-    where = f"namespace {store.config.namespace!r} at {store.config.safe_uri}"
-    if held is not None and not same_model(held, model_info):
-        raise ModelMismatchError(
-            f"{where} holds vectors of {describe_model(held)}, but this run uses {describe_model(model_info)}; "
-            "mixing embedding spaces would corrupt every search: use a new --namespace for this model, or embed with the store's model"
-        )
-    if held is None and (store.count("images") or store.count("texts")):
-        raise ModelMismatchError(
-            f"{where} holds vectors with no model record (ingested from files?), and this run uses {describe_model(model_info)}; "
-            "use a new --namespace for model-embedded data"
-        )
-    dim = store.dim
-    if dim is not None and dim != model_info["dim"]:
-        raise ModelMismatchError(f"{where} holds {dim}-dimensional vectors, {describe_model(model_info)} makes {model_info['dim']}; use a new --namespace")
-
-
 def _validate(dataset: Dataset) -> None:
     """Every id, uri and caption fits its Milvus field (UTF-8 bytes), checked before anything is written."""
-    from .store import text_problem
+    from ..store import text_problem
 
     def fields(record) -> Iterator[tuple[str, str, str]]:
         if isinstance(record, ImageRecord):
@@ -121,7 +100,7 @@ def _prepare(source, model_name, pretrained, device, batch_size, num_workers, im
     dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
     _validate(dataset)
     encoder = encoder or load_encoder(model_name, pretrained, device)
-    return dataset, encoder, EmbedReport(str(source), detect_format(source), dict(encoder.model_info))
+    return dataset, encoder, EmbedReport(str(source), dataset.format, dict(encoder.model_info))
 
 
 def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED,
@@ -129,13 +108,13 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
           encoder: Encoder | None = None, on_progress: ProgressFn | None = None) -> EmbedReport:
     """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees."""
-    from .store import open_store
+    from ..store import open_store
 
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
                                         errors_path, encoder)
     start = time.perf_counter()
     with open_store(config.store) as store:
-        check_model(store, encoder.model_info)
+        store.check_model(encoder.model_info)
         for kind in ("images", "texts"):  # refused before the model record or any vector is written
             if store.read_only(kind):
                 raise InputError(f"collection {store.name(kind)} is configured read_only in hnsel.toml; hnsel embed writes to it: "
@@ -200,42 +179,10 @@ def _timed(report: EmbedReport, slot: str, fn: Callable, *args: Any) -> Any:
         setattr(report, slot, getattr(report, slot) + time.perf_counter() - t0)
 
 
-class _ImageItems:
-    """A map-style dataset for torch's DataLoader: (index, preprocessed tensor or None, reason or None)."""
-
-    def __init__(self, records: Sequence[ImageRecord], preprocess: Callable):
-        self.records, self.preprocess = records, preprocess
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int):
-        record = self.records[index]
-        if not record.uri:
-            return index, None, "no uri"
-        try:
-            return index, self.preprocess(open_image(record.uri)), None
-        except ImageReadError as exc:
-            return index, None, exc.reason
-        except Exception as exc:  # a transform failing on an odd image must not stop the job
-            return index, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:200]})"
-
-
-def _collate(items):
-    import torch
-
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    batch = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, [(i, reason) for i, t, reason in items if t is None]
-
-
 def _batches(records: Sequence[ImageRecord], encoder: Encoder, batch_size: int, num_workers: int) -> Iterator:
-    from torch.utils.data import DataLoader
+    from ..model.images import image_batches
 
-    loader = DataLoader(_ImageItems(records, encoder.preprocess), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
-                        shuffle=False, pin_memory=encoder.device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if num_workers else None)
-    return iter(loader)
+    return image_batches([r.uri for r in records], encoder.preprocess, batch_size, num_workers, pin_memory=encoder.device.type == "cuda")
 
 
 def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
@@ -288,55 +235,6 @@ class _StoreSink:
         self.store.upsert(kind, data)
 
 
-# ---------------------------------------------------------------------------------------------
-# BulkWriter files for a Milvus server's bulk_import
-
-_SCALAR_LENGTHS = {"images": {"pool": 16, "uri": 4096}, "texts": {"pool": 16, "image_id": _ID_MAX_LENGTH, "text": 65535}}
-
-
-def _bulk_schema(fields, kind: str, dim: int):
-    """The collection schema hnsel's store creates, for pymilvus's LocalBulkWriter."""
-    from pymilvus import DataType, MilvusClient
-
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field(fields.id, DataType.VARCHAR, is_primary=True, max_length=_ID_MAX_LENGTH)
-    schema.add_field(fields.vector, DataType.FLOAT_VECTOR, dim=dim)
-    for name, length in _SCALAR_LENGTHS[kind].items():
-        schema.add_field(getattr(fields, name), DataType.VARCHAR, max_length=length)
-    schema.add_field(fields.round, DataType.INT64)
-    return schema
-
-
-class _BulkSink:
-    """Rows into Parquet files, one LocalBulkWriter per collection."""
-
-    def __init__(self, config: HnselConfig, out_dir: Path, dim: int):
-        try:
-            from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter
-        except ModuleNotFoundError as exc:
-            raise InputError(f"--bulk needs pymilvus's bulk_writer extra ({exc}); pip install 'hnsel[bulk]'") from None
-        for name in [n for n in logging.root.manager.loggerDict if n.startswith("pymilvus.bulk_writer")] + ["bulk_writer"]:
-            logging.getLogger(name).setLevel(logging.WARNING)  # it logs every flush at INFO
-        self.fields = {kind: getattr(config.store, kind) for kind in ("images", "texts")}
-        self.writers = {kind: LocalBulkWriter(schema=_bulk_schema(self.fields[kind], kind, dim), local_path=str(out_dir / kind),
-                                              file_type=BulkFileType.PARQUET) for kind in self.fields}
-
-    def write(self, kind: str, data: dict) -> None:
-        f, writer = self.fields[kind], self.writers[kind]
-        scalars = [c for c in _SCALAR_LENGTHS[kind] if c in data]
-        for i, row_id in enumerate(data["id"]):
-            row = {f.id: str(row_id), f.vector: data["vector"][i].tolist(), f.round: -1}
-            row.update({getattr(f, c): data[c][i] for c in scalars})
-            writer.append_row(row)
-
-    def close(self) -> dict[str, list[str]]:
-        files: dict[str, list[str]] = {}
-        for kind, writer in self.writers.items():
-            writer.commit()
-            files[kind] = [str(p) for batch in writer.batch_files for p in batch]
-        return files
-
-
 def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os.PathLike, *, model_name: str | None = None,
                pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto", batch_size: int = 64, num_workers: int = 0,
                images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
@@ -348,7 +246,7 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    sink = _BulkSink(config, out, encoder.dim)
+    sink = BulkSink(config.store, out, encoder.dim)
     try:
         _run(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip=None)
         report.bulk_files = sink.close()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .evaluate import evaluate_recall
+from ..errors import InputError
+from .metrics import evaluate_recall
 from .heads import HEAD_KINDS, ProjectionHead
 from .losses import LossSpec, caption_labels, parse_loss
 

@@ -18,22 +18,15 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .config import CollectionConfig, StoreConfig
-from .errors import ConfigError, StoreError, StoreLockedError
+from ..config import CollectionConfig, StoreConfig
+from ..errors import ConfigError, StoreError, StoreLockedError
+from ..errors import ModelMismatchError
+from ..schema import FIELD_MAX_BYTES, ID_MAX_LENGTH, KINDS, MODEL_META_KEY, SCALAR_FIELDS, describe_model, same_model
 
-__all__ = ["Store", "open_store", "MilvusIndex", "KINDS", "MAX_TOPK", "quote", "in_filter", "text_problem", "FIELD_MAX_BYTES", "ID_MAX_LENGTH"]
+__all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter", "text_problem"]
 
-KINDS = ("images", "texts")
 MAX_TOPK = 16384  # Milvus's cap on topk and nq
 MAX_RESULTS_PER_REQUEST = 1_000_000  # nq x limit per search call, to keep responses well under 64 MB
-ID_MAX_LENGTH = 512
-# Canonical field -> (type, max_length) for the collections hnsel creates; vector is added with its dim.
-_SCALARS = {
-    "images": {"pool": 16, "uri": 4096, "round": None},
-    "texts": {"pool": 16, "image_id": ID_MAX_LENGTH, "text": 65535, "round": None},
-}
-# VARCHAR limits by canonical field: a server counts UTF-8 bytes (Lite counts characters), so bytes are checked.
-FIELD_MAX_BYTES = {"id": ID_MAX_LENGTH, "pool": 16, "uri": 4096, "image_id": ID_MAX_LENGTH, "text": 65535}
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _IN_FILTER_CHARS = 256 * 1024  # one expression's literals; requests stay far under Milvus's limits
 
@@ -167,11 +160,48 @@ class Store:
         return getattr(self.config, kind)
 
     def pool_filter(self, kind: str, pool: str, unselected: bool = False) -> str:
+        """The filter of one pool; ``unselected``: only samples no round has picked (when the collection has rounds)."""
+        return self.where(kind, pool=pool, round=-1 if unselected and self.has_field(kind, "round") else None)
+
+    def where(self, kind: str, *, pool: str | None = None, round: int | None = None, min_round: int | None = None,
+              image_ids: Sequence[str] | None = None) -> str:
+        """A filter expression of ``kind``'s rows: every condition given must hold (``""``: all rows). The only
+        place hnsel writes a filter; strings enter through ``quote``, numbers as ints."""
         f = self.fields(kind)
-        expr = f"{f.pool} == {quote(pool)}"
-        if unselected and self.has_field(kind, "round"):
-            expr += f" and {f.round} == -1"
-        return expr
+        terms = []
+        if pool is not None:
+            terms.append(f"{f.pool} == {quote(pool)}")
+        if round is not None:
+            terms.append(f"{f.round} == {int(round)}")
+        if min_round is not None:
+            terms.append(f"{f.round} >= {int(min_round)}")
+        if image_ids is not None:
+            terms.append(in_filter(f.image_id, list(image_ids)))
+        return " and ".join(terms)
+
+    def excluding(self, kind: str, filter: str, ids: Sequence[str]) -> str:
+        """``filter`` without the rows whose id is in ``ids``."""
+        if not len(ids):
+            return filter
+        return f"({filter}) and not ({in_filter(self.fields(kind).id, list(ids))})"
+
+    def check_model(self, model_info: dict) -> None:
+        """Refuse to mix embedding spaces: the store's model record must describe ``model_info``'s model."""
+        held = self.get_meta(MODEL_META_KEY)
+        where = f"namespace {self.config.namespace!r} at {self.config.safe_uri}"
+        if held is not None and not same_model(held, model_info):
+            raise ModelMismatchError(
+                f"{where} holds vectors of {describe_model(held)}, but this run uses {describe_model(model_info)}; "
+                "mixing embedding spaces would corrupt every search: use a new --namespace for this model, or embed with the store's model"
+            )
+        if held is None and (self.count("images") or self.count("texts")):
+            raise ModelMismatchError(
+                f"{where} holds vectors with no model record (ingested from files?), and this run uses {describe_model(model_info)}; "
+                "use a new --namespace for model-embedded data"
+            )
+        dim = self.dim
+        if dim is not None and dim != model_info["dim"]:
+            raise ModelMismatchError(f"{where} holds {dim}-dimensional vectors, {describe_model(model_info)} makes {model_info['dim']}; use a new --namespace")
 
     # --- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -237,20 +267,10 @@ class Store:
         return index_params
 
     def _create(self, kind: str, dim: int) -> None:
-        from pymilvus import DataType, MilvusClient
-
         f = self.fields(kind)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(f.id, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
-        schema.add_field(f.vector, DataType.FLOAT_VECTOR, dim=dim)
-        for canonical, max_length in _SCALARS[kind].items():
-            if max_length is None:
-                schema.add_field(getattr(f, canonical), DataType.INT64)
-            else:
-                schema.add_field(getattr(f, canonical), DataType.VARCHAR, max_length=max_length)
         index = self._index_params(f.vector, self.config.index_type, self.config.index_params)
-        self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=schema, index_params=index,
-                 consistency_level="Strong")
+        self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=collection_schema(f, kind, dim),
+                 index_params=index, consistency_level="Strong")
         self._fields.pop(kind, None)
 
     def _ensure_meta(self) -> None:
@@ -306,11 +326,11 @@ class Store:
         if not ids:
             return 0
         vectors = np.asarray(data["vector"], dtype=np.float32)
-        columns = {c: list(data[c]) for c in _SCALARS[kind] if c in data and self.has_field(kind, c)}
+        columns = {c: list(data[c]) for c in SCALAR_FIELDS[kind] if c in data and self.has_field(kind, c)}
         if "round" not in columns and self.has_field(kind, "round"):
             kept = self.get_rounds(kind, ids)
             columns["round"] = [kept.get(i, -1) for i in ids]
-        for c in _SCALARS[kind]:
+        for c in SCALAR_FIELDS[kind]:
             if c not in columns and self.has_field(kind, c):
                 columns[c] = [""] * len(ids)
         f = self.fields(kind)
@@ -332,7 +352,7 @@ class Store:
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
         f = self.fields(kind)
-        wanted = [getattr(f, c) for c in _SCALARS[kind] if self.has_field(kind, c)]
+        wanted = [getattr(f, c) for c in SCALAR_FIELDS[kind] if self.has_field(kind, c)]
         changed = 0
         for start in range(0, len(ids), 1000):
             rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
@@ -434,28 +454,6 @@ class Store:
         return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]
 
 
-class MilvusIndex:
-    """The strategies' ``NeighborIndex`` on Milvus: ``paired`` and ``candidates`` pools of one collection."""
-
-    def __init__(self, store: Store, kind: str, paired_filter: str, candidate_filter: str, max_limit: int = MAX_TOPK):
-        self.store = store
-        self.kind = kind
-        self.filters = {"paired": paired_filter, "candidates": candidate_filter}
-        self.max_limit = max_limit
-        self.calls = 0
-
-    def search(self, vectors: np.ndarray, limit: int, pool: str):
-        self.calls += 1
-        return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool])
-
-    def range_search(self, vectors: np.ndarray, radius: Sequence[float], limit: int, pool: str, exclude: Sequence[str] = ()):
-        self.calls += 1
-        filter = self.filters[pool]
-        if len(exclude):
-            filter = f"({filter}) and not ({in_filter(self.store.fields(self.kind).id, list(exclude))})"
-        return self.store.search(self.kind, vectors, min(limit, self.max_limit), filter, radius=radius)
-
-
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities replaced by None, so it is JSON (``json.dumps(allow_nan=False)`` accepts it)."""
     if isinstance(value, float) and not np.isfinite(value):
@@ -465,6 +463,22 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def collection_schema(fields: CollectionConfig, kind: str, dim: int):
+    """The pymilvus schema of a collection hnsel creates (the store's and the BulkWriter files'): the VARCHAR
+    primary key, the FLOAT_VECTOR, and ``schema.SCALAR_FIELDS``, under the names ``fields`` maps them to."""
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(fields.id, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+    schema.add_field(fields.vector, DataType.FLOAT_VECTOR, dim=dim)
+    for canonical, max_length in SCALAR_FIELDS[kind].items():
+        if max_length is None:
+            schema.add_field(getattr(fields, canonical), DataType.INT64)
+        else:
+            schema.add_field(getattr(fields, canonical), DataType.VARCHAR, max_length=max_length)
+    return schema
 
 
 def open_store(config: StoreConfig) -> Store:

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["SECTION", "split_config", "resolve_path", "load_image_weights", "lukemelas_to_timm", "trim_tokens", "WEIGHT_FORMATS",
            "preprocess_overrides", "head_spec"]

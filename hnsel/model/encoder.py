@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import HnselError, InputError, ModelMismatchError
+from ..errors import HnselError, InputError, ModelMismatchError
+from ..schema import DEFAULT_MODEL_NAME, DEFAULT_PRETRAINED, DEVICES
 from .heads import ProjectionHead, build_head
 from . import towers
 
@@ -36,21 +37,12 @@ __all__ = [
     "load_encoder",
     "save_checkpoint",
     "resolve_device",
-    "same_model",
-    "describe_model",
     "CHECKPOINT_FORMAT",
-    "DEVICES",
-    "DEFAULT_MODEL_NAME",
-    "DEFAULT_PRETRAINED",
 ]
 
 CHECKPOINT_FORMAT = "hnsel-checkpoint"
 CHECKPOINT_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DEFAULT_MODEL_NAME = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
 _INIT_SEED = 0  # random ("none") weights are drawn from this seed: same model every load
-_IDENTITY_KEYS = ("model_name", "config_sha256", "weights", "heads_sha256", "dim")
 
 
 @dataclass
@@ -124,17 +116,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if (device == "cuda" and not torch.cuda.is_available()) or (device == "mps" and not has_mps):
         raise HnselError(f"--device {device}: no {device} device on this machine; use --device auto or cpu")
     return torch.device(device)
-
-
-def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """True when two ``model_info`` records describe the same embedding space."""
-    return all(a.get(k) == b.get(k) for k in _IDENTITY_KEYS)
-
-
-def describe_model(info: Mapping[str, Any]) -> str:
-    """One line for messages: ``ViT-B-32 / openai (dim 512)``."""
-    heads = " + heads" if info.get("heads_sha256") else ""
-    return f"{info.get('model_name')} / {info.get('pretrained')}{heads} (dim {info.get('dim')})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +399,7 @@ def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weight
                 section: Mapping[str, Any] | None = None):
     """open_clip model (fp32, cpu, eval) and its inference preprocess; errors become HnselError.
 
-    ``section``: the config's ``hnsel`` section (``hnsel.towers``): local tower weights loaded from their file."""
+    ``section``: the config's ``hnsel`` section (``hnsel.model.towers``): local tower weights loaded from their file."""
     import open_clip
 
     section = section or {}

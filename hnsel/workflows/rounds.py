@@ -25,18 +25,16 @@ import json
 import time
 from typing import Any, Callable, Sequence
 
-from .config import HnselConfig, redact_uri
-from .errors import SelectionError, StoreError
-from .leases import Lease, claim_number, describe_owner, is_dead
-from .store import Store, open_store
+from ..config import HnselConfig, redact_uri
+from ..errors import SelectionError, StoreError
+from ..store.leases import Lease, claim_number, describe_owner, is_dead
+from ..store import Store, open_store
+from ..schema import KIND_OF, PICKS_PREFIX, POOLS, ROUND_PREFIX
 
 __all__ = ["ROUND_PREFIX", "KIND_OF", "round_key", "picks_hash", "next_round", "round_log", "record_round", "list_rounds",
            "release", "show_round", "recordable", "PICKS_PREFIX", "record_picks", "round_picks", "reserve_round", "abandon_round",
            "repair_round", "unfinished_rounds", "UNFINISHED"]
 
-ROUND_PREFIX = "round/"
-KIND_OF = {"image": "images", "text": "texts"}  # modality -> the collection its candidates live in
-PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason (hnsel report)
 PICKS_RECORD_CHARS = 60_000  # under Milvus's 65535-character VARCHAR
 UNFINISHED = ("reserved", "recording")  # states of a round whose recording has not ended (yet, or ever: repair_round)
 WAIT_POLL_S = 0.5
@@ -160,8 +158,7 @@ def abandon_round(store: Store, lease: Lease) -> None:
 
 def _roll_back(store: Store, log: dict) -> int:
     number, kind = int(log["round"]), log["kind"]
-    f = store.fields(kind)
-    ids = [r["id"] for batch in store.iter_rows(kind, f"{f.round} == {number}", ("id",)) for r in batch] if store.has(kind) else []
+    ids = [r["id"] for batch in store.iter_rows(kind, store.where(kind, round=number), ("id",)) for r in batch] if store.has(kind) else []
     released = store.set_round(kind, ids, -1)
     store.delete_meta([k for k in store.meta_keys(f"{PICKS_PREFIX}{number:04d}/", strong=True)])
     store.delete_meta([round_key(number)])
@@ -233,8 +230,7 @@ def round_picks(store: Store, number: int) -> dict[str, list] | None:
 
 
 def _counts(store: Store, kind: str, number: int) -> dict[str, int]:
-    f = store.fields(kind)
-    return {pool: store.count(kind, f'{f.round} == {int(number)} and {f.pool} == "{pool}"') for pool in ("paired", "unpaired")}
+    return {pool: store.count(kind, store.where(kind, round=number, pool=pool)) for pool in POOLS}
 
 
 def list_rounds(store: Store) -> list[dict]:
@@ -273,8 +269,7 @@ def release(config: HnselConfig, number: int) -> dict:
         why = recordable(store, log["modality"])
         if why:
             raise StoreError(why.replace("the round was not recorded", "nothing can be released"))
-        f = store.fields(kind)
-        expr = f'{f.round} == {int(number)} and {f.pool} == "unpaired"'
+        expr = store.where(kind, round=number, pool="unpaired")
         ids = [row["id"] for batch in store.iter_rows(kind, expr, ("id",)) for row in batch]
         released = store.set_round(kind, ids, -1)
         store.set_meta(round_key(number), dict(log, released=int(log.get("released", 0)) + released,

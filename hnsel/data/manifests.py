@@ -14,15 +14,15 @@ from typing import Any, Iterator
 
 from ..errors import InputError
 from ..tables import iter_jsonl, read_csv_rows
-from . import Dataset, ImageRecord, TextRecord
+from .records import Dataset, ImageRecord, TextRecord
 from .images import is_remote
+from ..schema import POOLS
 
 __all__ = ["read_manifest", "MANIFEST_SUFFIXES", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 REQUIRED_COLUMNS = ("id", "uri")
 OPTIONAL_COLUMNS = ("caption", "image_id", "pool")
-POOLS = ("paired", "unpaired")
 
 
 def read_manifest(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> Dataset:

@@ -6,7 +6,7 @@ same for every strategy). Each round: train heads on the paired images' backbone
 captions (head mode), evaluate Recall@K and R-sum on the test split, write every pool vector through
 the round's heads into a Milvus store (one namespace per strategy and seed), pick ``budget`` unpaired
 images with ``hnsel.api.select`` (exactly what users run) and reveal their captions (the oracle). The
-last round only trains and evaluates. Backbone features are computed once (``hnsel.features`` cache).
+last round only trains and evaluates. Backbone features are computed once (``hnsel.model.features`` cache).
 
 ``OUT/results.json`` is rewritten atomically after every round, so an interrupted run resumes from its
 last finished round; ``results.md`` (mean and standard deviation over seeds) and ``rsum.png`` are
@@ -22,30 +22,32 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import HnselConfig
-from .data import load_source
-from .embed import DEFAULT_PRETRAINED, load_encoder
-from .errors import ConfigError, InputError
-from .evaluate import evaluate_recall
-from .features import DEFAULT_CACHE_DIR, backbone_features
-from .losses import parse_loss
-from .store import open_store
-from .strategies import get_strategy
-from .tables import write_text_atomic
-from .train import apply_heads, train_heads
-from .workflows_select import select
-from .workflows_train import Paired, paired_from_dataset
+from ..config import HnselConfig
+from ..data import load_source
+from ..model.encoder import load_encoder
+from ..schema import DEFAULT_PRETRAINED
+from ..errors import ConfigError, InputError
+from ..model.metrics import evaluate_recall
+from ..model.features import backbone_features
+from ..schema import DEFAULT_CACHE_DIR
+from ..model.losses import parse_loss
+from ..store import open_store
+from ..strategies import get_strategy
+from ..tables import write_text_atomic
+from ..model.train import apply_heads, train_heads
+from .select import select
+from .train import Paired, paired_from_dataset
+from ..schema import ProgressFn
 
 __all__ = ["simulate", "SimulateReport", "StrategySpec", "parse_strategy", "summarise", "markdown_table", "write_reports",
            "RESULTS_NAME", "TIME_KEYS"]
 
 RESULTS_NAME = "results.json"
 TIME_KEYS = ("train_seconds", "eval_seconds", "embed_seconds", "select_seconds")
-ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import Dataset, ImageRecord
+from .records import Dataset, ImageRecord
 
 __all__ = ["read_json", "read_coco", "read_karpathy", "json_kind"]
 

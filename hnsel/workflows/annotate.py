@@ -18,22 +18,22 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .annotations_io import EXPORT_FORMATS, Annotation, read_annotations, write_label_studio
-from .config import HnselConfig
-from .errors import InputError, ModelMismatchError, StoreError
-from .leases import Lease, describe_owner, is_dead
-from .store import Store, open_store, text_problem
-from .vectors import unit_rows
-from .tables import write_table
-from .workflows_rounds import KIND_OF, round_log
+from ..data.annotator_files import EXPORT_FORMATS, Annotation, read_annotations, write_label_studio
+from ..config import HnselConfig
+from ..errors import InputError, ModelMismatchError, StoreError
+from ..store.leases import Lease, describe_owner, is_dead
+from ..store import Store, open_store, text_problem
+from ..data.vector_files import unit_rows
+from ..tables import write_table
+from ..schema import IMPORT_PREFIX, KIND_OF, MODEL_META_KEY
+from .rounds import round_log
 
 __all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport", "unfinished_imports", "repair_import", "IMPORT_PREFIX"]
 
-IMPORT_PREFIX = "import/"
 JOURNAL_PIECE_CHARS = 30_000  # json.dumps of a piece at most doubles it: under the meta record's 65535
 
 
@@ -57,8 +57,7 @@ def export_round(config: HnselConfig, number: int, format: str = "csv", out: str
     with open_store(config.store) as store:
         log = round_log(store, number)
         modality, kind = log["modality"], log["kind"]
-        f = store.fields(kind)
-        expr = f"{f.round} == {int(number)}" + ("" if include_annotated else f' and {f.pool} == "unpaired"')
+        expr = store.where(kind, round=number, pool=None if include_annotated else "unpaired")
         extra = ("uri",) if kind == "images" else ("text",)
         extra = tuple(c for c in extra if store.has_field(kind, c))
         rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
@@ -91,14 +90,19 @@ class ImportReport:
         return dict(self.__dict__, rounds={str(k): v for k, v in sorted(self.rounds.items())})
 
 
-def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder: Any = None,
-                       load_encoder: Callable[[dict], Any] | None = None) -> ImportReport:
+def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder: Any = None, model_name: str | None = None,
+                       pretrained: str | None = None, device: str = "auto") -> ImportReport:
     """Validate every row of ``path`` against the store, embed captions, then write (see the module docstring).
 
-    ``encoder`` embeds the captions (it must match the store's ``model`` record); without one,
-    ``load_encoder(model_record)`` builds it, and rows giving a ``vector`` need none.
+    ``encoder`` embeds the captions (it must match the store's ``model`` record); without one, the model the store's
+    record names is loaded (``model_name``/``pretrained`` override the record's), and rows giving a ``vector`` need none.
     """
-    from .workflows_repair import repair_dead
+    from .repair import repair_dead
+
+    def load_encoder(record: dict) -> Any:
+        from ..model.encoder import load_encoder as load
+
+        return load(model_name or record.get("model_name"), pretrained or record.get("pretrained"), device)
 
     modality, rows = read_annotations(path)
     report = ImportReport(str(path), modality, len(rows))
@@ -248,17 +252,13 @@ def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[st
 
 
 def _embed(store: Store, texts: list[str], encoder: Any, load_encoder) -> np.ndarray:
-    from .workflows_embed import MODEL_META_KEY, check_model
-
     held = store.get_meta(MODEL_META_KEY)
     if held is None:
         raise ModelMismatchError(f"namespace {store.config.namespace!r} has no model record (its vectors were ingested from files), so captions "
                                  "cannot be embedded here; give each row a vector column computed with the store's model")
     if encoder is None:
-        if load_encoder is None:
-            raise ModelMismatchError("no encoder to embed the captions with; pass --model-name/--pretrained of the store's model, or vectors")
         encoder = load_encoder(held)
-    check_model(store, encoder.model_info)
+    store.check_model(encoder.model_info)
     return np.concatenate([encoder.encode_texts(texts[s:s + 64]) for s in range(0, len(texts), 64)]) if texts else np.zeros((0, store.dim))
 
 

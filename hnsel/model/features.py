@@ -20,18 +20,18 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .data.images import ImageReadError, is_remote, open_image
-from .errors import InputError
+from ..data.images import ImageReadError, is_remote
+from ..errors import InputError
+from ..schema import DEFAULT_CACHE_DIR, ProgressFn
+from .images import image_batches
 
-__all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key", "DEFAULT_CACHE_DIR"]
+__all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key"]
 
-DEFAULT_CACHE_DIR = Path(".hnsel-cache") / "features"
-ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
 def image_key(uri: str) -> str:
@@ -116,29 +116,13 @@ class FeatureCache:
         index.update((k, (len(self._shards) - 1, row)) for row, k in enumerate(keys))
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, uris: Sequence[str], preprocess: Callable):
-        self.uris, self.preprocess = uris, preprocess
-
-    def __len__(self) -> int:
-        return len(self.uris)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.preprocess(open_image(self.uris[i])), ""
-        except ImageReadError as exc:
-            return torch.zeros(0), f"{exc.uri}: {exc.reason}"
-
-
 def _encode_images(encoder: Any, uris: Sequence[str], batch_size: int, num_workers: int, on_progress: ProgressFn | None) -> np.ndarray:
-    loader = torch.utils.data.DataLoader(_Images(uris, encoder.preprocess), batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=list, shuffle=False)
     out, done = [], 0
-    for batch in loader:
-        bad = next((why for _, why in batch if why), None)
-        if bad:
-            raise InputError(f"cannot read image {bad}; fix or remove it from the paired set")
-        out.append(encoder.image_features(torch.stack([t for t, _ in batch])).numpy())
+    for _, batch, failed in image_batches(uris, encoder.preprocess, batch_size, num_workers):
+        if failed:
+            index, reason = failed[0]
+            raise InputError(f"cannot read image {uris[index]}: {reason}; fix or remove it from the paired set")
+        out.append(encoder.image_features(batch).numpy())
         done += len(batch)
         if on_progress is not None:
             on_progress("backbone features: images", done, len(uris))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import HnselConfig
-from .leases import CLAIM_PREFIX, describe_owner, is_dead
-from .store import Store, open_store
-from .workflows_annotate import repair_import, unfinished_imports
-from .workflows_rounds import repair_round, unfinished_rounds
+from ..config import HnselConfig
+from ..schema import CLAIM_PREFIX
+from ..store.leases import describe_owner, is_dead
+from ..store import Store, open_store
+from .annotate import repair_import, unfinished_imports
+from .rounds import repair_round, unfinished_rounds
 
 __all__ = ["unfinished", "repair_dead", "repair"]
 

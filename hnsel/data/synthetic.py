@@ -66,7 +66,7 @@ def write_pool(pool: SyntheticPool, outdir: str | Path) -> tuple[Path, Path]:
     return outdir / "images.parquet", outdir / "texts.parquet"
 
 
-if __name__ == "__main__":  # python -m hnsel.synthetic OUTDIR [n_paired n_unpaired]
+if __name__ == "__main__":  # python -m hnsel.data.synthetic OUTDIR [n_paired n_unpaired]
     import sys
 
     args = sys.argv[1:]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InputError
-from .tables import iter_jsonl, read_csv_rows, write_text_atomic
+from ..errors import InputError
+from ..tables import iter_jsonl, read_csv_rows, write_text_atomic
 
 __all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "write_label_studio"]
 

@@ -23,14 +23,14 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .errors import StoreError
-from .store import Store
+from ..errors import StoreError
+from . import Store
+from ..schema import CLAIM_PREFIX
 
 __all__ = ["HEARTBEAT_S", "LEASE_S", "CLAIM_PREFIX", "owner", "is_dead", "describe_owner", "Lease", "claim_number"]
 
 HEARTBEAT_S = 10.0
 LEASE_S = 90.0  # a heartbeat this old means the holder stopped (it refreshes every HEARTBEAT_S)
-CLAIM_PREFIX = "claim/"
 CLAIM_ATTEMPTS = 12
 
 

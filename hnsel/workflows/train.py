@@ -1,5 +1,5 @@
 """The train and eval workflows (``hnsel train``, ``hnsel eval``): sources, store, cache and checkpoints
-around the array functions of ``hnsel.train`` and ``hnsel.evaluate``.
+around the array functions of ``hnsel.model.train`` and ``hnsel.model.metrics``.
 
 ``train`` reads the paired set (a source's train split, or the store's paired pool by uri and text),
 trains and writes ``OUT/checkpoint.pt`` (loadable by ``hnsel embed --pretrained`` and ``hnsel eval``),
@@ -15,24 +15,27 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
-from .config import HnselConfig
-from .data import Dataset, load_source
-from .embed import DEFAULT_PRETRAINED, load_encoder
-from .errors import ConfigError, InputError, StoreError
-from .evaluate import evaluate_recall
-from .features import DEFAULT_CACHE_DIR, backbone_features, backbone_id
-from .losses import parse_loss
-from .train import EpochFn, apply_heads, train_heads
-from .tables import write_text_atomic
+from ..config import HnselConfig
+from ..data.records import Dataset
+from ..data import load_source
+from ..model.encoder import load_encoder
+from ..schema import DEFAULT_PRETRAINED
+from ..errors import ConfigError, InputError, StoreError
+from ..model.metrics import evaluate_recall
+from ..model.features import backbone_features, backbone_id
+from ..schema import DEFAULT_CACHE_DIR
+from ..model.losses import parse_loss
+from ..model.train import EpochFn, apply_heads, train_heads
+from ..tables import write_text_atomic
+from ..schema import ProgressFn
 
 __all__ = ["train", "evaluate", "TrainReport", "EvalReport", "Paired", "paired_from_dataset", "paired_from_store", "MODES"]
 
 MODES = ("auto", "head", "full")
-ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
 @dataclass
@@ -64,7 +67,7 @@ def paired_from_dataset(dataset: Dataset, what: str) -> Paired:
 
 def paired_from_store(config: HnselConfig, pool: str = "paired", *, fields: tuple[str, str] = ("uri", "text")) -> tuple[Paired, dict]:
     """The store's ``pool`` images and their captions; ``fields`` ("vector", "vector") also returns vectors."""
-    from .store import open_store
+    from ..store import open_store
 
     with open_store(config.store) as store:
         where = f"namespace {config.store.namespace!r} at {config.store.safe_uri}"
@@ -208,7 +211,7 @@ def _finish(report: TrainReport, curve: list[dict]) -> None:
 def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dict, report: TrainReport, *, cache_dir,
                num_workers: int, on_progress, on_epoch) -> None:
     """Head mode: cached backbone features, then ``train_heads``; the checkpoint keeps the backbone as it was."""
-    from .embed import save_checkpoint
+    from ..model.encoder import save_checkpoint
 
     feature_args = dict(cache_dir=cache_dir, num_workers=num_workers, on_progress=on_progress)
     images, texts = _features(base, train_part, report, **feature_args)
@@ -243,7 +246,7 @@ def _subset(paired: Paired, keep: np.ndarray) -> Paired:
 
 
 def _encode_paired(base, paired: Paired, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    from .data.images import open_image
+    from ..data.images import open_image
 
     images = [base.encode_images([open_image(u) for u in paired.uris[i:i + batch_size]]) for i in range(0, len(paired.uris), batch_size)]
     texts = [base.encode_texts(paired.texts[i:i + batch_size]) for i in range(0, len(paired.texts), batch_size)]
@@ -255,9 +258,9 @@ def _run_full(base, train_part: Paired, val: Paired | None, spec, settings: dict
     """Full mode: fine-tune the open_clip towers (``lock`` freezes one); the checkpoint has no heads."""
     import torch
 
-    from .data.images import open_image
-    from .embed import save_checkpoint
-    from .train import train_full
+    from ..data.images import open_image
+    from ..model.encoder import save_checkpoint
+    from ..model.train import train_full
 
     s = settings
     if val is None:

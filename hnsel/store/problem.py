@@ -1,0 +1,114 @@
+"""The strategies' view of the store: ``build_problem`` turns a Milvus store into a ``SelectionProblem``.
+
+Candidates are one modality's unselected unpaired samples; anchors are the other side's paired samples, streamed
+with their positives; ``MilvusIndex`` answers the strategies' neighbour searches with filtered Milvus searches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import SelectionError
+from ..schema import KINDS, MODALITIES, ProgressFn
+from ..strategies import AnchorChunk, SelectionProblem
+from ..strategies.base import positions, sorter_for
+from .milvus import MAX_TOPK, Store
+
+__all__ = ["build_problem", "MilvusIndex", "side_kinds", "require_collections"]
+
+
+class MilvusIndex:
+    """The strategies' ``NeighborIndex`` on Milvus: ``paired`` and ``candidates`` pools of one collection."""
+
+    def __init__(self, store: Store, kind: str, paired_filter: str, candidate_filter: str, max_limit: int = MAX_TOPK):
+        self.store = store
+        self.kind = kind
+        self.filters = {"paired": paired_filter, "candidates": candidate_filter}
+        self.max_limit = max_limit
+        self.calls = 0
+
+    def search(self, vectors: np.ndarray, limit: int, pool: str):
+        self.calls += 1
+        return self.store.search(self.kind, vectors, min(limit, self.max_limit), self.filters[pool])
+
+    def range_search(self, vectors: np.ndarray, radius: Sequence[float], limit: int, pool: str, exclude: Sequence[str] = ()):
+        self.calls += 1
+        filter = self.store.excluding(self.kind, self.filters[pool], exclude)
+        return self.store.search(self.kind, vectors, min(limit, self.max_limit), filter, radius=radius)
+
+
+def side_kinds(modality: str) -> tuple[str, str]:
+    """(candidate and negative side kind, anchor kind) for a modality."""
+    if modality not in MODALITIES:
+        raise SelectionError(f"--modality {modality!r}: use image or text")
+    return ("images", "texts") if modality == "image" else ("texts", "images")
+
+
+def _candidate_ids(store: Store, kind: str) -> np.ndarray:
+    ids = [row["id"] for batch in store.iter_rows(kind, store.pool_filter(kind, "unpaired", unselected=True), ("id",), 16384) for row in batch]
+    return np.array(sorted(ids), dtype=object)
+
+
+def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[AnchorChunk]]:
+    _, anchor_kind = side_kinds(modality)
+    captions_of: dict[str, set[str]] = {}
+    if modality == "text":
+        for batch in store.iter_rows("texts", store.pool_filter("texts", "paired"), ("id", "image_id")):
+            for row in batch:
+                captions_of.setdefault(row["image_id"], set()).add(row["id"])
+
+    def positives(row: dict) -> frozenset[str]:
+        return frozenset([row["image_id"]]) if modality == "image" else frozenset(captions_of.get(row["id"], ()))
+
+    fields = ("id", "vector", "image_id") if modality == "image" else ("id", "vector")
+
+    def anchors(chunk_size: int) -> Iterator[AnchorChunk]:
+        for batch in store.iter_rows(anchor_kind, store.pool_filter(anchor_kind, "paired"), fields, chunk_size):
+            for start in range(0, len(batch), chunk_size):
+                rows = batch[start:start + chunk_size]
+                yield AnchorChunk(np.array([r["id"] for r in rows], dtype=object), np.asarray([r["vector"] for r in rows], dtype=np.float32),
+                                  tuple(positives(r) for r in rows))
+
+    return anchors
+
+
+def require_collections(store: Store) -> None:
+    for kind in KINDS:
+        if not store.has(kind):
+            raise SelectionError(f"collection {store.name(kind)} does not exist: the store is empty; run `hnsel ingest` or `hnsel embed` first")
+
+
+def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = None, max_limit: int | None = None) -> SelectionProblem:
+    """The strategies' view of the store for one modality: candidates, anchors, and a Milvus-backed index."""
+    side, anchor_kind = side_kinds(modality)
+    require_collections(store)
+    index = MilvusIndex(store, side, store.pool_filter(side, "paired"), store.pool_filter(side, "unpaired", unselected=True))
+    if max_limit is not None:
+        index.max_limit = max_limit
+
+    def paired_vectors(ids: Sequence[str]) -> np.ndarray:
+        rows = {r["id"]: r["vector"] for r in store.get(side, list(ids), ["id", "vector"])}
+        return np.asarray([rows[i] for i in ids], dtype=np.float32)
+
+    def candidate_vectors(indices: Sequence[int]) -> np.ndarray:
+        return paired_vectors([problem.candidate_ids[i] for i in indices])
+
+    def candidate_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Candidates' vectors straight from a query iterator: no lookups by id, memory one batch."""
+        sorter = sorter_for(problem.candidate_ids)
+        for batch in store.iter_rows(side, index.filters["candidates"], ("id", "vector"), batch_size):
+            ids = np.array([r["id"] for r in batch], dtype=object)
+            indices, known = positions(problem.candidate_ids, ids, sorter)
+            yield indices, np.asarray([r["vector"] for r, k in zip(batch, known) if k], dtype=np.float32).reshape(len(indices), -1)
+
+    def paired_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in store.iter_rows(side, index.filters["paired"], ("id", "vector"), batch_size):
+            yield np.array([r["id"] for r in batch], dtype=object), np.asarray([r["vector"] for r in batch], dtype=np.float32).reshape(len(batch), -1)
+
+    problem = SelectionProblem(candidate_ids=_candidate_ids(store, side), index=index, anchors=_anchor_stream(store, modality),
+                               n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
+                               candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress,
+                               candidate_stream=candidate_stream, paired_stream=paired_stream)
+    return problem

@@ -1,0 +1,108 @@
+"""``hnsel select``: pick samples with a registered strategy over the store, write them, record them as a round.
+
+Called through ``hnsel.api``: takes an ``HnselConfig`` and plain values, returns a ``SelectResult``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import HnselConfig
+from ..errors import SelectionError
+from ..schema import KIND_OF, ProgressFn
+from ..store import Store, build_problem, open_store
+from ..store.problem import require_collections, side_kinds
+from ..strategies import Selection, get_strategy
+from ..tables import check_table_path, write_table
+from .repair import repair_dead
+from .rounds import abandon_round, record_round, recordable, reserve_round
+
+__all__ = ["select", "SelectResult"]
+
+
+@dataclass
+class SelectResult:
+    selection: Selection
+    uris: list[str]
+    modality: str
+    seed: int
+    seconds: float
+    out: Path | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    round: int | None = None  # the round number recorded in the store, None when not recorded
+    note: str | None = None  # why a requested recording did not happen
+    repaired: list[str] = field(default_factory=list)  # unfinished rounds or imports of stopped processes this run finished or rolled back
+
+    def summary(self) -> dict[str, Any]:
+        s = self.selection
+        return {
+            "strategy": s.strategy, "params": s.params, "modality": self.modality, "seed": self.seed, "budget": len(s),
+            "seconds": round(self.seconds, 3), "out": str(self.out) if self.out else None, "stats": s.stats,
+            "round": self.round, "note": self.note, "repaired": self.repaired,
+            "picks": [{"rank": i + 1, "id": s.ids[i], "score": float(s.scores[i]), "violations": int(s.violations[i]),
+                       "reason": s.reasons[i], "uri": self.uris[i]} for i in range(len(s))],
+        }
+
+
+def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
+           seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
+           max_limit: int | None = None, record: bool = False) -> SelectResult:
+    """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
+
+    ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
+    read_only collection nothing is written and ``SelectResult.note`` says so. A recording selection first
+    finishes or rolls back what stopped processes left unfinished (``SelectResult.repaired``), then claims its
+    round number and waits for earlier rounds still recording, so concurrent selections never share picks.
+    """
+    seed = config.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
+    chosen = get_strategy(strategy, **(params or {}))
+    side_kinds(modality)
+    if budget < 1:
+        raise SelectionError(f"--budget must be at least 1, got {budget}")
+    if out is not None:
+        check_table_path(out)  # a bad extension or a missing folder is refused before any work (and before a round is recorded)
+    started = time.perf_counter()
+    with open_store(config.store) as store:
+        lease, note, repaired = None, None, []
+        if record:
+            note = recordable(store, modality) if store.has(KIND_OF[modality]) else None
+            if note is None:
+                require_collections(store)  # an empty store is refused before anything is written
+                repaired = repair_dead(store)
+                lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
+        try:
+            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit)
+            number = record_round(store, lease, selection) if lease is not None else None
+        except BaseException:
+            if lease is not None:
+                abandon_round(store, lease)
+            raise
+    return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note, repaired=repaired)
+
+
+def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
+    return None if on_progress is None else (lambda message: on_progress(message, 0, None))
+
+
+def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
+                      on_progress: ProgressFn | None, max_limit: int | None) -> tuple[Selection, list[str], Path | None]:
+    side, _ = side_kinds(modality)
+    problem = build_problem(store, modality, on_progress, max_limit)
+    selection = chosen.select(problem, budget, np.random.default_rng(seed))
+    field_name = "uri" if side == "images" else "text"
+    rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+    uris = [rows.get(i, "") or "" for i in selection.ids]
+    written = None
+    if out is not None:  # the file before the marks: a failed write leaves no recorded round behind
+        s = selection
+        written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
+                                    "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
+    return selection, uris, written
+
