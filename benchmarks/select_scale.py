@@ -1,11 +1,16 @@
 """Selection scale: hnsel's hard-negative selection on Milvus against the exact dense numpy computation.
 
-For each pool size: a clustered synthetic pool (``hnsel.synthetic.make_pool``, dim 512, 5 captions per
+For each pool size: a clustered synthetic pool (``hnsel.data.synthetic.make_pool``, dim 512, 5 captions per
 paired image, ``--caption-ratio`` captions per unpaired image), ingested through ``Store.upsert`` into
 Milvus Lite (FLAT) and/or a ``milvus-server`` 2.3.5 this script starts and stops itself (FLAT, HNSW).
 Then ``hardneg`` (Top-1, Surplus, full batch) is scored exactly as ``HardNegative.select`` does it
 (``build_problem`` -> ``hardneg_scores`` -> ``rank_with_fill``) with timers wrapped around its pieces,
-and ``dense_hardneg_scores`` (chunked, exact) gives the reference scores and selection.
+and ``dense_hardneg_scores`` (blockwise float32 numpy products, exact; its GFLOP/s are recorded) gives the
+reference scores and selection. ``--engine milvus`` (default) scores through Milvus searches; ``--engine exact``
+through the exact engine (``hnsel/strategies/exact.py``: the candidates streamed once from the store, blockwise
+torch products on ``--device``, CUDA when available); ``--engine milvus,exact`` measures both. Every hnsel time
+is also reported as a speed-up against the dense baseline of the same run (dense s / hnsel s, on the same
+captions).
 
 Sampling: ``--sample-captions N`` (all backends) and ``--lite-sample N`` (Lite only; Lite FLAT costs a
 constant time per query) score only N random paired captions (seeded). hnsel and the dense reference
@@ -15,8 +20,9 @@ check; the per-caption parts of the wall time are scaled by captions/N and marke
     python benchmarks/select_scale.py --sizes 10000 --backends lite,server --index FLAT,HNSW
     python benchmarks/select_scale.py --sizes 100000 --lite-sample 1000
     python benchmarks/select_scale.py --sizes 1000000 --backends server --sample-captions 2000
+    python benchmarks/select_scale.py --sizes 5000 --backends lite --engine milvus,exact --no-write
 
-Results accumulate in benchmarks/results/select_scale.json (one record per size/backend/index); the
+Results accumulate in benchmarks/results/select_scale.json (one record per size/backend/index/engine); the
 "## Selection scale" table of BENCHMARKS.md is rebuilt from all records (``--no-write`` skips both).
 """
 
@@ -42,10 +48,15 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from hnsel.config import StoreConfig  # noqa: E402
-from hnsel.store import open_store  # noqa: E402
-from hnsel.strategies import hardneg  # noqa: E402
-from hnsel.synthetic import make_pool  # noqa: E402
-from hnsel.workflows_select import build_problem  # noqa: E402
+from hnsel.strategies import exact, hardneg  # noqa: E402
+
+try:  # the package layout of issue 15 (store/ and data/ sub-packages)
+    from hnsel.data.synthetic import make_pool  # noqa: E402
+    from hnsel.store import build_problem, open_store  # noqa: E402
+except ImportError:  # the flat layout before it
+    from hnsel.store import open_store  # noqa: E402
+    from hnsel.synthetic import make_pool  # noqa: E402
+    from hnsel.workflows_select import build_problem  # noqa: E402
 from _sections import replace_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "select_scale.json"
@@ -278,10 +289,30 @@ def wait_index(config: StoreConfig, timeout: float) -> dict:
                 "total_rows": int(info.get("total_rows", 0)), "complete": int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 1))}
 
 
-def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | None, others: list[int]) -> dict:
+def time_candidate_stream(problem, timers: Timers) -> None:
+    """Time the candidates' stream from the store (the exact engine's one pass over the pool) apart from the products."""
+    stream = problem.candidate_stream
+    if stream is None:
+        return
+
+    def timed(batch_size):
+        it = stream(batch_size)
+        while True:
+            with timers.time("candidate_stream"):
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch
+
+    problem.candidate_stream = timed
+
+
+def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | None, others: list[int], engine: str = "milvus",
+              device: str | None = None) -> dict:
     timers = Timers()
     originals = {name: _wrap(hardneg, name, timers, key) for name, key in
                  (("full_thresholds", "thresholds"), ("_violators", "violators"), ("_accumulate", "accumulate"))}
+    score_candidates = _wrap(exact, "score_candidates", timers, "exact_scoring")
     load = vars(hardneg.PairedSide)["load"]
     _wrap(hardneg.PairedSide, "load", timers, "paired_load")
     try:
@@ -290,15 +321,18 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
             with open_store(config) as store:
                 with timers.time("list_candidates"):
                     problem = build_problem(store, "image")
+                problem.engine = engine
                 instrument(store, problem, timers, sample)
+                time_candidate_stream(problem, timers)
                 with timers.time("hardneg_scores"):
-                    scores, counts, stats = hardneg.hardneg_scores(problem)
+                    scores, counts, stats = hardneg.hardneg_scores(problem, device=device)
                 with timers.time("rank"):
                     sel = hardneg.rank_with_fill(problem.candidate_ids, scores, counts, budget, np.random.default_rng(seed), "hardneg", {}, stats)
             wall = time.perf_counter() - t0
     finally:
         for name, fn in originals.items():
             setattr(hardneg, name, fn)
+        exact.score_candidates = score_candidates
         hardneg.PairedSide.load = load
     t, n = timers.t, timers.n
     split = {
@@ -310,9 +344,13 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
         "aggregation": t.get("accumulate", 0.0),
         "rank": t.get("rank", 0.0),
     }
+    if engine == "exact":  # no searches: one pass over the candidates from the store, then products on the device
+        split = {k: split[k] for k in ("list_candidates", "anchor_stream", "thresholds", "rank")}
+        split["candidate_stream"] = t.get("candidate_stream", 0.0)
+        split["products"] = t.get("exact_scoring", 0.0) - split["candidate_stream"]
     split["other"] = wall - sum(split.values())
     searches = t.get("search_paired", 0.0) + t.get("search_candidates", 0.0) + t.get("range_search", 0.0)
-    return {"wall_s": wall, "split_s": split, "thresholds_mode": stats.get("thresholds", "index search"),
+    return {"engine": engine, "device": stats.get("device"), "wall_s": wall, "split_s": split, "thresholds_mode": stats.get("thresholds", "index search"),
             "threshold_search_s": t.get("search_paired", 0.0), "milvus_call_s": t.get("milvus_call", 0.0), "result_parsing_s": searches - t.get("milvus_call", 0.0),
             "queries": {k: n.get(k, 0) for k in ("search_paired", "search_candidates", "range_search")}, "stats": stats,
             "client_peak_rss": peak.client, "client_base_rss": peak.base, "server_peak_rss": peak.server,
@@ -321,9 +359,9 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
 
 
 def extrapolate(result: dict, factor: float) -> float:
-    """Fixed parts as measured; per-caption parts (searches, thresholds, aggregation) times ``factor``."""
+    """Fixed parts as measured; per-caption parts (searches, thresholds, aggregation, products) times ``factor``."""
     s = result["split_s"]
-    fixed = s["list_candidates"] + s["anchor_stream"] + s["rank"] + s["other"]
+    fixed = s["list_candidates"] + s["anchor_stream"] + s["rank"] + s["other"] + s.get("candidate_stream", 0.0)
     return fixed + factor * (result["wall_s"] - fixed)
 
 
@@ -331,16 +369,17 @@ def run_dense(pool, sample_idx: np.ndarray, budget: int, seed: int, candidate_id
     paired = pool.image_pool == "paired"
     cand = ~paired
     assert np.array_equal(pool.image_ids[cand], candidate_ids), "candidate order differs from the store's"
-    chunk = int(max(16, min(1024, (1 << 27) // max(1, int(cand.sum())))))  # chunk x pool float64 <= 1 GB
     positives = [frozenset([x]) for x in pool.text_image_ids[sample_idx]]
+    anchors, negatives, candidates = pool.text_vectors[sample_idx], pool.image_vectors[paired], pool.image_vectors[cand]
     with Peak([]) as peak:
         t0 = time.perf_counter()
-        scores, counts = hardneg.dense_hardneg_scores(pool.text_vectors[sample_idx], positives, pool.image_ids[paired],
-                                                      pool.image_vectors[paired], pool.image_vectors[cand], chunk_size=chunk)
+        scores, counts = hardneg.dense_hardneg_scores(anchors, positives, pool.image_ids[paired], negatives, candidates)
         sel = hardneg.rank_with_fill(candidate_ids, scores, counts, budget, np.random.default_rng(seed), "dense", {}, {})
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "chunk_size": chunk, "peak_rss": peak.client, "base_rss": peak.base, "ids": sel.ids.tolist(),
-            "merit": int(sel.stats["picked_on_merit"]), "scores": scores, "counts": counts}
+    flop = 2.0 * len(anchors) * (len(negatives) + len(candidates)) * anchors.shape[1]  # thresholds + scores, multiply-add = 2
+    print(f"  dense {wall:.2f} s: {flop / 1e9:.1f} GFLOP at {flop / wall / 1e9:.1f} GFLOP/s", flush=True)
+    return {"wall_s": wall, "flop": flop, "gflops": flop / wall / 1e9, "peak_rss": peak.client, "base_rss": peak.base,
+            "ids": sel.ids.tolist(), "merit": int(sel.stats["picked_on_merit"]), "scores": scores, "counts": counts}
 
 
 def agreement(h: dict, d: dict, budget: int) -> dict:
@@ -402,31 +441,11 @@ def measure_size(size: int, args, server, done: list[dict]) -> list[dict]:
                         print(f"  dense {d['wall_s']:.1f} s (full {rec['dense']['wall_full_s']:.0f})", flush=True)
                         records.append(rec)
                         continue
-                h = run_hnsel(config, budget, args.seed, sample, others)
-                key = len(sample_idx)
-                if key not in dense_cache:
-                    dense_cache[key] = run_dense(pool, sample_idx, budget, args.seed, h["candidate_ids"])
-                d = dense_cache[key]
-                factor = len(pool.text_ids) / len(sample_idx)
-                rec["loadavg_end"] = os.getloadavg()
-                rec["hnsel"] = {k: v for k, v in h.items() if k not in ("ids", "scores", "counts", "candidate_ids")}
-                rec["hnsel"]["wall_full_s"] = extrapolate(h, factor)
-                rec["hnsel"]["extrapolated"] = factor > 1
-                rec["dense"] = {k: v for k, v in d.items() if k not in ("ids", "scores", "counts")}
-                rec["dense"]["wall_full_s"] = d["wall_s"] * factor
-                rec["dense"]["extrapolated"] = factor > 1
-                rec["agreement"] = agreement(h, d, budget)
-                if args.full_hnsel and factor > 1:  # hnsel's time on every caption, measured rather than scaled
-                    hf = run_hnsel(config, budget, args.seed, None, others)
-                    rec["hnsel_full"] = {k: hf[k] for k in ("wall_s", "split_s", "stats", "queries", "client_peak_rss", "server_peak_rss")}
-                    rec["hnsel_full"]["overlap_with_sample_run"] = len(set(hf["ids"]) & set(h["ids"])) / budget
-                    print(f"  hnsel on all {len(pool.text_ids)} captions: {hf['wall_s']:.1f} s", flush=True)
-                print(f"  hnsel {h['wall_s']:.1f} s (full {rec['hnsel']['wall_full_s']:.1f}), dense {d['wall_s']:.1f} s, "
-                      f"agreement {rec['agreement']}", flush=True)
-                print(f"  split {json.dumps({k: round(v, 2) for k, v in h['split_s'].items()})}", flush=True)
-                records.append(rec)
-                if not args.no_write:
-                    save(done + records, args)  # a later failure or interruption keeps what was measured
+                for engine in args.engine:
+                    records.append(measure_engine(dict(rec, engine=engine), engine, config, pool, sample, sample_idx, budget,
+                                                  others, dense_cache, args))
+                    if not args.no_write:
+                        save(done + records, args)  # a later failure or interruption keeps what was measured
                 if backend == "server":
                     with open_store(config) as store:
                         for kind in ("images", "texts", "meta"):
@@ -436,14 +455,53 @@ def measure_size(size: int, args, server, done: list[dict]) -> list[dict]:
     return records
 
 
+def measure_engine(rec: dict, engine: str, config: StoreConfig, pool, sample: set[str] | None, sample_idx: np.ndarray, budget: int,
+                   others: list[int], dense_cache: dict, args) -> dict:
+    """hnsel's selection with one engine, the dense baseline on the same captions (once per sample), and the speed-up."""
+    h = run_hnsel(config, budget, args.seed, sample, others, engine, args.device)
+    key = len(sample_idx)
+    if key not in dense_cache:
+        dense_cache[key] = run_dense(pool, sample_idx, budget, args.seed, h["candidate_ids"])
+    d = dense_cache[key]
+    factor = len(pool.text_ids) / len(sample_idx)
+    rec["loadavg_end"] = os.getloadavg()
+    rec["hnsel"] = {k: v for k, v in h.items() if k not in ("ids", "scores", "counts", "candidate_ids")}
+    rec["hnsel"]["wall_full_s"] = extrapolate(h, factor)
+    rec["hnsel"]["extrapolated"] = factor > 1
+    rec["dense"] = {k: v for k, v in d.items() if k not in ("ids", "scores", "counts")}
+    rec["dense"]["wall_full_s"] = d["wall_s"] * factor
+    rec["dense"]["extrapolated"] = factor > 1
+    rec["agreement"] = agreement(h, d, budget)
+    rec["speedup_vs_dense"] = d["wall_s"] / h["wall_s"]  # measured on the same captions
+    if engine == "exact":  # the products alone: captions x candidates x dim multiply-adds
+        rec["torch_import_s"] = args.torch_import_s  # once per process, before any timer: not in the select time
+        products = 2.0 * len(sample_idx) * len(h["candidate_ids"]) * DIM
+        rec["hnsel"]["products_gflops"] = products / max(h["split_s"]["products"], 1e-9) / 1e9
+    if args.full_hnsel and factor > 1:  # hnsel's time on every caption, measured rather than scaled
+        hf = run_hnsel(config, budget, args.seed, None, others, engine, args.device)
+        rec["hnsel_full"] = {k: hf[k] for k in ("wall_s", "split_s", "stats", "queries", "client_peak_rss", "server_peak_rss")}
+        rec["hnsel_full"]["overlap_with_sample_run"] = len(set(hf["ids"]) & set(h["ids"])) / budget
+        rec["hnsel_full"]["speedup_vs_dense"] = rec["dense"]["wall_full_s"] / hf["wall_s"]  # against the extrapolated dense time
+        print(f"  hnsel on all {len(pool.text_ids)} captions: {hf['wall_s']:.1f} s", flush=True)
+    where = f"{engine} engine" + (f" on {h['device']}" if h.get("device") else "")
+    print(f"  hnsel ({where}) {h['wall_s']:.2f} s (full {rec['hnsel']['wall_full_s']:.1f}), dense {d['wall_s']:.2f} s "
+          f"({d['gflops']:.1f} GFLOP/s): {rec['speedup_vs_dense']:.2f}x the dense baseline; agreement {rec['agreement']}", flush=True)
+    print(f"  split {json.dumps({k: round(v, 2) for k, v in h['split_s'].items()})}"
+          + (f"; products at {rec['hnsel']['products_gflops']:.1f} GFLOP/s" if engine == "exact" else ""), flush=True)
+    return rec
+
+
 # --- report -------------------------------------------------------------------------------------------
 def machine() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
     mem = _status("self", "VmRSS") and int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     from importlib.metadata import version
 
-    return {"nproc": os.cpu_count(), "ram_bytes": mem, "cpu": cpu, "python": platform.python_version(), "numpy": np.__version__,
-            "pymilvus": version("pymilvus"), "milvus_lite": version("milvus-lite"), "milvus_server": version("milvus")}
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"nproc": os.cpu_count(), "ram_bytes": mem, "cpu": cpu, "gpu": gpu, "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "pymilvus": version("pymilvus"), "milvus_lite": version("milvus-lite"), "milvus_server": version("milvus")}
 
 
 def _gb(x: float) -> str:
@@ -451,11 +509,11 @@ def _gb(x: float) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = ("| pool | captions (scored) | backend | index | ingest s (rows/s) | index build s | hnsel select s | thresholds | "
+    head = ("| pool | captions (scored) | backend | index | engine | ingest s (rows/s) | index build s | hnsel select s (x dense) | thresholds | "
             "split: list / stream / thresholds / cand. search / parse / python | client peak GB | Milvus peak GB | "
-            "dense s | dense peak GB | Jaccard | violating-pair recall |\n|" + "---|" * 15)
+            "dense s (GFLOP/s) | dense peak GB | Jaccard | violating-pair recall |\n|" + "---|" * 16)
     rows = [head]
-    for r in sorted(records, key=lambda r: (r["size"], r["backend"], r["index"])):
+    for r in sorted(records, key=lambda r: (r["size"], r["backend"], r["index"], r.get("engine", "milvus"))):
         ing = r["ingest"]
         ib = r.get("index_build")
         build = f"{ib['index_s']:.0f}" + ("" if ib["complete"] else f" (incomplete: {ib['indexed_rows']}/{ib['total_rows']})") if ib else "-"
@@ -463,24 +521,31 @@ def table(records: list[dict]) -> str:
         if "hnsel" not in r:
             d = r.get("dense")
             dense = (f"{d['wall_full_s']:.0f} **extrapolated** (measured {d['wall_s']:.1f} on {r['captions_scored']:,} captions)" if d else "-")
-            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {r.get('note', '-')} | - | - | - | "
+            rows.append(f"| {r['size']:,} | {r['captions']:,} | {r['backend']} | {r['index']} | - | {ingest_s} | {build} | {r.get('note', '-')} | - | - | - | "
                         f"{_gb(ing.get('server_peak_rss', 0))} | {dense} | {_gb(d['peak_rss']) if d else '-'} | - | - |")
             continue
         h, d, a = r["hnsel"], r["dense"], r["agreement"]
         s = h["split_s"]
         ext = h["extrapolated"]
         sel = f"{h['wall_full_s']:.0f} **extrapolated** (measured {h['wall_s']:.1f})" if ext else f"{h['wall_s']:.1f}"
+        speedup = r.get("speedup_vs_dense", d["wall_s"] / h["wall_s"])  # older records: the same ratio, from their times
         if "hnsel_full" in r:
             sel = f"{r['hnsel_full']['wall_s']:.0f} on all captions, measured ({h['wall_s']:.1f} on the sample)"
+        sel += f" ({speedup:.2f}x" + (f"; all captions {r['hnsel_full']['speedup_vs_dense']:.2f}x" if "speedup_vs_dense" in r.get("hnsel_full", {}) else "") + ")"
         dense = f"{d['wall_full_s']:.0f} **extrapolated** (measured {d['wall_s']:.1f})" if d["extrapolated"] else f"{d['wall_s']:.1f}"
+        dense += f" ({d['gflops']:.0f})" if "gflops" in d else ""
         # Records before in-memory thresholds split the threshold time into search + python.
         thresholds = s.get("thresholds", s.get("threshold_search", 0.0) + s.get("threshold_python", 0.0))
-        python = s["violators_python"] + s["aggregation"] + s["rank"] + s["other"]
-        split = (f"{s['list_candidates']:.1f} / {s['anchor_stream']:.1f} / {thresholds:.1f} / {s['candidate_search']:.1f} / "
-                 f"{h['result_parsing_s']:.1f} / {python:.1f}")
+        if "products" in s:  # the exact engine: the candidates' stream and the products instead of searches
+            split = (f"{s['list_candidates']:.1f} / {s['anchor_stream']:.1f} / {thresholds:.1f} / cand. stream {s['candidate_stream']:.1f} / "
+                     f"products {s['products']:.1f} on {h.get('device')} / {s['rank'] + s['other']:.1f}")
+        else:
+            python = s["violators_python"] + s["aggregation"] + s["rank"] + s["other"]
+            split = (f"{s['list_candidates']:.1f} / {s['anchor_stream']:.1f} / {thresholds:.1f} / {s['candidate_search']:.1f} / "
+                     f"{h['result_parsing_s']:.1f} / {python:.1f}")
         mode = {"exact in memory": "exact, in memory", "index search": f"{r['index']} filtered search"}.get(h.get("thresholds_mode", "index search"), "?")
         scored = f"{r['captions']:,} ({r['captions_scored']:,})" if r["captions_scored"] < r["captions"] else f"{r['captions']:,}"
-        rows.append(f"| {r['size']:,} | {scored} | {r['backend']} | {r['index']} | {ingest_s} | {build} | {sel} | {mode} | {split} | "
+        rows.append(f"| {r['size']:,} | {scored} | {r['backend']} | {r['index']} | {r.get('engine', 'milvus')} | {ingest_s} | {build} | {sel} | {mode} | {split} | "
                     f"{_gb(h['client_peak_rss'])} | {_gb(max(h['server_peak_rss'], ing.get('server_peak_rss', 0))) if r['backend'] == 'server' else 'in client'} | {dense} | {_gb(d['peak_rss'])} | "
                     f"{a['jaccard']:.4f} | {a['pair_recall']:.4f} |")
     return "\n".join(rows)
@@ -489,7 +554,8 @@ def table(records: list[dict]) -> str:
 def section(data: dict, notes: str) -> str:
     m = data["machine"]
     return (f"{SECTION}\n\n`benchmarks/select_scale.py` (raw numbers: `benchmarks/results/select_scale.json`). Machine: {m['nproc']} cores "
-            f"({m['cpu']}), {m['ram_bytes'] / 2**30:.0f} GiB RAM, no GPU; Python {m['python']}, numpy {m['numpy']}, pymilvus {m['pymilvus']}, "
+            f"({m['cpu']}), {m['ram_bytes'] / 2**30:.0f} GiB RAM, {m.get('gpu') or 'no GPU'}; Python {m['python']}, numpy {m['numpy']}, "
+            f"{'torch ' + m['torch'] + ', ' if m.get('torch') else ''}pymilvus {m['pymilvus']}, "
             f"Milvus Lite {m['milvus_lite']}, milvus-server {m['milvus_server']} (Milvus 2.3.5 standalone).\n\n"
             f"Commands: {'; '.join(f'`{c}`' for c in data['commands'])}\n\n" + table(data["records"]) + "\n\n" + notes.strip() + "\n\n")
 
@@ -500,6 +566,8 @@ def main() -> None:
     ap.add_argument("--caption-ratio", type=float, default=0.15, help="paired captions per unpaired image (150k at 1M)")
     ap.add_argument("--captions", type=int, default=0, help="a fixed paired-caption count instead of --caption-ratio")
     ap.add_argument("--backends", default="lite,server")
+    ap.add_argument("--engine", default="milvus", help="how hnsel scores: milvus (searches), exact (blockwise products), or both, comma-separated")
+    ap.add_argument("--device", default=None, help="the exact engine's device: cpu, cuda (default: CUDA when available, else CPU)")
     ap.add_argument("--index", default="FLAT,HNSW", help="server index types; Lite always runs FLAT")
     ap.add_argument("--sample-captions", type=int, default=0, help="score only N random captions (all backends), extrapolate")
     ap.add_argument("--lite-sample", type=int, default=0, help="the same for Milvus Lite only")
@@ -516,8 +584,17 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rebuild the BENCHMARKS.md section from the JSON, measure nothing")
     args = ap.parse_args()
     args.backends = args.backends.split(",")
+    args.engine = [x.strip() for x in args.engine.split(",") if x.strip()]
+    if not args.engine or set(args.engine) - set(exact.ENGINES):
+        ap.error(f"--engine {','.join(args.engine)}: use {' or '.join(exact.ENGINES)}, comma-separated")
     args.index = [x.upper() for x in args.index.split(",")]
     args.sample = {k.split(":")[0] + ":" + k.split(":")[1].upper(): int(v) for k, v in (x.split("=") for x in args.sample.split(",") if x)}
+    args.torch_import_s = None
+    if "exact" in args.engine:  # torch loads once per process (about a second); measured apart from every selection
+        t0 = time.perf_counter()
+        exact.resolve_device(args.device)
+        args.torch_import_s = time.perf_counter() - t0
+        print(f"torch imported in {args.torch_import_s:.1f} s; exact engine on {exact.resolve_device(args.device)}", flush=True)
     import atexit
 
     atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in TMP_DIRS])
@@ -546,8 +623,11 @@ def main() -> None:
 def save(records: list[dict], args) -> None:
     """Merge ``records`` into the results JSON (replacing the same size/backend/index) and rebuild the section."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": [], "commands": []}
-    done = {(r["size"], r["backend"], r["index"]) for r in records}
-    data["records"] = [r for r in data["records"] if (r["size"], r["backend"], r["index"]) not in done] + records
+    def key(r):
+        return r["size"], r["backend"], r["index"], r.get("engine", "milvus")
+
+    done = {key(r) for r in records}
+    data["records"] = [r for r in data["records"] if key(r) not in done] + records
     args_in = sys.argv[1:]  # the command without --notes FILE / --notes=FILE: the notes are not part of the measurement
     dropped = {i + j for i, a in enumerate(args_in) if a == "--notes" for j in (0, 1)}
     argv = [a for i, a in enumerate(args_in) if i not in dropped and not a.startswith("--notes=")]
