@@ -11,7 +11,9 @@ top-(k + positives) search per anchor chunk among paired samples (exact on FLAT;
 can miss the nearest negatives of a large collection). Candidates: one top-``depth`` search per chunk, deepened
 (doubling to the index's ``max_limit``, then paged range searches) only for anchors whose ``depth``-th hit
 still violates. Memory is O(pool + paired + chunk x depth): one float score and one count per candidate; no
-anchors x pool matrix is ever built.
+anchors x pool matrix is ever built. With ``problem.engine == "exact"`` the same thresholds are used and the
+violators come from every similarity instead, by blockwise products (``exact.py``, torch on CUDA or the CPU).
+``dense_hardneg_scores`` is the independent numpy reference both are tested against.
 """
 
 from __future__ import annotations
