@@ -27,6 +27,10 @@ def select(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write picks to .csv, .jsonl or .parquet: rank, id, score, violations, reason, uri.")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
+    engine: Annotated[str, typer.Option("--engine", help="Hard-negative scores by Milvus neighbour searches (milvus), by every similarity in blockwise "
+                                        "products, the candidates streamed once from Milvus (exact: the exact answer at any index type), or auto: "
+                                        "exact with a CUDA device or when it is estimated faster, else milvus.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="Where --engine exact runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")] = "auto",
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
     **strategy_params: Any,
 ) -> None:
@@ -35,7 +39,7 @@ def select(
     params = {name: value for name, value in strategy_params.items() if value is not None}
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
-                            record=record)
+                            record=record, engine=engine, device=device)
     summary = result.summary()
     if json_output:
         if out is not None:
@@ -84,6 +88,9 @@ def _print_selection(summary: dict, top: int) -> None:
                   markup=False, highlight=False)
     details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "thresholds")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
+    if "engine_choice" in stats:
+        e = stats["engine_choice"]
+        console.print(f"engine: {e['engine']} ({e['reason']})", highlight=False, markup=False)
     if "auto_decision" in stats:
         d = stats["auto_decision"]
         console.print(f"auto: coverage {d['coverage_picks']}, hard negatives {d['hardneg_picks']}, random {d['random_picks']}, fill {d['fill_picks']} "

@@ -5,6 +5,7 @@ Called through ``hnsel.api``: takes an ``HnselConfig`` and plain values, returns
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..schema import KIND_OF, ProgressFn
 from ..store import Store, build_problem, open_store
 from ..store.problem import require_collections, side_kinds
 from ..strategies import Selection, get_strategy
+from ..strategies.exact import ENGINES
 from ..tables import check_table_path, write_table
 from .repair import repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
@@ -51,18 +53,24 @@ class SelectResult:
 
 def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
-           max_limit: int | None = None, record: bool = False) -> SelectResult:
+           max_limit: int | None = None, record: bool = False, engine: str = "auto", device: str = "auto") -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
     ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
     read_only collection nothing is written and ``SelectResult.note`` says so. A recording selection first
     finishes or rolls back what stopped processes left unfinished (``SelectResult.repaired``), then claims its
     round number and waits for earlier rounds still recording, so concurrent selections never share picks.
+
+    ``engine``: how hard-negative scores are computed: ``milvus`` (neighbour searches), ``exact`` (every
+    similarity by blockwise products on ``device``, the candidates streamed once from the store: the exact answer
+    at any index type) or ``auto`` (exact when a CUDA device is present or the pool is small; see ``choose_engine``).
     """
     seed = config.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
     chosen = get_strategy(strategy, **(params or {}))
+    if engine not in ENGINES + ("auto",):
+        raise SelectionError(f"--engine {engine!r}: use auto, milvus or exact")
     side_kinds(modality)
     if budget < 1:
         raise SelectionError(f"--budget must be at least 1, got {budget}")
@@ -78,7 +86,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
                 repaired = repair_dead(store)
                 lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
         try:
-            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit)
+            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine, device)
             number = record_round(store, lease, selection) if lease is not None else None
         except BaseException:
             if lease is not None:
@@ -87,15 +95,53 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
     return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note, repaired=repaired)
 
 
+# The cost model ``auto`` chooses by (seconds; measured on 2 CPU cores, BENCHMARKS.md "Selection scale"): a Milvus
+# neighbour search per anchor, against one torch import plus every product at the BLAS rate.
+LITE_QUERY_S_PER_10K = 0.009  # Milvus Lite FLAT: ~9 ms a query at 10k candidates, linear in the pool
+SERVER_QUERY_S = 0.003  # a Milvus server: ~3 ms per anchor (FLAT at 10k, HNSW at 1M with deepening)
+CPU_FLOPS = 5e10  # float32 products on the CPU, blockwise (the dense reference reached ~1e11 on 2 cores)
+TORCH_IMPORT_S = 3.0
+
+
+def _cuda_present() -> bool:
+    """A CUDA device torch can use; the driver is looked for first, so a machine without one never imports torch here."""
+    if not (os.path.exists("/proc/driver/nvidia/version") or os.environ.get("CUDA_VISIBLE_DEVICES")):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine(engine: str, n_candidates: int, n_anchors: int, dim: int, uri: str) -> tuple[str, str]:
+    """(the engine, why). ``auto``: ``exact`` when a CUDA device is present; on a CPU, ``exact`` only when the cost
+    model above says it is faster than the searches (large pools on Milvus Lite), else ``milvus``, which imports no torch."""
+    if engine != "auto":
+        return engine, f"--engine {engine}"
+    if _cuda_present():
+        return "exact", "a CUDA device is present: every similarity on the GPU"
+    lite = not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+    search_s = n_anchors * (LITE_QUERY_S_PER_10K * max(n_candidates, 1) / 1e4 if lite else SERVER_QUERY_S)
+    exact_s = TORCH_IMPORT_S + 2.0 * n_anchors * n_candidates * dim / CPU_FLOPS
+    which = "exact" if exact_s < search_s else "milvus"
+    return which, (f"no CUDA device; {n_anchors:,} anchors x {n_candidates:,} candidates: about {search_s:.0f} s of "
+                   f"{'Milvus Lite' if lite else 'Milvus server'} searches against {exact_s:.0f} s of CPU products")
+
+
 def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
     return None if on_progress is None else (lambda message: on_progress(message, 0, None))
 
 
 def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
-                      on_progress: ProgressFn | None, max_limit: int | None) -> tuple[Selection, list[str], Path | None]:
+                      on_progress: ProgressFn | None, max_limit: int | None, engine: str = "auto",
+                      device: str = "auto") -> tuple[Selection, list[str], Path | None]:
     side, _ = side_kinds(modality)
     problem = build_problem(store, modality, on_progress, max_limit)
+    problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.uri)
+    problem.device = device
     selection = chosen.select(problem, budget, np.random.default_rng(seed))
+    selection.stats["engine_choice"] = {"engine": problem.engine, "requested": engine, "reason": reason}
     field_name = "uri" if side == "images" else "text"
     rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
     uris = [rows.get(i, "") or "" for i in selection.ids]
