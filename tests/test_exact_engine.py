@@ -214,6 +214,16 @@ def test_anchors_without_negatives_are_counted_and_skipped():
     assert scores == pytest.approx([0.2, 0.0], abs=1e-6) and counts.tolist() == [1, 0]  # xi = 0.6 from p1
 
 
+def test_the_problem_names_the_device_unless_the_call_does():
+    case = exact_problem(make_case("image"))
+    case.problem.device = "cpu"
+    assert hardneg_scores(case.problem)[2]["device"] == "cpu"
+    case.problem.device = "tpu"
+    with pytest.raises(SelectionError, match="--device 'tpu'"):
+        hardneg_scores(case.problem)
+    assert hardneg_scores(case.problem, device="cpu")[2]["device"] == "cpu"  # the argument wins
+
+
 def test_unknown_engine_and_device_are_one_line_errors():
     case = make_case("image")
     case.problem.engine = "faiss"

@@ -259,7 +259,8 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
 
     ``problem.engine`` decides how violators are found: ``milvus`` (neighbour searches through ``problem.index``,
-    deepened where saturated) or ``exact`` (every similarity, by blockwise products on ``device``: ``exact.py``);
+    deepened where saturated) or ``exact`` (every similarity, by blockwise products on ``device``, else
+    ``problem.device``, else the best available: ``exact.py``);
     both use the same thresholds and give the same stats keys, with ``stats["engine"]``.
 
     ``paired_mb``: full-batch thresholds are computed exactly in memory when the paired side's vectors fit in
@@ -274,7 +275,7 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
         from .exact import exact_hardneg_scores  # torch is imported only for this engine
 
         return exact_hardneg_scores(problem, k=k, weight=weight, batch=batch, batch_size=batch_size, chunk_size=chunk_size, rng=rng,
-                                    paired_mb=paired_mb, window=window, device=device)
+                                    paired_mb=paired_mb, window=window, device=device if device is not None else getattr(problem, "device", None))
     if engine != "milvus":
         raise SelectionError(f"engine {engine!r}: use milvus or exact")
     ids = problem.candidate_ids
