@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -81,6 +80,24 @@ def test_milvus_scores_equal_dense(shared, pool, modality, weight, k):
     assert counts.sum() > 0 and stats["truncated"] == 0
     if modality == "image":
         assert stats["deepened"] > 0 and stats["range_searched"] > 0  # the small cap forced both paths
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("weight", ["surplus", "count"])
+def test_exact_engine_select_equals_dense(shared, pool, modality, weight):
+    """``select --engine exact``: the candidates streamed out of Milvus and every pair scored; the picks are the dense
+    reference's (ids and order, by score then id) and so are their scores."""
+    config, extra = shared
+    cand_ids, ref_scores, ref_counts = reference(pool, extra, modality, 1, weight)
+    budget = int((ref_scores > 0).sum())
+    result = api.select(config, budget=budget, strategy="hardneg", params={"weight": weight}, modality=modality, seed=0,
+                        engine="exact", device="cpu")
+    sel = result.selection
+    assert sel.stats["engine"] == "exact" and sel.stats["engine_choice"] == {"engine": "exact", "requested": "exact", "reason": "--engine exact"}
+    order = np.lexsort((cand_ids.astype(str), -ref_scores))[:budget]
+    assert list(sel.ids) == list(cand_ids[order]) and set(sel.reasons) == {"score"}
+    assert np.abs(sel.scores - ref_scores[order]).max() < 1e-4
+    assert list(sel.violations) == list(ref_counts[order])
 
 
 def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
