@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import SelectionError
-from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, register, top_by_score
+from .base import AnchorChunk, NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, param, register, top_by_score
 
 __all__ = ["HardNegative", "hardneg_scores", "chance_stats", "full_thresholds", "full_threshold_setters", "minibatch_thresholds", "kth_threshold", "dense_hardneg_scores", "dense_thresholds", "PairedSide"]
 
@@ -324,22 +324,17 @@ def chance_stats(counts: np.ndarray, negatives: dict[frozenset, list[int]] | Non
 @register("hardneg")
 @dataclass(frozen=True)
 class HardNegative:
-    """Unpaired samples that violate the Top-k hard-negative condition of paired anchors (ALGORITHM.md).
+    """Unpaired samples that violate the Top-k hard-negative condition of paired anchors (ALGORITHM.md)."""
 
-    ``k``: Top-k condition; ``weight``: ``surplus`` (s - xi) or ``count`` (1); ``batch``: ``full`` or ``mini``
-    thresholds with ``batch_size``; ``chunk_size`` anchors per search request; ``depth`` first search depth;
-    ``paired_mb``: full-batch thresholds exact in memory when the paired side fits in this many MB (0: searched
-    through the index, approximate on HNSW/IVF indexes).
-    """
-
-    k: int = 1
-    weight: str = "surplus"
-    batch: str = "full"
-    batch_size: int = 128
-    chunk_size: int = 512
-    depth: int = 64
-    paired_mb: float = 1024
-    window: str = "hard"
+    k: int = param(1, "Top-k condition: a candidate violates an anchor when more similar than its k-th most similar negative.")
+    weight: str = param("surplus", "Score per violated anchor: surplus (s - xi, how far past the threshold) or count (1).")
+    batch: str = param("full", "Thresholds over every paired negative (full) or over seeded training batches (mini).")
+    batch_size: int = param(128, "Training batch size of the mini-batch thresholds.")
+    chunk_size: int = param(512, "Anchors per search request (and per threshold chunk).")
+    depth: int = param(64, "First search depth per anchor (milvus engine); deepened where every hit still violates.")
+    paired_mb: float = param(1024, "Full-batch thresholds exact in memory when the paired side fits in this many MB "
+                                   "(0: searched through the index, approximate on HNSW/IVF).")
+    window: str = param("hard", "hard: every candidate above the threshold; semi: only those below the anchor's own positive.")
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
