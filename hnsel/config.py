@@ -51,6 +51,7 @@ class CollectionConfig:
     uri: str = "uri"
     text: str = "text"
     round: str = "round"
+    uncertainty: str = "uncertainty"
     read_only: bool = False
 
 

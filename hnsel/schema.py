@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 __all__ = [
-    "KINDS", "MODALITIES", "KIND_OF", "POOLS", "ID_MAX_LENGTH", "SCALAR_FIELDS", "FIELD_MAX_BYTES", "ProgressFn",
-    "MODEL_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "CLAIM_PREFIX",
+    "KINDS", "MODALITIES", "KIND_OF", "POOLS", "ID_MAX_LENGTH", "SCALAR_FIELDS", "OPTIONAL_FLOAT_FIELDS", "UNKNOWN_UNCERTAINTY",
+    "FIELD_MAX_BYTES", "ProgressFn",
+    "MODEL_META_KEY", "MATCH_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "CLAIM_PREFIX",
     "MODEL_IDENTITY_KEYS", "same_model", "describe_model",
     "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "DEVICES", "DEFAULT_CACHE_DIR",
 ]
@@ -25,12 +26,17 @@ SCALAR_FIELDS = {
     "images": {"pool": 16, "uri": 4096, "round": None},
     "texts": {"pool": 16, "image_id": ID_MAX_LENGTH, "text": 65535, "round": None},
 }
+# Optional FLOAT fields, created only when asked for (``Store.ensure_collections(dim, uncertainty=True)``): the summed
+# variance of a sample's Gaussian embedding, written by models with probabilistic heads (docs/ascmr.md); -1 = unknown.
+OPTIONAL_FLOAT_FIELDS = ("uncertainty",)
+UNKNOWN_UNCERTAINTY = -1.0
 # VARCHAR limits by canonical field: a server counts UTF-8 bytes (Lite counts characters), so bytes are checked.
 FIELD_MAX_BYTES = {"id": ID_MAX_LENGTH, **{name: n for kind in KINDS for name, n in SCALAR_FIELDS[kind].items() if n is not None}}
 
 # Keys of the meta collection's records.
 MODEL_META_KEY = "model"  # the model that embedded the store's vectors (an ``Encoder.model_info`` record)
 MODEL_IDENTITY_KEYS = ("model_name", "config_sha256", "weights", "heads_sha256", "dim")  # equal keys: the same embedding space
+MATCH_META_KEY = "match"  # probabilistic heads' calibrated match parameters {"scale", "shift"} (docs/ascmr.md)
 ROUND_PREFIX = "round/"  # round/0003: a round's log
 PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason
 IMPORT_PREFIX = "import/"  # an annotation import's journal

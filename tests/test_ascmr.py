@@ -259,43 +259,73 @@ def test_closed_form_match_probability_agrees_with_the_strategy():
     assert np.allclose(p.numpy()[0], 1 / (1 + np.exp(-z)), atol=1e-6)
 
 
-def test_gaussian_heads_start_as_stated_and_rebuild_from_spec():
+def test_probabilistic_heads_start_as_stated_and_rebuild_from_spec():
     torch = pytest.importorskip("torch")
-    from hnsel.model.probabilistic import GaussianHeads, build_gaussian_heads, uncertainty
+    from hnsel.model.heads import ProjectionHead, build_head
+    from hnsel.model.probabilistic import MatchCalibration, uncertainty
 
     torch.manual_seed(0)
-    heads = GaussianHeads(6, 5, 4, init_variance=0.2)
-    mu_i, lv_i, mu_t, lv_t = heads(torch.randn(3, 6), torch.randn(3, 5))
-    assert mu_i.shape == (3, 4) and lv_t.shape == (3, 4)
-    assert torch.allclose(mu_i.norm(dim=1), torch.ones(3)) and torch.allclose(uncertainty(lv_i), torch.full((3,), 0.2))
-    assert heads.match_parameters() == pytest.approx({"scale": 10.0, "shift": 10.0})
-    copy = build_gaussian_heads(heads.spec, heads.state_dict())
-    x, y = torch.randn(2, 6), torch.randn(2, 5)
-    assert all(torch.equal(a, b) for a, b in zip(copy(x, y), heads(x, y)))
+    plain = ProjectionHead("linear", 6, 4)
+    torch.manual_seed(0)
+    head = ProjectionHead("linear", 6, 4, variance=0.2)
+    x = torch.randn(3, 6)
+    assert torch.equal(head(x), plain(x))  # the variance branch is drawn aside: the mean is a plain head's of the same seed
+    assert torch.allclose(uncertainty(head.log_variance(x)), torch.full((3,), 0.2))
+    assert head.spec["variance"] == 0.2 and head.probabilistic and not plain.probabilistic
+    with pytest.raises(ValueError, match="not probabilistic"):
+        plain.log_variance(x)
+    head.spec["match"] = MatchCalibration().match_parameters()
+    assert head.spec["match"] == pytest.approx({"scale": 10.0, "shift": 10.0})
+    copy = build_head(head.spec, head.state_dict())
+    assert torch.equal(copy(x), head(x)) and torch.equal(copy.log_variance(x), head.log_variance(x)) and copy.spec == head.spec
 
 
 def test_probabilistic_loss_decreases_on_a_matched_toy_batch():
     torch = pytest.importorskip("torch")
-    from hnsel.model.probabilistic import GaussianHeads, probabilistic_loss
+    import torch.nn.functional as F
+    from hnsel.model.heads import ProjectionHead
+    from hnsel.model.probabilistic import MatchCalibration, probabilistic_loss
 
     torch.manual_seed(0)
     image = torch.randn(16, 12)
     text = image[:, :8] + 0.1 * torch.randn(16, 8)  # caption i describes image i
-    heads = GaussianHeads(12, 8, 6)
-    opt = torch.optim.Adam(heads.parameters(), lr=0.05)
+    heads = [ProjectionHead("linear", 12, 6, variance=0.1), ProjectionHead("linear", 8, 6, variance=0.1)]
+    match = MatchCalibration()
+    opt = torch.optim.Adam([p for m in (*heads, match) for p in m.parameters()], lr=0.05)
+
+    def loss():
+        return probabilistic_loss(F.normalize(heads[0](image), dim=-1), heads[0].log_variance(image), F.normalize(heads[1](text), dim=-1),
+                                  heads[1].log_variance(text), match.scale, match.shift, 1e-4)
+
     losses = []
     for _ in range(40):
-        loss = heads.loss(image, text, kl_weight=1e-4)
+        value = loss()
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0] and heads.scale.item() > 0
-    mu_i, lv_i, mu_t, lv_t = heads(image, text)
-    same = probabilistic_loss(mu_i, lv_i, mu_t, lv_t, heads.scale, heads.shift, 1e-4)
-    assert same.item() == pytest.approx(heads.loss(image, text).item(), rel=1e-6)
+        losses.append(value.item())
+    assert losses[-1] < 0.5 * losses[0] and match.scale.item() > 0
     with pytest.raises(ValueError, match="not square"):
-        probabilistic_loss(mu_i[:3], lv_i[:3], mu_t, lv_t, 1.0, 0.0, 0.0)
+        probabilistic_loss(torch.zeros(3, 6), torch.zeros(3, 6), torch.zeros(16, 6), torch.zeros(16, 6), 1.0, 0.0, 0.0)
+
+
+def test_train_heads_probabilistic_keeps_retrieval_and_calibrates():
+    """Gaussian heads trained beside InfoNCE: retrieval within a few R-sum points of plain heads from the same seed,
+    a summed variance per sample, and the calibrated match parameters in the heads' spec."""
+    pytest.importorskip("torch")
+    from hnsel.model.train import head_uncertainty, train_heads
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(300, 24)).astype(np.float32)
+    idx = np.repeat(np.arange(300), 2)
+    txt = img[idx] + 0.7 * rng.normal(size=(600, 24)).astype(np.float32)
+    plain, plain_curve = train_heads(img, txt, idx, epochs=8, dim_out=12, val_fraction=0.2, patience=100)
+    gauss, gauss_curve = train_heads(img, txt, idx, epochs=8, dim_out=12, val_fraction=0.2, patience=100, probabilistic=1.0)
+    assert gauss_curve[0]["val_rsum"] == plain_curve[0]["val_rsum"]  # the same means at the start
+    assert abs(gauss_curve[-1]["val_rsum"] - plain_curve[-1]["val_rsum"]) < 15
+    u = head_uncertainty(gauss["image"], img)
+    assert u.shape == (300,) and (u > 0).all() and head_uncertainty(plain["image"], img) is None
+    assert set(gauss["text"].spec["match"]) == {"scale", "shift"} and gauss["text"].spec["match"]["scale"] > 0
 
 
 def test_reason_warns_when_the_top_m_cut_leaves_ambiguity_out():
@@ -304,3 +334,39 @@ def test_reason_warns_when_the_top_m_cut_leaves_ambiguity_out():
     assert short["tail_entropy_mean"] < 0.5 and "raise neighbors" not in short["reason"]
     at_tail = ASCMR(neighbors=3, shift=14.0).select(problem, 5, np.random.default_rng(0)).stats["ascmr"]  # p = 1/2 at d = 1.4, about the 3rd hit
     assert at_tail["tail_entropy_mean"] > 0.5 and "raise neighbors" in at_tail["reason"]
+
+
+def test_ascmr_through_milvus_equals_the_exact_problem_with_stored_uncertainties(store_uri, namespace):
+    """Uncertainties and the calibrated match parameters stored with the vectors (FLAT, Lite and server): ``hnsel select
+    --strategy ascmr`` reads them and picks what the same strategy picks on the in-memory problem."""
+    from hnsel import api
+    from hnsel.config import HnselConfig, StoreConfig
+    from hnsel.schema import MATCH_META_KEY
+    from hnsel.store import open_store
+
+    rng = np.random.default_rng(4)
+    d, n_cand, n_img = 8, 50, 12
+    cand, img = unit(rng.normal(size=(n_cand, d))), unit(rng.normal(size=(n_img, d)))
+    owner = np.repeat(np.arange(n_img), 2)
+    txt = unit(img[owner] + 0.4 * rng.normal(size=(len(owner), d)))
+    cu, tu = rng.uniform(0.05, 0.5, n_cand), rng.uniform(0.05, 0.5, len(owner))
+    config = HnselConfig(store=StoreConfig(uri=store_uri, namespace=namespace))
+    cand_ids = [f"u{i:03d}" for i in range(n_cand)]
+    with open_store(config.store) as store:
+        store.ensure_collections(d, uncertainty=True)
+        store.upsert("images", {"id": cand_ids + [f"p{i:02d}" for i in range(n_img)], "vector": np.concatenate([cand, img]),
+                                "pool": ["unpaired"] * n_cand + ["paired"] * n_img, "uncertainty": np.concatenate([cu, np.full(n_img, 0.2)])})
+        store.upsert("texts", {"id": [f"t{i:02d}" for i in range(len(owner))], "vector": txt, "pool": ["paired"] * len(owner),
+                               "image_id": [f"p{o:02d}" for o in owner], "uncertainty": tu})
+        store.set_meta(MATCH_META_KEY, {"scale": 6.0, "shift": 5.0})
+    result = api.select(config, budget=8, strategy="ascmr", params={"neighbors": 20, "density_neighbors": 5}, seed=1)
+    problem = make_problem(cand, txt, cu, tu)
+    problem.anchors = (lambda f: (lambda n: (AnchorChunk(c.ids, c.vectors, tuple(frozenset([f"p{owner[int(i[1:])]:02d}"]) for i in c.ids),
+                                                        c.uncertainty) for c in f(n))))(problem.anchors)
+    problem.match = {"scale": 6.0, "shift": 5.0}
+    expected = get_strategy("ascmr", neighbors=20, density_neighbors=5).select(problem, 8, np.random.default_rng(1))
+    assert list(result.selection.ids) == list(expected.ids)
+    assert np.allclose(result.selection.scores, expected.scores, atol=1e-5)
+    decision = result.selection.stats["ascmr"]
+    assert decision["uncertainty"] == {"candidates": "model", "anchors": "model"} == expected.stats["ascmr"]["uncertainty"]
+    assert decision["scale"] == 6.0 and decision["shift"] == 5.0

@@ -42,6 +42,8 @@ def simulate(
     epochs: Annotated[int, typer.Option("--epochs", help="Head training epochs per round (all of them: no early stopping, the last epoch is kept).")] = 30,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Head training batch size (captions).")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Head training learning rate.")] = 1e-3,
+    probabilistic: Annotated[float, typer.Option("--probabilistic", help="Weight of the Gaussian heads' match loss (0: plain heads). With it, each "
+                                                 "sample's variance is stored beside its vector and ascmr reads it (docs/ascmr.md).")] = 0.0,
     milvus_uri: Annotated[Optional[str], typer.Option("--milvus-uri", help="Store for the runs (default OUT/store.db, one namespace per strategy and seed).")] = None,
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Folder the source's image paths are relative to.")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache.")] = DEFAULT_CACHE_DIR,
@@ -54,7 +56,8 @@ def simulate(
         report = api.simulate(cfg, source, out=out, strategies=_list(strategies, "strategy"), seeds=[int(s) for s in _list(seeds, "seed")],
                               init=init, rounds=rounds, budget=budget, split=split, test_split=test_split, model_name=model_name,
                               pretrained=pretrained, loss=loss, head=head, epochs=epochs, batch_size=batch_size, lr=lr,
-                              milvus_uri=milvus_uri, images_dir=images_dir, cache_dir=cache_dir, device=device, on_progress=on_progress)
+                              milvus_uri=milvus_uri, images_dir=images_dir, cache_dir=cache_dir, device=device, on_progress=on_progress,
+                              probabilistic=probabilistic)
     summary = report.summary()
     if json_output:
         print_json(summary)

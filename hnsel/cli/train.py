@@ -89,6 +89,8 @@ def train(
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache.")] = DEFAULT_CACHE_DIR,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes for feature extraction.")] = 0,
+    probabilistic: Annotated[float, typer.Option("--probabilistic", help="Head mode: Gaussian heads (a mean and a variance per sample) trained with this "
+                                                 "weight on a match loss beside --loss; embed then stores each sample's variance (docs/ascmr.md).")] = 0.0,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Train on the paired set with early stopping on validation R-sum; write a checkpoint hnsel embed and eval load."""
@@ -99,7 +101,7 @@ def train(
             loss=loss, loss_params=parse_params(loss_param), head=head, hidden=hidden, epochs=epochs, batch_size=batch_size,
             lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, split=None if split == "all" else split,
             val_split=val_split, val_fraction=val_fraction, lock=lock, images_dir=images_dir, cache_dir=cache_dir,
-            device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch,
+            device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch, probabilistic=probabilistic,
         )
     summary = report.summary()
     if json_output:

@@ -30,6 +30,7 @@ import torch
 from ..errors import HnselError, InputError, ModelMismatchError
 from ..schema import DEFAULT_MODEL_NAME, DEFAULT_PRETRAINED, DEVICES
 from .heads import ProjectionHead, build_head
+from .probabilistic import uncertainty
 from . import towers
 
 __all__ = [
@@ -71,12 +72,25 @@ class Encoder:
 
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """Already preprocessed images (n, 3, H, W) -> (n, dim) float32 unit rows."""
-        return self._run(self.model.encode_image, batch, self.image_head)
+        return self.image_batch(batch)[0]
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> (n, dim) float32 unit rows."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
+        return self.text_batch(texts)[0]
+
+    @property
+    def probabilistic(self) -> bool:
+        """True when both heads are Gaussian (a variance per sample: docs/ascmr.md)."""
+        return all(h is not None and h.probabilistic for h in (self.image_head, self.text_head))
+
+    def image_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocessed images -> (unit rows, each sample's summed variance or None without probabilistic heads)."""
+        return self._run(self.model.encode_image, batch, self.image_head)
+
+    def text_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Captions -> (unit rows, each sample's summed variance or None without probabilistic heads)."""
         return self._run(self.model.encode_text, self.tokens(texts), self.text_head)
 
     def tokens(self, texts: Sequence[str]) -> torch.Tensor:
@@ -86,23 +100,26 @@ class Encoder:
 
     def image_features(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw tower features of preprocessed images: what the image head is trained on (float32, on cpu)."""
-        return self._raw(self.model.encode_image, batch)
+        return self._features(self.model.encode_image, batch).cpu()
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw tower features of captions: what the text head is trained on (float32, on cpu)."""
-        return self._raw(self.model.encode_text, self.tokens(texts))
+        return self._features(self.model.encode_text, self.tokens(texts)).cpu()
 
-    def _raw(self, fn: Callable, inputs: torch.Tensor) -> torch.Tensor:
+    def _features(self, fn: Callable, inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
-            return fn(inputs.to(self.device, non_blocking=True)).float().cpu()
+            return fn(inputs.to(self.device, non_blocking=True)).float()
 
-    def _run(self, fn: Callable, inputs: torch.Tensor, head: ProjectionHead | None) -> np.ndarray:
+    def _run(self, fn: Callable, inputs: torch.Tensor, head: ProjectionHead | None) -> tuple[np.ndarray, np.ndarray | None]:
+        features = self._features(fn, inputs)
+        spread = None
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
-            features = fn(inputs.to(self.device, non_blocking=True)).float()
+            if head is not None and head.probabilistic:
+                spread = uncertainty(head.log_variance(features).float()).double().cpu().numpy()
             if head is not None:
                 features = head(features).float()
         features = torch.nn.functional.normalize(features, dim=-1)
-        return features.cpu().numpy().astype(np.float32, copy=False)
+        return features.cpu().numpy().astype(np.float32, copy=False), spread
 
 
 def resolve_device(device: str = "auto") -> torch.device:

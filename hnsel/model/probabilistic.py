@@ -1,10 +1,8 @@
 """Gaussian embedding heads for ASCMR (``hnsel select --strategy ascmr``), after PCME / PCME++ (Chun et al.).
 
-Each sample is embedded as a diagonal Gaussian ``N(mu, diag(sigma^2))`` over a frozen tower feature ``x``:
-
-- ``mu = W_mu x / ||W_mu x||`` (unit norm: the vector stored in Milvus and searched by cosine);
-- ``log sigma^2 = W_v x + c`` (per dimension; ``W_v`` starts at zero and ``c`` at ``log(init_variance / out_dim)``,
-  so an untrained head gives every sample the same summed variance ``init_variance``).
+Each sample is embedded as a diagonal Gaussian ``N(mu, diag(sigma^2))`` over a frozen tower feature ``x`` by a
+probabilistic ``ProjectionHead`` (``heads.py``, built with a ``variance``): ``mu`` is the head's output, normalised (the
+vector stored in Milvus and searched by cosine), and ``log sigma^2 = V x + c`` per dimension.
 
 Two Gaussians match with the closed-form probability (PCME++)
 
@@ -23,14 +21,12 @@ Formulas and choices: docs/ascmr.md.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GaussianHead", "GaussianHeads", "build_gaussian_heads", "expected_distance", "match_logits", "match_probability",
-           "kl_to_unit_prior", "probabilistic_loss", "uncertainty"]
+__all__ = ["MatchCalibration", "expected_distance", "match_logits", "match_probability", "kl_to_unit_prior", "probabilistic_loss",
+           "uncertainty"]
 
 
 def uncertainty(logvar: torch.Tensor) -> torch.Tensor:
@@ -83,39 +79,13 @@ def probabilistic_loss(mu_img: torch.Tensor, logvar_img: torch.Tensor, mu_txt: t
     return loss + kl_weight * kl
 
 
-class GaussianHead(nn.Module):
-    """One modality: a frozen tower feature (``in_dim``) to a unit-norm mean and a per-dimension log-variance (``out_dim``)."""
+class MatchCalibration(nn.Module):
+    """The match parameters ``a = exp(log_scale) > 0`` and ``b = shift``, learnt with the probabilistic heads."""
 
-    def __init__(self, in_dim: int, out_dim: int, init_variance: float = 0.1):
-        super().__init__()
-        if in_dim < 1 or out_dim < 1 or not init_variance > 0:
-            raise ValueError(f"GaussianHead needs in_dim, out_dim >= 1 and init_variance > 0, got {in_dim}, {out_dim}, {init_variance}")
-        self.mean = nn.Linear(in_dim, out_dim, bias=False)
-        self.logvar = nn.Linear(in_dim, out_dim)
-        with torch.no_grad():
-            if in_dim == out_dim:
-                self.mean.weight.copy_(torch.eye(in_dim))
-            else:
-                nn.init.orthogonal_(self.mean.weight)
-            nn.init.zeros_(self.logvar.weight)
-            self.logvar.bias.fill_(math.log(init_variance / out_dim))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.normalize(self.mean(x), dim=-1), self.logvar(x)
-
-
-class GaussianHeads(nn.Module):
-    """Both modalities' Gaussian heads and the match parameters ``a = exp(log_scale)`` and ``b = shift``."""
-
-    def __init__(self, image_dim: int, text_dim: int, out_dim: int, init_scale: float = 10.0, init_shift: float = 10.0,
-                 init_variance: float = 0.1):
+    def __init__(self, init_scale: float = 10.0, init_shift: float = 10.0):
         super().__init__()
         if not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale}")
-        self.spec = {"image_dim": int(image_dim), "text_dim": int(text_dim), "out_dim": int(out_dim), "init_scale": float(init_scale),
-                     "init_shift": float(init_shift), "init_variance": float(init_variance)}
-        self.image = GaussianHead(image_dim, out_dim, init_variance)
-        self.text = GaussianHead(text_dim, out_dim, init_variance)
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.shift = nn.Parameter(torch.tensor(float(init_shift)))
 
@@ -123,24 +93,6 @@ class GaussianHeads(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(mu_img, logvar_img, mu_txt, logvar_txt)."""
-        return (*self.image(image_features), *self.text(text_features))
-
-    def loss(self, image_features: torch.Tensor, text_features: torch.Tensor, kl_weight: float = 1e-4,
-             pos: torch.Tensor | None = None) -> torch.Tensor:
-        """``probabilistic_loss`` on one batch of tower features (add the InfoNCE loss on the means yourself)."""
-        return probabilistic_loss(*self(image_features, text_features), self.scale, self.shift, kl_weight, pos=pos)
-
     def match_parameters(self) -> dict[str, float]:
-        """``{"scale": a, "shift": b}``, the keyword arguments ``get_strategy("ascmr", ...)`` takes."""
+        """``{"scale": a, "shift": b}``: what ``ascmr`` uses to turn distances into match probabilities."""
         return {"scale": float(self.scale.detach()), "shift": float(self.shift.detach())}
-
-
-def build_gaussian_heads(spec: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None) -> GaussianHeads:
-    """Rebuild ``GaussianHeads`` from its ``spec`` (and weights, when given), as checkpoints store them."""
-    heads = GaussianHeads(spec["image_dim"], spec["text_dim"], spec["out_dim"], spec.get("init_scale", 10.0), spec.get("init_shift", 10.0),
-                          spec.get("init_variance", 0.1))
-    if state_dict is not None:
-        heads.load_state_dict(state_dict)
-    return heads

@@ -26,10 +26,14 @@ from ..errors import InputError
 from .metrics import evaluate_recall
 from .heads import HEAD_KINDS, ProjectionHead
 from .losses import LossSpec, caption_labels, parse_loss
+from .probabilistic import MatchCalibration, probabilistic_loss, uncertainty
 
-__all__ = ["train_heads", "apply_heads", "split_validation", "train_full", "fit", "check_paired"]
+__all__ = ["train_heads", "apply_heads", "head_uncertainty", "split_validation", "train_full", "fit", "check_paired"]
 
 EpochFn = Callable[[dict], None]  # called with each curve entry as it is made
+
+
+INIT_VARIANCE = 0.1  # a probabilistic head's initial summed variance (docs/ascmr.md)
 
 
 def check_paired(image_feats: np.ndarray, text_feats: np.ndarray, text_image_index: np.ndarray, what: str = "paired set") -> None:
@@ -102,8 +106,10 @@ def fit(
     patience: int,
     rng: np.random.Generator,
     on_epoch: EpochFn | None = None,
+    extra: Callable[[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve."""
+    """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve. ``extra(images, captions,
+    pos, img, txt)``: a term added to each batch's loss (the probabilistic heads' match loss)."""
     index = np.asarray(text_image_index)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     curve = [_entry(0, None, validate, time.perf_counter())]
@@ -116,6 +122,8 @@ def fit(
         for images, captions, pos in _batches(len(index), batch_size, index, rng):
             img, txt = embed(images, captions)
             value = loss(img @ txt.T, pos, labels(images, captions) if labels else None)
+            if extra is not None:
+                value = value + extra(images, captions, pos, img, txt)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -151,10 +159,12 @@ def _state(modules: Sequence[torch.nn.Module]) -> list[dict]:
     return [copy.deepcopy({k: v.detach().cpu() for k, v in m.state_dict().items()}) for m in modules]
 
 
-def build_heads(kind: str, dim_in: int | tuple[int, int], dim_out: int | None, hidden: int, seed: int) -> dict[str, ProjectionHead]:
+def build_heads(kind: str, dim_in: int | tuple[int, int], dim_out: int | None, hidden: int, seed: int,
+                variance: float | None = None) -> dict[str, ProjectionHead]:
     """An image and a text head, drawn from ``seed`` (both start as the identity map when dims agree).
 
-    ``dim_in`` is one width or (image width, text width); towers of different widths need ``dim_out``."""
+    ``dim_in`` is one width or (image width, text width); towers of different widths need ``dim_out``.
+    ``variance``: probabilistic heads (Gaussian embeddings) with this initial summed variance."""
     if kind not in HEAD_KINDS:
         raise InputError(f"head kind {kind!r} is not one of {', '.join(HEAD_KINDS)}")
     widths = (dim_in, dim_in) if isinstance(dim_in, int) else tuple(dim_in)
@@ -162,7 +172,7 @@ def build_heads(kind: str, dim_in: int | tuple[int, int], dim_out: int | None, h
         raise InputError(f"image features are {widths[0]}-d and text features {widths[1]}-d: give the heads' output width (dim_out)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return {side: ProjectionHead(kind, width, dim_out, hidden) for side, width in zip(("image", "text"), widths)}
+        return {side: ProjectionHead(kind, width, dim_out, hidden, variance) for side, width in zip(("image", "text"), widths)}
 
 
 def apply_heads(head: ProjectionHead | None, feats: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -175,6 +185,16 @@ def apply_heads(head: ProjectionHead | None, feats: np.ndarray, batch_size: int 
             out.append(F.normalize(head(y) if head is not None else y, dim=-1))
     dim = head.spec["dim_out"] if head is not None else x.shape[1]
     return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+
+
+def head_uncertainty(head: ProjectionHead | None, feats: np.ndarray, batch_size: int = 8192) -> np.ndarray | None:
+    """Per row, the summed variance of a probabilistic head's Gaussian (float64); None for a plain head."""
+    if head is None or not head.probabilistic:
+        return None
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    with torch.inference_mode():
+        out = [uncertainty(head.log_variance(x[s:s + batch_size])) for s in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
 def _val_rsum(heads: dict[str, ProjectionHead], val) -> float:
@@ -202,6 +222,8 @@ def train_heads(
     patience: int = 3,
     on_epoch: EpochFn | None = None,
     num_threads: int | None = 1,
+    probabilistic: float = 0.0,
+    kl_weight: float = 1e-4,
 ) -> tuple[dict[str, ProjectionHead], list[dict]]:
     """Train an image and a text head on frozen features; returns the best heads and the curve.
 
@@ -212,12 +234,17 @@ def train_heads(
     all, every epoch runs and the last is kept. Curve entries: epoch (0 = untrained), loss, val_rsum, seconds.
     ``num_threads`` caps torch's threads while training (one is fastest for these small matrices,
     and does not fight other processes for cores); None leaves torch's setting.
+    ``probabilistic`` > 0: Gaussian heads (a mean and a variance per sample, docs/ascmr.md), trained with that weight
+    on ``probabilistic_loss`` (``kl_weight`` on its prior term) beside the loss on the means; the calibrated match
+    parameters go into each head's ``spec["match"]``.
     """
+    if not probabilistic >= 0 or not kl_weight >= 0:
+        raise InputError(f"probabilistic weight {probabilistic} and kl_weight {kl_weight}: use 0 or more")
     with _threads(num_threads):
         return _train_heads(image_feats, text_feats, text_image_index, loss=loss, loss_params=loss_params, head=head,
                             hidden=hidden, dim_out=dim_out, epochs=epochs, batch_size=batch_size, lr=lr,
                             weight_decay=weight_decay, seed=seed, val=val, val_fraction=val_fraction,
-                            patience=patience, on_epoch=on_epoch)
+                            patience=patience, on_epoch=on_epoch, probabilistic=probabilistic, kl_weight=kl_weight)
 
 
 @contextlib.contextmanager
@@ -232,7 +259,7 @@ def _threads(n: int | None):
 
 
 def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params, head, hidden, dim_out, epochs,
-                 batch_size, lr, weight_decay, seed, val, val_fraction, patience, on_epoch):
+                 batch_size, lr, weight_decay, seed, val, val_fraction, patience, on_epoch, probabilistic=0.0, kl_weight=1e-4):
     check_paired(image_feats, text_feats, text_image_index)
     spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
     rng = np.random.default_rng(seed)
@@ -242,7 +269,8 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
     else:
         check_paired(*val, what="validation set")
         val = (_float32(val[0]), _float32(val[1]), np.asarray(val[2]))
-    heads = build_heads(head, (image_feats.shape[1], text_feats.shape[1]), dim_out, hidden, seed)
+    heads = build_heads(head, (image_feats.shape[1], text_feats.shape[1]), dim_out, hidden, seed,
+                        variance=INIT_VARIANCE if probabilistic > 0 else None)
     X, T = torch.from_numpy(image_feats), torch.from_numpy(text_feats)
     index = np.asarray(text_image_index)
 
@@ -251,10 +279,26 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
 
     labels = _label_fn(torch.from_numpy(_unit(text_feats)), index, len(X)) if spec.needs_labels else None
     params = [p for h in heads.values() for p in h.parameters()]
-    curve = fit(embed, params, list(heads.values()), index, loss=spec, labels=labels,
+    modules: list[torch.nn.Module] = list(heads.values())
+    extra = None
+    if probabilistic > 0:
+        match = MatchCalibration()
+        params += list(match.parameters())
+        modules.append(match)
+
+        def match_term(images, captions, pos, img, txt):
+            return probabilistic * probabilistic_loss(img, heads["image"].log_variance(X[images]), txt, heads["text"].log_variance(T[captions]),
+                                                      match.scale, match.shift, kl_weight, pos=pos)
+
+        extra = match_term
+
+    curve = fit(embed, params, modules, index, loss=spec, labels=labels,
                 validate=(lambda: _val_rsum(heads, val)) if val is not None else None,
                 epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                patience=patience, rng=rng, on_epoch=on_epoch)
+                patience=patience, rng=rng, on_epoch=on_epoch, extra=extra)
+    if probabilistic > 0:
+        for h in heads.values():
+            h.spec["match"] = match.match_parameters()
     return heads, curve
 
 

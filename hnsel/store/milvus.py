@@ -21,7 +21,9 @@ import numpy as np
 from ..config import CollectionConfig, StoreConfig
 from ..errors import ConfigError, StoreError, StoreLockedError
 from ..errors import ModelMismatchError
-from ..schema import FIELD_MAX_BYTES, ID_MAX_LENGTH, KINDS, MODEL_META_KEY, SCALAR_FIELDS, describe_model, same_model
+from ..schema import (
+    FIELD_MAX_BYTES, ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
+)
 
 __all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter", "text_problem"]
 
@@ -248,8 +250,9 @@ class Store:
         return self.fields(kind).read_only
 
     # --- schema -------------------------------------------------------------------------------
-    def ensure_collections(self, dim: int) -> None:
-        """Create the image, text and meta collections when absent; refuse a different dimension."""
+    def ensure_collections(self, dim: int, uncertainty: bool = False) -> None:
+        """Create the image, text and meta collections when absent; refuse a different dimension. ``uncertainty``: new
+        collections get the FLOAT ``uncertainty`` field (models with probabilistic heads write it)."""
         held = self.dim
         if held is not None and held != dim:
             raise StoreError(f"the store holds {held}-dimensional vectors, these are {dim}-dimensional; use another --namespace or the same model")
@@ -258,7 +261,7 @@ class Store:
             if self.read_only(kind):
                 raise StoreError(f"collection {self.name(kind)} does not exist and is configured read_only; create it or fix hnsel.toml")
         for kind in missing:
-            self._create(kind, dim)
+            self._create(kind, dim, uncertainty)
         self._ensure_meta()
 
     def _index_params(self, field: str, index_type: str, params: Mapping[str, Any]):
@@ -266,10 +269,11 @@ class Store:
         index_params.add_index(field_name=field, index_type=index_type, metric_type="COSINE", params={"params": dict(params)} if params else {})
         return index_params
 
-    def _create(self, kind: str, dim: int) -> None:
+    def _create(self, kind: str, dim: int, uncertainty: bool = False) -> None:
         f = self.fields(kind)
         index = self._index_params(f.vector, self.config.index_type, self.config.index_params)
-        self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=collection_schema(f, kind, dim),
+        schema = collection_schema(f, kind, dim, OPTIONAL_FLOAT_FIELDS if uncertainty else ())
+        self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=schema,
                  index_params=index, consistency_level="Strong")
         self._fields.pop(kind, None)
 
@@ -333,6 +337,9 @@ class Store:
         for c in SCALAR_FIELDS[kind]:
             if c not in columns and self.has_field(kind, c):
                 columns[c] = [""] * len(ids)
+        for c in OPTIONAL_FLOAT_FIELDS:
+            if self.has_field(kind, c):
+                columns[c] = [float(x) for x in data[c]] if c in data else [UNKNOWN_UNCERTAINTY] * len(ids)
         f = self.fields(kind)
         row_bytes = vectors.shape[1] * 4 + sum(len(i) for i in ids) // len(ids) + 256
         step = max(1, self.config.insert_batch_bytes // row_bytes)
@@ -465,9 +472,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def collection_schema(fields: CollectionConfig, kind: str, dim: int):
+def collection_schema(fields: CollectionConfig, kind: str, dim: int, optional: Sequence[str] = ()):
     """The pymilvus schema of a collection hnsel creates (the store's and the BulkWriter files'): the VARCHAR
-    primary key, the FLOAT_VECTOR, and ``schema.SCALAR_FIELDS``, under the names ``fields`` maps them to."""
+    primary key, the FLOAT_VECTOR, ``schema.SCALAR_FIELDS`` and the ``optional`` FLOAT fields, under the names
+    ``fields`` maps them to."""
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -478,6 +486,8 @@ def collection_schema(fields: CollectionConfig, kind: str, dim: int):
             schema.add_field(getattr(fields, canonical), DataType.INT64)
         else:
             schema.add_field(getattr(fields, canonical), DataType.VARCHAR, max_length=max_length)
+    for canonical in optional:
+        schema.add_field(getattr(fields, canonical), DataType.FLOAT)
     return schema
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import SelectionError
-from ..schema import KINDS, MODALITIES, ProgressFn
+from ..schema import KINDS, MATCH_META_KEY, MODALITIES, ProgressFn
 from ..strategies import AnchorChunk, SelectionProblem
 from ..strategies.base import positions, sorter_for
 from .milvus import MAX_TOPK, Store
@@ -46,9 +46,17 @@ def side_kinds(modality: str) -> tuple[str, str]:
     return ("images", "texts") if modality == "image" else ("texts", "images")
 
 
-def _candidate_ids(store: Store, kind: str) -> np.ndarray:
-    ids = [row["id"] for batch in store.iter_rows(kind, store.pool_filter(kind, "unpaired", unselected=True), ("id",), 16384) for row in batch]
-    return np.array(sorted(ids), dtype=object)
+def _candidates(store: Store, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(candidate ids sorted, their stored uncertainties in that order; None when the collection has no such field or
+    a candidate's value is unknown)."""
+    fields = ("id", "uncertainty") if store.has_field(kind, "uncertainty") else ("id",)
+    rows = [row for batch in store.iter_rows(kind, store.pool_filter(kind, "unpaired", unselected=True), fields, 16384) for row in batch]
+    rows.sort(key=lambda r: r["id"])
+    ids = np.array([r["id"] for r in rows], dtype=object)
+    if len(fields) == 1:
+        return ids, None
+    values = np.array([r["uncertainty"] for r in rows], dtype=np.float64)
+    return ids, values if (values >= 0).all() else None
 
 
 def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[AnchorChunk]]:
@@ -63,13 +71,19 @@ def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[Anch
         return frozenset([row["image_id"]]) if modality == "image" else frozenset(captions_of.get(row["id"], ()))
 
     fields = ("id", "vector", "image_id") if modality == "image" else ("id", "vector")
+    with_uncertainty = store.has_field(anchor_kind, "uncertainty")
+    fields += ("uncertainty",) if with_uncertainty else ()
+
+    def uncertainty(rows: list[dict]) -> np.ndarray | None:
+        values = np.array([r["uncertainty"] for r in rows], dtype=np.float64) if with_uncertainty else None
+        return values if values is not None and (values >= 0).all() else None
 
     def anchors(chunk_size: int) -> Iterator[AnchorChunk]:
         for batch in store.iter_rows(anchor_kind, store.pool_filter(anchor_kind, "paired"), fields, chunk_size):
             for start in range(0, len(batch), chunk_size):
                 rows = batch[start:start + chunk_size]
                 yield AnchorChunk(np.array([r["id"] for r in rows], dtype=object), np.asarray([r["vector"] for r in rows], dtype=np.float32),
-                                  tuple(positives(r) for r in rows))
+                                  tuple(positives(r) for r in rows), uncertainty(rows))
 
     return anchors
 
@@ -107,8 +121,10 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
         for batch in store.iter_rows(side, index.filters["paired"], ("id", "vector"), batch_size):
             yield np.array([r["id"] for r in batch], dtype=object), np.asarray([r["vector"] for r in batch], dtype=np.float32).reshape(len(batch), -1)
 
-    problem = SelectionProblem(candidate_ids=_candidate_ids(store, side), index=index, anchors=_anchor_stream(store, modality),
+    candidate_ids, candidate_uncertainty = _candidates(store, side)
+    problem = SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality),
                                n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
                                candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress,
-                               candidate_stream=candidate_stream, paired_stream=paired_stream)
+                               candidate_stream=candidate_stream, paired_stream=paired_stream,
+                               candidate_uncertainty=candidate_uncertainty, match=store.get_meta(MATCH_META_KEY))
     return problem

@@ -123,7 +123,7 @@ def informativeness(problem: SelectionProblem, neighbors: int = 32, scale: float
     return info, {"intra": intra, "cross": cross, "ambiguity": ambiguity, "hits": hits, "weights": (w_u, w_a),
                   "candidate_uncertainty": has_u, "anchors": anchors, "anchors_with_uncertainty": with_v,
                   "anchor_hits": int(hits.sum()), "tail_entropy_mean": float(tail.mean()) if len(tail) else 0.0,
-                  "tail_entropy_max": float(tail.max()) if len(tail) else 0.0}
+                  "tail_entropy_max": float(tail.max()) if len(tail) else 0.0, "scale": float(scale), "shift": float(shift)}
 
 
 def neighbour_graph(problem: SelectionProblem, short: np.ndarray, m: int, chunk_size: int = 1024) -> tuple[np.ndarray, ...]:
@@ -223,14 +223,19 @@ def _allocation_stats(short_ids: np.ndarray, region: np.ndarray, rows: np.ndarra
             "top_regions": [{"region": str(short_ids[leaders[i]]), "picks": int(picks[i]), "shortlisted": int(supply[i])} for i in top if picks[i] > 0]}
 
 
+DEFAULT_SCALE = DEFAULT_SHIFT = 10.0  # without calibrated heads: most ambiguous at similarity 0.5 with zero variances
+
+
 @register("ascmr")
 @dataclass(frozen=True)
 class ASCMR:
     """Probabilistic cross-modal informativeness, allocated greedily under a neighbour-density penalty (docs/ascmr.md)."""
 
     neighbors: int = field(default=32, metadata={"help": "Nearest candidates searched per paired anchor to measure the cross-modal ambiguity."})
-    scale: float = field(default=10.0, metadata={"help": "Match-probability slope a in sigmoid(-a*d + b); pass a trained GaussianHeads' scale."})
-    shift: float = field(default=10.0, metadata={"help": "Match-probability offset b in sigmoid(-a*d + b); pass a trained GaussianHeads' shift."})
+    scale: float | None = field(default=None, metadata={"help": "Match-probability slope a in sigmoid(-a*d + b) (default: the probabilistic "
+                                                                "heads' calibrated value stored with the vectors, else 10)."})
+    shift: float | None = field(default=None, metadata={"help": "Match-probability offset b in sigmoid(-a*d + b) (default: the probabilistic "
+                                                                "heads' calibrated value, else 10)."})
     intra_weight: float = field(default=1.0, metadata={
         "help": "Weight of a candidate's own normalised uncertainty against the cross-modal ambiguity (weight 1)."})
     lam: float = field(default=0.5, metadata={"flag": "--lambda",
@@ -243,15 +248,22 @@ class ASCMR:
         for name in ("neighbors", "density_neighbors", "shortlist", "chunk_size"):
             if int(getattr(self, name)) < 1:
                 raise SelectionError(f"ascmr: {name} must be at least 1, got {getattr(self, name)}")
-        if not self.scale > 0:
+        if self.scale is not None and not self.scale > 0:
             raise SelectionError(f"ascmr: scale must be greater than 0, got {self.scale}")
         if not self.intra_weight >= 0 or not self.lam >= 0:
             raise SelectionError(f"ascmr: intra_weight and --lambda must be 0 or more, got {self.intra_weight} and {self.lam}")
 
+    def match(self, problem: SelectionProblem) -> tuple[float, float]:
+        """(a, b): as given, else the model's calibrated values (``problem.match``), else 10 and 10."""
+        stored = problem.match or {}
+        return (float(self.scale if self.scale is not None else stored.get("scale", DEFAULT_SCALE)),
+                float(self.shift if self.shift is not None else stored.get("shift", DEFAULT_SHIFT)))
+
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         ids = problem.candidate_ids
         check_budget(budget, len(ids))
-        info, parts = informativeness(problem, self.neighbors, self.scale, self.shift, self.intra_weight, self.chunk_size)
+        scale, shift = self.match(problem)
+        info, parts = informativeness(problem, self.neighbors, scale, shift, self.intra_weight, self.chunk_size)
         positive = np.flatnonzero(info > 0)
         short = positive[np.lexsort((ids[positive].astype(str), -info[positive]))][: self.shortlist * budget]
         indptr, cols, weights, knn = neighbour_graph(problem, short, self.density_neighbors, self.chunk_size)
@@ -284,6 +296,6 @@ class ASCMR:
                   + (f", {n_fill} filled at random (too few candidates with informativeness > 0)" if n_fill else "") + "." + stand_in
                   + (f" Anchors' {self.neighbors}-th nearest candidates are still ambiguous (mean entropy {parts['tail_entropy_mean']:.2f} bits): "
                      "raise neighbors, or pass the scale and shift of trained probabilistic heads." if parts["tail_entropy_mean"] > TAIL_WARNING else ""))
-        return dict(alloc, uncertainty=source, weights={"intra": w_u, "cross": w_a}, scale=self.scale, shift=self.shift, lam=self.lam,
+        return dict(alloc, uncertainty=source, weights={"intra": w_u, "cross": w_a}, scale=parts["scale"], shift=parts["shift"], lam=self.lam,
                     anchor_hits=parts["anchor_hits"], tail_entropy_mean=round(parts["tail_entropy_mean"], 4),
                     tail_entropy_max=round(parts["tail_entropy_max"], 4), fill=int(n_fill), reason=reason)

@@ -110,6 +110,7 @@ class SelectionProblem:
     paired_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # negatives' side: (ids, vectors) batches
     candidate_uncertainty: np.ndarray | None = None  # per candidate: the summed variance of its Gaussian embedding (probabilistic heads only)
     engine: str = "milvus"  # how hard-negative scores are computed: "milvus" (neighbour searches) or "exact" (blockwise products)
+    match: dict[str, float] | None = None  # calibrated match parameters {"scale", "shift"} of probabilistic heads (ascmr)
     device: str | None = None  # where the exact engine runs: None or "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
 
     def progress(self, task: str, completed: int, total: int | None) -> None:

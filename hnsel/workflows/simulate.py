@@ -29,19 +29,17 @@ import numpy as np
 from ..config import HnselConfig
 from ..data import load_source
 from ..model.encoder import load_encoder
-from ..schema import DEFAULT_PRETRAINED
+from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED, MATCH_META_KEY, ProgressFn
 from ..errors import ConfigError, InputError
 from ..model.metrics import evaluate_recall
 from ..model.features import backbone_features
-from ..schema import DEFAULT_CACHE_DIR
 from ..model.losses import parse_loss
 from ..store import open_store
 from ..strategies import get_strategy
 from ..tables import write_text_atomic
-from ..model.train import apply_heads, train_heads
+from ..model.train import apply_heads, head_uncertainty, train_heads
 from .select import select
 from .train import Paired, paired_from_dataset
-from ..schema import ProgressFn
 
 __all__ = ["simulate", "SimulateReport", "StrategySpec", "parse_strategy", "summarise", "markdown_table", "write_reports",
            "RESULTS_NAME", "TIME_KEYS"]
@@ -177,13 +175,18 @@ def _write_store(config: HnselConfig, data: _Data, heads, mask: np.ndarray, capt
     pool = data.pool
     img = apply_heads(heads["image"], data.pool_images)
     txt = apply_heads(heads["text"], data.pool_texts[captions])
+    probabilistic = heads["image"].probabilistic
+    extra_img = {"uncertainty": head_uncertainty(heads["image"], data.pool_images)} if probabilistic else {}
+    extra_txt = {"uncertainty": head_uncertainty(heads["text"], data.pool_texts[captions])} if probabilistic else {}
     with open_store(config.store) as store:
-        store.ensure_collections(img.shape[1])
+        store.ensure_collections(img.shape[1], uncertainty=probabilistic)
         store.upsert("images", {"id": pool.image_ids, "vector": img, "uri": pool.uris, "round": [-1] * len(img),
-                                "pool": ["paired" if m else "unpaired" for m in mask]})
+                                "pool": ["paired" if m else "unpaired" for m in mask], **extra_img})
         store.upsert("texts", {"id": [data.caption_ids[j] for j in captions], "vector": txt, "round": [-1] * len(txt),
                                "image_id": [pool.image_ids[pool.text_image_index[j]] for j in captions],
-                               "text": [pool.texts[j] for j in captions], "pool": ["paired"] * len(txt)})
+                               "text": [pool.texts[j] for j in captions], "pool": ["paired"] * len(txt), **extra_txt})
+        if probabilistic:
+            store.set_meta(MATCH_META_KEY, heads["text"].spec["match"])
 
 
 def _round(ctx: dict, run: dict, spec: StrategySpec, mask: np.ndarray, number: int) -> dict:
@@ -266,8 +269,10 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
              test_split: str = "test", model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED, loss: str = "infonce",
              head: str = "linear", hidden: int = 1024, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
              milvus_uri: str | None = None, images_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-             device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None) -> SimulateReport:
-    """Run (or resume) the simulation into ``out``; see the module docstring. ``budget`` None: 5 % of the pool."""
+             device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None, probabilistic: float = 0.0) -> SimulateReport:
+    """Run (or resume) the simulation into ``out``; see the module docstring. ``budget`` None: 5 % of the pool.
+    ``probabilistic`` > 0: the heads are Gaussian (docs/ascmr.md), trained with that weight on the match loss; their
+    summed variances are stored beside the vectors and their calibrated match parameters in the store's meta record."""
     specs = [parse_strategy(s) for s in strategies]
     spec_loss = str(parse_loss(loss))
     out = Path(out)
@@ -280,6 +285,8 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
     n_init = _check(init, rounds, budget, n_pool, seeds, specs)
     data = _load_data(dataset, source, split, test_split, model_name, pretrained, device, cache_dir, on_progress)
     train = dict(loss=spec_loss, head=head, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr)
+    if probabilistic:
+        train["probabilistic"] = float(probabilistic)  # only when used: earlier results files stay resumable
     if data.model.get("head_dim"):  # towers of different widths: heads map both into the model's retrieval space
         train["dim_out"] = int(data.model["head_dim"])
     settings = {"source": str(Path(source).resolve()), "split": split, "test_split": test_split, "pool": n_pool,

@@ -163,8 +163,12 @@ def train(
     num_workers: int = 0,
     on_progress: ProgressFn | None = None,
     on_epoch: EpochFn | None = None,
+    probabilistic: float = 0.0,
 ) -> TrainReport:
-    """Train on the paired set and write the checkpoint, its config and its curve into ``out``."""
+    """Train on the paired set and write the checkpoint, its config and its curve into ``out``.
+
+    ``probabilistic`` > 0 (head mode): Gaussian heads, a mean and a variance per sample (docs/ascmr.md), trained with
+    that weight on the match loss beside ``loss`` on the means; ``hnsel embed`` then stores each sample's variance."""
     _check_args(source, store, mode, epochs, batch_size)
     spec = parse_loss(loss, **(loss_params or {}))
     seed = config.seed if seed is None else seed
@@ -178,10 +182,13 @@ def train(
     mode = ("head" if base.device.type == "cpu" or towers_locked else "full") if mode == "auto" else mode
     if mode == "full" and towers_locked:
         raise ConfigError(f"{base.model_info['model_name']} keeps its towers locked and learns projection heads: use --mode head")
+    if probabilistic and mode != "head":
+        raise ConfigError("--probabilistic trains Gaussian heads: use --mode head")
     settings = dict(mode=mode, loss=str(spec), loss_params=dict(spec.params), head=head, hidden=hidden, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, lock=lock,
                     source=str(source) if source is not None else f"store:{config.store.safe_uri}#{config.store.namespace}",
-                    split=split, val_split=val_split if val is not None else None, val_fraction=val_fraction)
+                    split=split, val_split=val_split if val is not None else None, val_fraction=val_fraction,
+                    **({"probabilistic": float(probabilistic)} if probabilistic else {}))
     report = TrainReport(str(out), str(Path(out) / "checkpoint.pt"), mode, str(spec), dict(base.model_info), len(train_part.image_ids),
                          len(train_part), len(val.image_ids) if val is not None else None)
     run = _run_heads if mode == "head" else _run_full
@@ -222,7 +229,8 @@ def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dic
     heads, curve = train_heads(images, texts, train_part.text_image_index, loss=spec, head=s["head"], hidden=s["hidden"],
                                dim_out=base.model_info.get("head_dim"),
                                epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-3, weight_decay=s["weight_decay"] or 0.0,
-                               seed=s["seed"], val=val_arrays, val_fraction=s["val_fraction"], patience=s["patience"], on_epoch=on_epoch)
+                               seed=s["seed"], val=val_arrays, val_fraction=s["val_fraction"], patience=s["patience"], on_epoch=on_epoch,
+                               probabilistic=s.get("probabilistic", 0.0))
     _finish(report, curve)
     save_checkpoint(report.checkpoint, base.model, base.model_info["model_name"], pretrained=base.model_info["base_pretrained"],
                     heads=heads, extra={"backbone": backbone_id(base), "train": settings, "curve": curve})
