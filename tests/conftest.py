@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SERVER_START_TIMEOUT = 60.0  # seconds; ~11 s is usual on 2 cores
@@ -32,6 +33,44 @@ INTERNAL_PORT_FLAGS = (
     "--index-coord-port", "--index-node-port", "--data-coord-port", "--data-node-port",
 )
 _server_log: Path | None = None  # set once the session server starts, shown when a server test fails
+
+
+# --- shared builders (``from conftest import unit, clustered, exact_problem``) -------------------------------------------------
+def unit(x) -> np.ndarray:
+    """Rows scaled to unit length, float32 (computed in float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(seed=2, d=12, n_cand=150, n_paired=20, n_text=60):
+    """Candidates in 5 clusters of very different sizes; captions near the biggest cluster (hard negatives crowd there)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(5, d)))
+    sizes = [90, 20, 20, 10, 10]
+    cand = unit(np.concatenate([centres[c] + 0.15 * rng.normal(size=(n, d)) for c, n in enumerate(sizes)]))
+    paired = unit(centres[rng.integers(0, 5, n_paired)] + 0.3 * rng.normal(size=(n_paired, d)))
+    owner = rng.integers(0, n_paired, n_text)
+    txt = unit(paired[owner] + centres[0] + 0.3 * rng.normal(size=(n_text, d)))
+    return cand, paired, txt, owner
+
+
+def exact_problem(cand, paired, txt=None, owner=None, max_limit=8):
+    """A ``SelectionProblem`` held in memory (``ExactIndex``, ``ArrayVectors``): candidates ``u000...``, paired images
+    ``p000...``, captions ``t0...`` whose image is ``paired[owner[j]]`` (no captions: an empty anchor stream)."""
+    from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem
+
+    cand_ids = np.array([f"u{i:03d}" for i in range(len(cand))], dtype=object)
+    img_ids = np.array([f"p{i:03d}" for i in range(len(paired))], dtype=object)
+    index = ExactIndex({"paired": (img_ids, paired), "candidates": (cand_ids, cand)}, max_limit=max_limit)
+    txt = np.zeros((0, cand.shape[1]), np.float32) if txt is None else txt
+    pos = [frozenset([img_ids[o]]) for o in (owner if owner is not None else [])]
+
+    def anchors(chunk_size):
+        for s in range(0, len(txt), chunk_size):
+            yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(len(txt), s + chunk_size))], dtype=object), txt[s:s + chunk_size],
+                              tuple(pos[s:s + chunk_size]))
+
+    return SelectionProblem(cand_ids, index, anchors, len(txt), vectors=ArrayVectors(cand, img_ids, paired))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from hnsel import api
 from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
-from hnsel.errors import HnselError, InputError, ModelMismatchError
+from hnsel.errors import InputError, ModelMismatchError
 from hnsel.store import open_store
 from hnsel.data.synthetic import make_pool, write_pool
 

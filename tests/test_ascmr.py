@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hnsel.errors import SelectionError
-from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy
+from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem, get_strategy
 from hnsel.strategies.ascmr import (ASCMR, assign_regions, binary_entropy, gini, informativeness, lazy_greedy, match_entropy, match_logit,
                                     neighbour_graph)
 
@@ -29,7 +29,8 @@ def make_problem(cand, txt, cand_unc=None, txt_unc=None, max_limit=16384):
             yield AnchorChunk(np.array([f"t{i}" for i in range(s, e)], dtype=object), txt[s:e], tuple(frozenset() for _ in range(s, e)),
                               None if txt_unc is None else np.asarray(txt_unc[s:e]))
 
-    return SelectionProblem(cand_ids, index, anchors, len(txt), candidate_uncertainty=None if cand_unc is None else np.asarray(cand_unc))
+    return SelectionProblem(cand_ids, index, anchors, len(txt), vectors=ArrayVectors.from_index(index, cand_ids),
+                            candidate_uncertainty=None if cand_unc is None else np.asarray(cand_unc))
 
 
 def random_problem(seed=0, n_cand=60, n_txt=25, d=8, uncertain=True, max_limit=16384):

@@ -2,37 +2,22 @@
 
 import numpy as np
 import pytest
+from conftest import exact_problem, unit
 from typer.testing import CliRunner
 
 from hnsel import api
 from hnsel.cli import app
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.errors import SelectionError
-from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy
+from hnsel.strategies import get_strategy
 from hnsel.strategies.auto import concentration, coverage_gap, coverage_picks, plan_split, spread_floor
 from hnsel.data.synthetic import make_pool, write_pool
 
 REASONS = {"coverage", "hardneg", "random", "fill"}
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def problem_from(cand, paired, txt, owner):
-    cand_ids = np.array([f"u{i:03d}" for i in range(len(cand))], dtype=object)
-    img_ids = np.array([f"p{i:03d}" for i in range(len(paired))], dtype=object)
-    index = ExactIndex({"paired": (img_ids, paired), "candidates": (cand_ids, cand)}, max_limit=64)
-    pos = [frozenset([img_ids[o]]) for o in owner]
-
-    def anchors(chunk_size):
-        for s in range(0, len(txt), chunk_size):
-            yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(len(txt), s + chunk_size))], dtype=object), txt[s:s + chunk_size],
-                              tuple(pos[s:s + chunk_size]))
-
-    lookup = dict(zip(img_ids, paired))
-    return SelectionProblem(cand_ids, index, anchors, len(txt), candidate_vectors=lambda idx: cand[list(idx)],
-                            paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+    return exact_problem(cand, paired, txt, owner, max_limit=64)
 
 
 def layout(covered, seed=0, d=16, n_groups=8, per_group=10, paired_per_group=4):

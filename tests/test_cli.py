@@ -4,10 +4,8 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner

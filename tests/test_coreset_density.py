@@ -2,43 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import clustered, exact_problem, unit
 
 from hnsel.errors import SelectionError
-from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy, list_strategies
+from hnsel.strategies import get_strategy
 from hnsel.strategies.base import positions, sorter_for
 from hnsel.strategies.density import density_greedy, normalise
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def problem_from(cand, paired, txt=None, owner=None, max_limit=8, with_vectors=True):
-    cand_ids = np.array([f"u{i:03d}" for i in range(len(cand))], dtype=object)
-    img_ids = np.array([f"p{i:03d}" for i in range(len(paired))], dtype=object)
-    index = ExactIndex({"paired": (img_ids, paired), "candidates": (cand_ids, cand)}, max_limit=max_limit)
-    txt = np.zeros((0, cand.shape[1]), np.float32) if txt is None else txt
-    pos = [frozenset([img_ids[o]]) for o in (owner if owner is not None else [])]
-
-    def anchors(chunk_size):
-        for s in range(0, len(txt), chunk_size):
-            yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(len(txt), s + chunk_size))], dtype=object), txt[s:s + chunk_size], tuple(pos[s:s + chunk_size]))
-
-    lookup = dict(zip(img_ids, paired))
-    return SelectionProblem(cand_ids, index, anchors, len(txt), candidate_vectors=(lambda idx: cand[list(idx)]) if with_vectors else None,
-                            paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
-
-
-def clustered(seed=2, d=12, n_cand=150, n_paired=20, n_text=60):
-    """Candidates in 5 clusters of very different sizes; captions near the biggest cluster (hard negatives crowd there)."""
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.normal(size=(5, d)))
-    sizes = [90, 20, 20, 10, 10]
-    cand = unit(np.concatenate([centres[c] + 0.15 * rng.normal(size=(n, d)) for c, n in enumerate(sizes)]))
-    paired = unit(centres[rng.integers(0, 5, n_paired)] + 0.3 * rng.normal(size=(n_paired, d)))
-    owner = rng.integers(0, n_paired, n_text)
-    txt = unit(paired[owner] + centres[0] + 0.3 * rng.normal(size=(n_text, d)))
-    return cand, paired, txt, owner
+def problem_from(cand, paired, txt=None, owner=None, max_limit=8):
+    return exact_problem(cand, paired, txt, owner, max_limit)
 
 
 def dense_k_center(cand, paired, budget):
@@ -132,19 +105,3 @@ def test_density_bad_parameters():
         get_strategy("density").select(problem_from(cand, paired), 5, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("with_vectors", [True, False])
-@pytest.mark.parametrize("name", list_strategies())
-def test_strategy_contract(name, with_vectors):
-    """Unique candidate ids, never a paired id, the same picks for the same seed, errors on a bad budget."""
-    cand, paired, txt, owner = clustered(seed=7)
-    problem = problem_from(cand, paired, txt, owner, with_vectors=with_vectors)  # without: vectors come from the index
-    strategy = get_strategy(name)
-    sel = strategy.select(problem, 30, np.random.default_rng(3))
-    assert len(sel) == 30 and len(set(sel.ids)) == 30
-    assert set(sel.ids) <= set(problem.candidate_ids) and not set(sel.ids) & set(problem.index.pools["paired"][0])
-    assert len(sel.scores) == len(sel.reasons) == len(sel.violations) == 30
-    assert list(strategy.select(problem, 30, np.random.default_rng(3)).ids) == list(sel.ids)
-    with pytest.raises(SelectionError, match="larger than the 150 candidates"):
-        strategy.select(problem, 151, np.random.default_rng(0))
-    with pytest.raises(SelectionError, match="at least 1"):
-        strategy.select(problem, 0, np.random.default_rng(0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hnsel.errors import SelectionError
-from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy
+from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem, get_strategy
 from hnsel.strategies import density as density_module
 from hnsel.strategies import exact, hardneg
 from hnsel.strategies.hardneg import chance_stats, dense_hardneg_scores, hardneg_scores, minibatch_thresholds, rank_with_fill
@@ -55,15 +55,14 @@ def make_case(modality="image", seed=0, d=16, n_img=24, n_txt=72, n_cand=150, ma
         for s in range(0, len(anchor_ids), chunk_size):
             yield AnchorChunk(anchor_ids[s:s + chunk_size], anchors[s:s + chunk_size], tuple(positives[s:s + chunk_size]))
 
-    def candidate_stream(batch_size):  # as a Milvus query iterator: not in candidate order, uneven batches
-        order = np.random.default_rng(99).permutation(n_cand)
-        for s in range(0, n_cand, batch_size):
-            yield order[s:s + batch_size], cand[order[s:s + batch_size]]
+    class Shuffled(ArrayVectors):
+        def candidate_batches(self, batch_size):  # as a Milvus query iterator: not in candidate order, uneven batches
+            order = np.random.default_rng(99).permutation(n_cand)
+            for s in range(0, n_cand, batch_size):
+                yield order[s:s + batch_size], cand[order[s:s + batch_size]]
 
-    lookup = dict(zip(paired_ids, paired))
-    problem = SelectionProblem(cand_ids, index, anchor_stream, len(anchor_ids), candidate_vectors=lambda idx: cand[list(idx)],
-                               paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]),
-                               candidate_stream=candidate_stream if shuffled_stream else None)
+    vectors = (Shuffled if shuffled_stream else ArrayVectors)(cand, paired_ids, paired)
+    problem = SelectionProblem(cand_ids, index, anchor_stream, len(anchor_ids), vectors=vectors)
     return Case(problem, anchors, positives, paired_ids, paired, cand)
 
 
@@ -207,7 +206,8 @@ def test_anchors_without_negatives_are_counted_and_skipped():
     index = ExactIndex({"paired": (["p0", "p1"], p), "candidates": (["a", "b"], unit(np.array([[0.8, 0.6], [0, 1]], np.float32)))})
     chunk = AnchorChunk(np.array(["t0", "t1"], dtype=object), unit(np.array([[1, 0], [1, 0]], np.float32)),
                         (frozenset(["p0", "p1"]), frozenset(["p0"])))
-    problem = SelectionProblem(np.array(["a", "b"], dtype=object), index, lambda n: iter([chunk]), 2)
+    problem = SelectionProblem(np.array(["a", "b"], dtype=object), index, lambda n: iter([chunk]), 2,
+                               vectors=ArrayVectors.from_index(index, ["a", "b"]))
     problem.engine = "exact"
     scores, counts, stats = hardneg_scores(problem)
     assert stats["anchors"] == 2 and stats["anchors_without_negatives"] == 1

@@ -2,14 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import unit
 
-from hnsel.errors import SelectionError
-from hnsel.strategies import AnchorChunk, ExactIndex, SelectionProblem, get_strategy, list_strategies
+from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem, get_strategy
 from hnsel.strategies.hardneg import dense_hardneg_scores, hardneg_scores, kth_threshold, minibatch_thresholds, rank_with_fill
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def make_problem(seed=1, d=16, n_paired=30, n_cand=120, n_text=90, max_limit=8, modality="image"):
@@ -27,8 +23,7 @@ def make_problem(seed=1, d=16, n_paired=30, n_cand=120, n_text=90, max_limit=8, 
         for s in range(0, n_text, chunk_size):
             yield AnchorChunk(np.array([f"t{i}" for i in range(s, min(n_text, s + chunk_size))], dtype=object), txt[s:s + chunk_size], tuple(pos[s:s + chunk_size]))
 
-    lookup = dict(zip(img_ids, img))
-    problem = SelectionProblem(cand_ids, index, anchors, n_text, paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+    problem = SelectionProblem(cand_ids, index, anchors, n_text, vectors=ArrayVectors.from_index(index, cand_ids))
     return problem, dict(img=img, img_ids=img_ids, cand=cand, txt=txt, pos=pos)
 
 
@@ -46,7 +41,7 @@ def test_two_anchor_known_answer():
     t = np.array([[1.0, 0.0]], np.float32)
     index = ExactIndex({"paired": (["p0", "p1"], p), "candidates": (["a", "b", "c"], c)})
     anchors = lambda n: iter([AnchorChunk(np.array(["t0"], dtype=object), t, (frozenset(["p0"]),))])
-    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1)
+    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1, vectors=ArrayVectors.from_index(index, ["a", "b", "c"]))
     scores, counts, _ = hardneg_scores(problem, k=1, weight="surplus")
     assert scores == pytest.approx([0.2, 0.0, 0.0], abs=1e-6)  # only a (0.8) beats xi = 0.6; b ties and does not count
     assert counts.tolist() == [1, 0, 0]
@@ -107,29 +102,6 @@ def test_rank_with_fill_orders_by_score_then_id_and_fills_seeded():
     assert list(again.ids) == list(sel.ids)
 
 
-@pytest.mark.parametrize("name", list_strategies())
-def test_strategy_contract(name):
-    problem, _ = make_problem()
-    strategy = get_strategy(name)
-    sel = strategy.select(problem, 25, np.random.default_rng(11))
-    assert len(sel) == 25 and len(set(sel.ids)) == 25
-    assert set(sel.ids) <= set(problem.candidate_ids)
-    assert list(strategy.select(problem, 25, np.random.default_rng(11)).ids) == list(sel.ids)
-    with pytest.raises(SelectionError, match="larger than"):
-        strategy.select(problem, len(problem.candidate_ids) + 1, np.random.default_rng(0))
-    with pytest.raises(SelectionError, match="at least 1"):
-        strategy.select(problem, 0, np.random.default_rng(0))
-
-
-def test_bad_parameters_are_one_line_errors():
-    with pytest.raises(SelectionError, match="unknown strategy"):
-        get_strategy("nope")
-    with pytest.raises(SelectionError, match="--weight"):
-        get_strategy("hardneg", weight="sum")
-    with pytest.raises(SelectionError, match="takes no parameter"):
-        get_strategy("random", k=3)
-
-
 class _WrongPairedIndex(ExactIndex):
     """An index whose filtered search among paired samples misses the best ones, as HNSW can at scale."""
 
@@ -177,9 +149,7 @@ def test_semi_window_known_answer():
     t = np.array([[1.0, 0.0]], np.float32)
     index = ExactIndex({"paired": (["p0", "p1"], p), "candidates": (["a", "b", "c"], c)})
     anchors = lambda n: iter([AnchorChunk(np.array(["t0"], dtype=object), t, (frozenset(["p0"]),))])
-    lookup = {"p0": p[0], "p1": p[1]}
-    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1,
-                               paired_vectors=lambda ids: np.asarray([lookup[i] for i in ids]))
+    problem = SelectionProblem(np.array(["a", "b", "c"], dtype=object), index, anchors, 1, vectors=ArrayVectors.from_index(index, ["a", "b", "c"]))
     hard, hard_counts, _ = hardneg_scores(problem, window="hard")
     semi, semi_counts, stats = hardneg_scores(problem, window="semi")
     assert hard == pytest.approx([0.45, 0.2, 0.0], abs=1e-5) and hard_counts.tolist() == [1, 1, 0]

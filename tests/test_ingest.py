@@ -1,4 +1,6 @@
-"""Every ingest validation error names the file and row, and leaves the store exactly as it was."""
+"""Every ingest validation error names the file and row, and leaves the store exactly as it was.
+
+Refused ingests only read the store, so they run once, on Lite; the ingests that write run on Lite and the server."""
 
 import json
 
@@ -28,16 +30,27 @@ def txt(i, image, pool="paired", v=None):
     return row
 
 
-@pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.server)])
-def config(request, tmp_path_factory):
-    """One store per backend for the module: refused ingests write nothing, so they can share it."""
-    tmp_path = tmp_path_factory.mktemp("ingest")
-    uri = str(tmp_path / "hnsel.db") if request.param == "lite" else request.getfixturevalue("milvus_server")
-    cfg = HnselConfig(store=StoreConfig(uri=uri, namespace=f"t_ingest_{request.param}"))
+def _base_store(tmp_path, uri, namespace):
+    cfg = HnselConfig(store=StoreConfig(uri=uri, namespace=namespace))
     images = write_jsonl(tmp_path / "base_images.jsonl", [img(0), img(1), img(2, "unpaired"), img(3, "unpaired")])
     texts = write_jsonl(tmp_path / "base_texts.jsonl", [txt(0, "i0"), txt(1, "i1")])
     api.ingest(cfg, images=images, texts=texts)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory):
+    """One Lite store for the refused ingests: they write nothing, so they can share it."""
+    tmp_path = tmp_path_factory.mktemp("ingest")
+    return _base_store(tmp_path, str(tmp_path / "hnsel.db"), "t_ingest_lite")
+
+
+@pytest.fixture(scope="module", params=["lite", pytest.param("server", marks=pytest.mark.server)])
+def config(request, tmp_path_factory):
+    """One store per backend for the ingests that write."""
+    tmp_path = tmp_path_factory.mktemp("ingest_write")
+    uri = str(tmp_path / "hnsel.db") if request.param == "lite" else request.getfixturevalue("milvus_server")
+    return _base_store(tmp_path, uri, f"t_ingest_write_{request.param}")
 
 
 def snapshot(cfg):
@@ -62,16 +75,16 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize("case,rows,message", BAD_IMAGES, ids=[c[0] for c in BAD_IMAGES])
-def test_bad_image_files_change_nothing(config, tmp_path, case, rows, message):
-    before = snapshot(config)
+def test_bad_image_files_change_nothing(lite, tmp_path, case, rows, message):
+    before = snapshot(lite)
     # a good texts file in the same call must not be written either
     texts = write_jsonl(tmp_path / "good_texts.jsonl", [txt(5, "i0")])
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r).replace("NaN", "NaN") + "\n" for r in rows))
     with pytest.raises(InputError, match=message) as info:
-        api.ingest(config, images=path, texts=texts)
+        api.ingest(lite, images=path, texts=texts)
     assert "bad.jsonl" in str(info.value) and "\n" not in str(info.value)
-    assert snapshot(config) == before
+    assert snapshot(lite) == before
 
 
 BAD_TEXTS = [
@@ -82,12 +95,12 @@ BAD_TEXTS = [
 
 
 @pytest.mark.parametrize("case,rows,message", BAD_TEXTS, ids=[c[0] for c in BAD_TEXTS])
-def test_bad_text_files_change_nothing(config, tmp_path, case, rows, message):
-    before = snapshot(config)
+def test_bad_text_files_change_nothing(lite, tmp_path, case, rows, message):
+    before = snapshot(lite)
     path = write_jsonl(tmp_path / "bad_texts.jsonl", rows)
     with pytest.raises(InputError, match=message):
-        api.ingest(config, texts=path)
-    assert snapshot(config) == before
+        api.ingest(lite, texts=path)
+    assert snapshot(lite) == before
 
 
 def test_text_may_name_an_image_paired_in_the_same_call(config, tmp_path):
@@ -99,12 +112,12 @@ def test_text_may_name_an_image_paired_in_the_same_call(config, tmp_path):
     assert api.status(config)["texts"]["paired"] == before + 1
 
 
-def test_unpairing_an_image_with_captions_is_refused(config, tmp_path):
-    before = snapshot(config)
+def test_unpairing_an_image_with_captions_is_refused(lite, tmp_path):
+    before = snapshot(lite)
     path = write_jsonl(tmp_path / "unpair.jsonl", [img(0, "unpaired")])
     with pytest.raises(InputError, match="paired text 't0' in the store describes it"):
-        api.ingest(config, images=path)
-    assert snapshot(config) == before
+        api.ingest(lite, images=path)
+    assert snapshot(lite) == before
 
 
 def test_parquet_input_is_normalised(config, tmp_path):
@@ -117,8 +130,8 @@ def test_parquet_input_is_normalised(config, tmp_path):
     assert row["uri"] == "" and row["round"] == -1
 
 
-def test_unknown_extension_and_missing_file(config, tmp_path):
+def test_unknown_extension_and_missing_file(lite, tmp_path):
     with pytest.raises(InputError, match=r"unknown file type '.txt'"):
-        api.ingest(config, images=tmp_path / "x.txt")
+        api.ingest(lite, images=tmp_path / "x.txt")
     with pytest.raises(InputError, match="file not found"):
-        api.ingest(config, images=tmp_path / "missing.parquet")
+        api.ingest(lite, images=tmp_path / "missing.parquet")

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..store.problem import MilvusIndex
+from ..store.problem import MilvusIndex, StoreVectors
 from ..store import Store
 from ..strategies import AnchorChunk, SelectionProblem
 from ..strategies.hardneg import PairedSide, full_threshold_setters
@@ -49,18 +49,25 @@ def _later_selected(store: Store, side: str, round_: int | None) -> set[str]:
     return {r["id"] for batch in store.iter_rows(side, expr, ("id",)) for r in batch}
 
 
+class _PairedAsItWas(StoreVectors):
+    """The paired side as the round saw it: the store's vectors less the samples paired since (``excluded``)."""
+
+    def __init__(self, store: Store, side: str, paired_filter: str, excluded: set[str]):
+        super().__init__(store, side, {"paired": paired_filter}, np.array([], dtype=object))
+        self.excluded = excluded
+
+    def paired_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vectors in super().paired_batches(batch_size):
+            keep = np.array([i not in self.excluded for i in ids], dtype=bool)
+            yield ids[keep], vectors[keep]
+
+
 def paired_state(store: Store, modality: str, pick_ids: list[str], round_: int | None, paired_mb: float) -> PairedState:
     side, anchor_kind = ("images", "texts") if modality == "image" else ("texts", "images")
     excluded = set(pick_ids) | _later_selected(store, side, round_)
-    paired_filter = store.pool_filter(side, "paired")
-    if round_ is not None and store.has_field(side, "round"):
-        paired_filter += f" and {store.fields(side).round} < {int(round_)}"
+    earlier = round_ is not None and store.has_field(side, "round")
+    paired_filter = store.where(side, pool="paired", below_round=round_ if earlier else None)
     index = MilvusIndex(store, side, paired_filter, store.pool_filter(side, "unpaired"))
-
-    def paired_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in store.iter_rows(side, paired_filter, ("id", "vector"), batch_size):
-            rows = [r for r in batch if r["id"] not in excluded]
-            yield np.array([r["id"] for r in rows], dtype=object), np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
 
     captions_of: dict[str, set[str]] = {}
     if modality == "text":
@@ -81,7 +88,7 @@ def paired_state(store: Store, modality: str, pick_ids: list[str], round_: int |
 
     n_anchors = store.count(anchor_kind, store.pool_filter(anchor_kind, "paired"))
     problem = SelectionProblem(candidate_ids=np.array(pick_ids, dtype=object), index=index, anchors=anchors, n_anchors=n_anchors,
-                               paired_stream=paired_stream)
+                               vectors=_PairedAsItWas(store, side, paired_filter, excluded))
     return PairedState(problem, side, anchor_kind, paired_filter, excluded, PairedSide.load(problem, paired_mb))
 
 

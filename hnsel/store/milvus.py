@@ -166,7 +166,7 @@ class Store:
         return self.where(kind, pool=pool, round=-1 if unselected and self.has_field(kind, "round") else None)
 
     def where(self, kind: str, *, pool: str | None = None, round: int | None = None, min_round: int | None = None,
-              image_ids: Sequence[str] | None = None) -> str:
+              below_round: int | None = None, image_ids: Sequence[str] | None = None) -> str:
         """A filter expression of ``kind``'s rows: every condition given must hold (``""``: all rows). The only
         place hnsel writes a filter; strings enter through ``quote``, numbers as ints."""
         f = self.fields(kind)
@@ -177,6 +177,8 @@ class Store:
             terms.append(f"{f.round} == {int(round)}")
         if min_round is not None:
             terms.append(f"{f.round} >= {int(min_round)}")
+        if below_round is not None:
+            terms.append(f"{f.round} < {int(below_round)}")
         if image_ids is not None:
             terms.append(in_filter(f.image_id, list(image_ids)))
         return " and ".join(terms)

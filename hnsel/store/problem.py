@@ -16,7 +16,7 @@ from ..strategies import AnchorChunk, SelectionProblem
 from ..strategies.base import positions, sorter_for
 from .milvus import MAX_TOPK, Store
 
-__all__ = ["build_problem", "MilvusIndex", "side_kinds", "require_collections"]
+__all__ = ["build_problem", "MilvusIndex", "StoreVectors", "side_kinds", "require_collections"]
 
 
 class MilvusIndex:
@@ -37,6 +37,32 @@ class MilvusIndex:
         self.calls += 1
         filter = self.store.excluding(self.kind, self.filters[pool], exclude)
         return self.store.search(self.kind, vectors, min(limit, self.max_limit), filter, radius=radius)
+
+
+class StoreVectors:
+    """The ``VectorSource`` of a store: lookups by id, and each side streamed once by a query iterator (memory one batch)."""
+
+    def __init__(self, store: Store, kind: str, filters: dict[str, str], candidate_ids: np.ndarray):
+        self.store, self.kind, self.filters, self.candidate_ids = store, kind, filters, candidate_ids
+        self._sorter = sorter_for(candidate_ids)
+
+    def paired(self, ids: Sequence[str]) -> np.ndarray:
+        rows = {r["id"]: r["vector"] for r in self.store.get(self.kind, list(ids), ["id", "vector"])}
+        return np.asarray([rows[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
+    def candidates(self, indices: Sequence[int]) -> np.ndarray:
+        return self.paired([self.candidate_ids[i] for i in indices])
+
+    def candidate_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Candidates' vectors straight from a query iterator: no lookups by id."""
+        for batch in self.store.iter_rows(self.kind, self.filters["candidates"], ("id", "vector"), batch_size):
+            ids = np.array([r["id"] for r in batch], dtype=object)
+            indices, known = positions(self.candidate_ids, ids, self._sorter)
+            yield indices, np.asarray([r["vector"] for r, k in zip(batch, known) if k], dtype=np.float32).reshape(len(indices), -1)
+
+    def paired_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in self.store.iter_rows(self.kind, self.filters["paired"], ("id", "vector"), batch_size):
+            yield np.array([r["id"] for r in batch], dtype=object), np.asarray([r["vector"] for r in batch], dtype=np.float32).reshape(len(batch), -1)
 
 
 def side_kinds(modality: str) -> tuple[str, str]:
@@ -102,29 +128,8 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
     if max_limit is not None:
         index.max_limit = max_limit
 
-    def paired_vectors(ids: Sequence[str]) -> np.ndarray:
-        rows = {r["id"]: r["vector"] for r in store.get(side, list(ids), ["id", "vector"])}
-        return np.asarray([rows[i] for i in ids], dtype=np.float32)
-
-    def candidate_vectors(indices: Sequence[int]) -> np.ndarray:
-        return paired_vectors([problem.candidate_ids[i] for i in indices])
-
-    def candidate_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Candidates' vectors straight from a query iterator: no lookups by id, memory one batch."""
-        sorter = sorter_for(problem.candidate_ids)
-        for batch in store.iter_rows(side, index.filters["candidates"], ("id", "vector"), batch_size):
-            ids = np.array([r["id"] for r in batch], dtype=object)
-            indices, known = positions(problem.candidate_ids, ids, sorter)
-            yield indices, np.asarray([r["vector"] for r, k in zip(batch, known) if k], dtype=np.float32).reshape(len(indices), -1)
-
-    def paired_stream(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in store.iter_rows(side, index.filters["paired"], ("id", "vector"), batch_size):
-            yield np.array([r["id"] for r in batch], dtype=object), np.asarray([r["vector"] for r in batch], dtype=np.float32).reshape(len(batch), -1)
-
     candidate_ids, candidate_uncertainty = _candidates(store, side)
-    problem = SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality),
-                               n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
-                               candidate_vectors=candidate_vectors, paired_vectors=paired_vectors, on_progress=on_progress,
-                               candidate_stream=candidate_stream, paired_stream=paired_stream,
-                               candidate_uncertainty=candidate_uncertainty, match=store.get_meta(MATCH_META_KEY))
-    return problem
+    return SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality),
+                            n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
+                            vectors=StoreVectors(store, side, index.filters, candidate_ids), on_progress=on_progress,
+                            candidate_uncertainty=candidate_uncertainty, match=store.get_meta(MATCH_META_KEY))

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SelectionError
 
 __all__ = [
-    "NeighborIndex", "ExactIndex", "AnchorChunk", "SelectionProblem", "Selection", "Strategy",
+    "NeighborIndex", "ExactIndex", "VectorSource", "ArrayVectors", "AnchorChunk", "SelectionProblem", "Selection", "Strategy",
     "register", "get_strategy", "list_strategies", "param", "params_of", "ParamSpec", "describe_params", "check_budget", "fill_random", "top_by_score", "positions", "sorter_for",
 ]
 
@@ -94,55 +94,91 @@ class AnchorChunk:
     uncertainty: np.ndarray | None = None  # per anchor: the summed variance of its Gaussian embedding (probabilistic heads only)
 
 
+class VectorSource(Protocol):
+    """Where a strategy reads vectors (cosine-normalised float32): the candidates by candidate index, the negatives'
+    side (paired samples) by id, and each side streamed once in batches (memory one batch)."""
+
+    def candidates(self, indices: Sequence[int]) -> np.ndarray: ...
+
+    def paired(self, ids: Sequence[str]) -> np.ndarray: ...
+
+    def candidate_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def paired_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class ArrayVectors:
+    """A ``VectorSource`` over arrays in memory: ``candidates`` rows in ``candidate_ids`` order, the paired side by id."""
+
+    def __init__(self, candidates: np.ndarray, paired_ids: Sequence[str], paired: np.ndarray):
+        self._candidates = np.asarray(candidates, dtype=np.float32)
+        self._paired_ids = np.asarray(paired_ids, dtype=object)
+        self._paired = np.asarray(paired, dtype=np.float32).reshape(len(self._paired_ids), self._candidates.shape[-1])
+        self._row = {x: i for i, x in enumerate(self._paired_ids)}
+
+    @classmethod
+    def from_index(cls, index: ExactIndex, candidate_ids: Sequence[str]) -> "ArrayVectors":
+        """The vectors an ``ExactIndex`` holds, the candidates in ``candidate_ids`` order."""
+        paired_ids, paired = index.pools.get("paired", (np.array([], dtype=object), np.zeros((0, 0), np.float32)))
+        return cls(index.vectors(list(candidate_ids), "candidates"), paired_ids, paired)
+
+    def candidates(self, indices: Sequence[int]) -> np.ndarray:
+        return self._candidates[np.asarray(indices, dtype=np.int64)]
+
+    def paired(self, ids: Sequence[str]) -> np.ndarray:
+        return self._paired[[self._row[x] for x in ids]].reshape(len(ids), self._paired.shape[1])
+
+    def candidate_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self._candidates), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(self._candidates)))
+            yield indices, self._candidates[indices]
+
+    def paired_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self._paired_ids), batch_size):
+            yield self._paired_ids[start:start + batch_size], self._paired[start:start + batch_size]
+
+
 @dataclass
 class SelectionProblem:
-    """Everything a strategy may read. ``anchors(chunk_size)`` streams the anchors again on each call."""
+    """Everything a strategy may read. ``anchors(chunk_size)`` streams the anchors again on each call; ``index``
+    answers neighbour searches; ``vectors`` gives vectors (None: a problem that offers searches only)."""
 
     candidate_ids: np.ndarray
     index: NeighborIndex
     anchors: Callable[[int], Iterator[AnchorChunk]]
     n_anchors: int
-    candidate_vectors: Callable[[Sequence[int]], np.ndarray] | None = None  # by candidate indices
-    paired_vectors: Callable[[Sequence[str]], np.ndarray] | None = None  # negatives' side, by ids
+    vectors: VectorSource | None = None
     on_progress: Callable[[str, int, int | None], None] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
-    candidate_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # (indices, vectors) batches
-    paired_stream: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]] | None = None  # negatives' side: (ids, vectors) batches
     candidate_uncertainty: np.ndarray | None = None  # per candidate: the summed variance of its Gaussian embedding (probabilistic heads only)
-    engine: str = "milvus"  # how hard-negative scores are computed: "milvus" (neighbour searches) or "exact" (blockwise products)
     match: dict[str, float] | None = None  # calibrated match parameters {"scale", "shift"} of probabilistic heads (ascmr)
+    engine: str = "milvus"  # how hard-negative scores are computed: "milvus" (neighbour searches) or "exact" (blockwise products)
     device: str | None = None  # where the exact engine runs: None or "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
 
     def progress(self, task: str, completed: int, total: int | None) -> None:
         if self.on_progress is not None:
             self.on_progress(task, completed, total)
 
+    def _source(self) -> VectorSource:
+        if self.vectors is None:
+            raise SelectionError("this strategy needs vectors, and this problem provides none")
+        return self.vectors
+
     def vectors_of(self, indices: Sequence[int]) -> np.ndarray:
-        """Candidate vectors by candidate indices: ``candidate_vectors``, else the index's ``vectors``."""
-        if self.candidate_vectors is not None:
-            return np.asarray(self.candidate_vectors(indices), dtype=np.float32)
-        if hasattr(self.index, "vectors"):
-            return np.asarray(self.index.vectors([self.candidate_ids[i] for i in indices], "candidates"), dtype=np.float32)
-        raise SelectionError("this strategy needs candidate vectors, and this problem provides none")
+        """Candidate vectors by candidate indices."""
+        return np.asarray(self._source().candidates(indices), dtype=np.float32)
+
+    def paired_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The negatives' side (paired samples) by id."""
+        return np.asarray(self._source().paired(ids), dtype=np.float32)
 
     def candidate_batches(self, batch_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every candidate once as (indices, vectors) batches; memory is one batch (streamed from the store when it can)."""
-        if self.candidate_stream is not None:
-            yield from self.candidate_stream(batch_size)
-            return
-        for start in range(0, len(self.candidate_ids), batch_size):
-            indices = np.arange(start, min(start + batch_size, len(self.candidate_ids)))
-            yield indices, self.vectors_of(indices)
-
+        return self._source().candidate_batches(batch_size)
 
     def paired_batches(self, batch_size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]] | None:
-        """The negatives' side (paired samples) once as (ids, vectors) batches; None when this problem has no such source."""
-        if self.paired_stream is not None:
-            return self.paired_stream(batch_size)
-        if isinstance(self.index, ExactIndex) and "paired" in self.index.pools:
-            ids, vecs = self.index.pools["paired"]
-            return ((ids[s:s + batch_size], vecs[s:s + batch_size]) for s in range(0, len(ids), batch_size))
-        return None
+        """The negatives' side once as (ids, vectors) batches; None when this problem has no vectors."""
+        return None if self.vectors is None else self.vectors.paired_batches(batch_size)
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.nda
 
 def positive_similarities(problem: SelectionProblem, chunk: AnchorChunk) -> np.ndarray:
     """Per anchor, its similarity to its most similar own positive (NaN when none is on the paired side)."""
-    if problem.paired_vectors is None:
+    if problem.vectors is None:
         raise SelectionError("window=semi needs the paired vectors; this store cannot provide them")
     wanted = sorted(set().union(*chunk.positives)) if chunk.positives else []
     vectors = np.asarray(problem.paired_vectors(wanted), dtype=np.float32) if wanted else np.zeros((0, chunk.vectors.shape[1]), np.float32)
@@ -237,7 +237,7 @@ def _anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str
             yield chunk, full_thresholds(chunk, problem.index, k, paired)
         return
     stats["thresholds"] = "mini-batch in memory"
-    if problem.paired_vectors is None:
+    if problem.vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
     chunks = list(problem.anchors(chunk_size))  # mini-batch shuffles over all anchors: O(paired) memory
     if not chunks:
