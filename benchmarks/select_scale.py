@@ -48,15 +48,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from hnsel.config import StoreConfig  # noqa: E402
-from hnsel.strategies import exact, hardneg  # noqa: E402
-
-try:  # the package layout of issue 15 (store/ and data/ sub-packages)
-    from hnsel.data.synthetic import make_pool  # noqa: E402
-    from hnsel.store import build_problem, open_store  # noqa: E402
-except ImportError:  # the flat layout before it
-    from hnsel.store import open_store  # noqa: E402
-    from hnsel.synthetic import make_pool  # noqa: E402
-    from hnsel.workflows_select import build_problem  # noqa: E402
+from hnsel.data.synthetic import make_pool  # noqa: E402
+from hnsel.store import build_problem, open_store  # noqa: E402
+from hnsel.strategies import AnchorChunk, dense, exact, hardneg, thresholds  # noqa: E402
 from _sections import replace_section  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "select_scale.json"
@@ -178,7 +172,7 @@ def instrument(store, problem, timers: Timers, sample: set[str] | None):
                 chunk = next(it, None)
                 if chunk is not None and sample is not None:
                     keep = np.array([x in sample for x in chunk.ids], dtype=bool)
-                    chunk = hardneg.AnchorChunk(chunk.ids[keep], chunk.vectors[keep], tuple(p for p, k in zip(chunk.positives, keep) if k))
+                    chunk = AnchorChunk(chunk.ids[keep], chunk.vectors[keep], tuple(p for p, k in zip(chunk.positives, keep) if k))
             if chunk is None:
                 return
             if len(chunk.ids):
@@ -313,8 +307,8 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
     originals = {name: _wrap(hardneg, name, timers, key) for name, key in
                  (("full_thresholds", "thresholds"), ("_violators", "violators"), ("_accumulate", "accumulate"))}
     score_candidates = _wrap(exact, "score_candidates", timers, "exact_scoring")
-    load = vars(hardneg.PairedSide)["load"]
-    _wrap(hardneg.PairedSide, "load", timers, "paired_load")
+    load = vars(thresholds.PairedSide)["load"]
+    _wrap(thresholds.PairedSide, "load", timers, "paired_load")
     try:
         with Peak(others) as peak:
             t0 = time.perf_counter()
@@ -333,7 +327,7 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
         for name, fn in originals.items():
             setattr(hardneg, name, fn)
         exact.score_candidates = score_candidates
-        hardneg.PairedSide.load = load
+        thresholds.PairedSide.load = load
     t, n = timers.t, timers.n
     split = {
         "list_candidates": t.get("list_candidates", 0.0),
@@ -373,7 +367,7 @@ def run_dense(pool, sample_idx: np.ndarray, budget: int, seed: int, candidate_id
     anchors, negatives, candidates = pool.text_vectors[sample_idx], pool.image_vectors[paired], pool.image_vectors[cand]
     with Peak([]) as peak:
         t0 = time.perf_counter()
-        scores, counts = hardneg.dense_hardneg_scores(anchors, positives, pool.image_ids[paired], negatives, candidates)
+        scores, counts = dense.dense_hardneg_scores(anchors, positives, pool.image_ids[paired], negatives, candidates)
         sel = hardneg.rank_with_fill(candidate_ids, scores, counts, budget, np.random.default_rng(seed), "dense", {}, {})
         wall = time.perf_counter() - t0
     flop = 2.0 * len(anchors) * (len(negatives) + len(candidates)) * anchors.shape[1]  # thresholds + scores, multiply-add = 2

@@ -12,7 +12,9 @@ from hnsel.errors import SelectionError
 from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem, get_strategy
 from hnsel.strategies import density as density_module
 from hnsel.strategies import exact, hardneg
-from hnsel.strategies.hardneg import chance_stats, dense_hardneg_scores, hardneg_scores, minibatch_thresholds, rank_with_fill
+from hnsel.strategies.dense import dense_hardneg_scores
+from hnsel.strategies.hardneg import chance_stats, hardneg_scores, rank_with_fill
+from hnsel.strategies.thresholds import minibatch_thresholds
 
 
 def unit(x):

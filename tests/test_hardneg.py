@@ -5,7 +5,9 @@ import pytest
 from conftest import unit
 
 from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionProblem, get_strategy
-from hnsel.strategies.hardneg import dense_hardneg_scores, hardneg_scores, kth_threshold, minibatch_thresholds, rank_with_fill
+from hnsel.strategies.dense import dense_hardneg_scores
+from hnsel.strategies.hardneg import hardneg_scores, rank_with_fill
+from hnsel.strategies.thresholds import kth_threshold, minibatch_thresholds
 
 
 def make_problem(seed=1, d=16, n_paired=30, n_cand=120, n_text=90, max_limit=8, modality="image"):
@@ -128,7 +130,7 @@ def test_in_memory_thresholds_are_exact_whatever_the_index(k):
 
 def test_in_memory_thresholds_drop_every_positive_and_handle_few_negatives():
     # Anchor t0 describes p0 and p1 (text modality: an image with two captions); p2 is the only negative.
-    from hnsel.strategies.hardneg import PairedSide
+    from hnsel.strategies.thresholds import PairedSide
 
     side = PairedSide(np.array(["p0", "p1", "p2"], dtype=object), np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32))
     chunk = AnchorChunk(np.array(["a", "b"], dtype=object), np.array([[1, 0], [0, 1]], np.float32),

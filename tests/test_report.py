@@ -21,7 +21,7 @@ from hnsel.report import thumbs as thumbs_module
 from hnsel.report.evidence import hardneg_evidence, nearest_paired, paired_state
 from hnsel.store import open_store
 from hnsel.strategies import AnchorChunk, ExactIndex
-from hnsel.strategies.hardneg import PairedSide, full_threshold_setters, kth_threshold
+from hnsel.strategies.thresholds import PairedSide, full_threshold_setters, kth_threshold
 from hnsel.data.synthetic import make_pool
 
 runner = CliRunner()

@@ -9,7 +9,8 @@ import pytest
 from hnsel import api
 from hnsel.config import HnselConfig, StoreConfig
 from hnsel.store import open_store
-from hnsel.strategies.hardneg import dense_hardneg_scores, hardneg_scores
+from hnsel.strategies.dense import dense_hardneg_scores
+from hnsel.strategies.hardneg import hardneg_scores
 from hnsel.data.synthetic import make_pool, write_pool
 
 

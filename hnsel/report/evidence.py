@@ -23,7 +23,7 @@ import numpy as np
 from ..store.problem import MilvusIndex, StoreVectors
 from ..store import Store
 from ..strategies import AnchorChunk, SelectionProblem
-from ..strategies.hardneg import PairedSide, full_threshold_setters
+from ..strategies.thresholds import PairedSide, full_threshold_setters
 
 __all__ = ["PairedState", "paired_state", "Evidence", "hardneg_evidence", "nearest_paired", "sample_ids"]
 

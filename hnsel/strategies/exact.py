@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import SelectionError
 from .base import SelectionProblem
-from .hardneg import _anchor_chunks_with_thresholds, chance_stats, positive_similarities
+from .hardneg import chance_stats
+from .thresholds import anchor_chunks_with_thresholds, positive_similarities
 
 __all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "below_float32", "above_float32"]
 
@@ -78,7 +79,7 @@ def exact_anchors(problem: SelectionProblem, *, k: int, batch: str, batch_size: 
     thresholds, the seeded mini-batch shuffle and the chance statistics are the same.
     """
     vectors, xis, uppers = [], [], []
-    for chunk, xi in _anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
+    for chunk, xi in anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
         valid = np.flatnonzero(~np.isnan(xi))
         stats["anchors"] += len(xi)
         stats["anchors_without_negatives"] += len(xi) - len(valid)
