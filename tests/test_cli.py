@@ -147,3 +147,23 @@ def test_second_process_on_a_lite_file_gets_a_clear_error(tmp_path, vectors):
 def test_python_cli_shim_runs_the_same_app():
     res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "select" in res.stdout
+
+
+def test_store_commands_never_import_torch(tmp_path, vectors):
+    """status, ingest, select (milvus engine) and round commands load no model stack: ``hnsel.api`` resolves lazily."""
+    db = tmp_path / "h.db"
+    images, texts = vectors
+    script = textwrap.dedent(f"""
+        import sys
+        from typer.testing import CliRunner
+        from hnsel.cli import app
+        run = lambda *a: CliRunner().invoke(app, [*a, "--milvus-uri", {str(db)!r}])
+        for args in (["ingest", "--images", {str(images)!r}, "--texts", {str(texts)!r}], ["status", "--json"],
+                     ["select", "--budget", "3", "--strategy", "hardneg", "--engine", "milvus", "--json"], ["round", "list"], ["round", "show", "1"]):
+            result = run(*args)
+            assert result.exit_code == 0, (args, result.output)
+        print(sorted(m for m in ("torch", "open_clip", "timm", "transformers") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
