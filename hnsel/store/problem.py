@@ -18,6 +18,8 @@ from .milvus import MAX_TOPK, Store
 
 __all__ = ["build_problem", "MilvusIndex", "StoreVectors", "side_kinds", "require_collections"]
 
+ANCHOR_PAGE = 4096  # anchors read per query: each page is one round trip (and ~50 MB of Python floats at dim 512)
+
 
 class MilvusIndex:
     """The strategies' ``NeighborIndex`` on Milvus: ``paired`` and ``candidates`` pools of one collection."""
@@ -105,7 +107,8 @@ def _anchor_stream(store: Store, modality: str) -> Callable[[int], Iterator[Anch
         return values if values is not None and (values >= 0).all() else None
 
     def anchors(chunk_size: int) -> Iterator[AnchorChunk]:
-        for batch in store.iter_rows(anchor_kind, store.pool_filter(anchor_kind, "paired"), fields, chunk_size):
+        page = max(chunk_size, ANCHOR_PAGE)  # fewer, larger queries; the chunks are cut from each page
+        for batch in store.iter_rows(anchor_kind, store.pool_filter(anchor_kind, "paired"), fields, page):
             for start in range(0, len(batch), chunk_size):
                 rows = batch[start:start + chunk_size]
                 yield AnchorChunk(np.array([r["id"] for r in rows], dtype=object), np.asarray([r["vector"] for r in rows], dtype=np.float32),

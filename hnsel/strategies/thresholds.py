@@ -75,21 +75,32 @@ class PairedSide:
         rows = max(1, block_floats // n)
         for start in range(0, len(chunk.ids), rows):
             sims = np.asarray(chunk.vectors[start:start + rows], dtype=np.float32) @ self.vectors.T
+            cells = [(r, column[p]) for r, pos in enumerate(chunk.positives[start:start + rows]) for p in pos if p in column]
             n_neg = np.full(len(sims), n)
-            for r, pos in enumerate(chunk.positives[start:start + rows]):
-                cols = [column[p] for p in pos if p in column]
-                sims[r, cols] = -np.inf
-                n_neg[r] -= len(cols)
-            at = np.full(len(sims), -1, dtype=np.int64)
-            full = n_neg >= k
-            if full.any():
-                at[full] = np.argpartition(-sims[full], k - 1, axis=1)[:, k - 1]
-            for r in np.flatnonzero(~full & (n_neg > 0)):  # fewer than k negatives: the smallest of them
-                at[r] = int(np.argmin(np.where(np.isfinite(sims[r]), sims[r], np.inf)))
+            if cells:  # positives are never negatives: masked below every similarity, counted out
+                r_idx, c_idx = np.array(cells, dtype=np.int64).T
+                sims[r_idx, c_idx] = -np.inf
+                np.subtract.at(n_neg, r_idx, 1)
+            at = self._kth_columns(sims, n_neg, k)
             found = np.flatnonzero(at >= 0)
             xi[start + found] = sims[found, at[found]]
             setters[start + found] = self.ids[at[found]]
         return xi, setters
+
+    @staticmethod
+    def _kth_columns(sims: np.ndarray, n_neg: np.ndarray, k: int) -> np.ndarray:
+        """Per row, the column of its k-th largest finite similarity (the smallest when it has fewer than k; -1 for none).
+        Positives are -inf, so they sort last; no row is copied or negated when every row has k negatives."""
+        n = sims.shape[1]
+        at = np.full(len(sims), -1, dtype=np.int64)
+        full = n_neg >= k
+        if full.all():
+            at[:] = np.argmax(sims, axis=1) if k == 1 else np.argpartition(sims, n - k, axis=1)[:, n - k]
+        elif full.any():
+            at[full] = np.argmax(sims[full], axis=1) if k == 1 else np.argpartition(sims[full], n - k, axis=1)[:, n - k]
+        for r in np.flatnonzero(~full & (n_neg > 0)):  # fewer than k negatives: the smallest of them
+            at[r] = int(np.argmin(np.where(np.isfinite(sims[r]), sims[r], np.inf)))
+        return at
 
 
 def full_thresholds(chunk: AnchorChunk, index: NeighborIndex, k: int, paired: PairedSide | None = None) -> np.ndarray:
