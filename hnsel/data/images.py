@@ -1,4 +1,4 @@
-"""Opening one image from a local path or any URL fsspec can read (s3://, gs://, https://...)."""
+"""Opening one image from a local path, any URL fsspec can read (s3://, gs://, https://...), or its bytes."""
 
 from __future__ import annotations
 
@@ -47,8 +47,15 @@ def _read_bytes(uri: str) -> bytes:
         raise ImageReadError(uri, f"cannot download ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def open_image(uri: str | os.PathLike) -> Image.Image:
-    """Decode an image fully into RGB; any failure is an ``ImageReadError`` with a short reason."""
+def open_image(uri: str | os.PathLike | bytes | bytearray | memoryview) -> Image.Image:
+    """Decode an image fully into RGB; any failure is an ``ImageReadError`` with a short reason.
+
+    ``uri`` is a path or URL, or the encoded image itself (bytes, as WebDataset shards and Parquet columns hold it).
+    """
+    if isinstance(uri, (bytes, bytearray, memoryview)):
+        if not len(uri):
+            raise ImageReadError("<0 bytes>", "no image bytes")
+        return _decode(io.BytesIO(uri), f"<{len(uri)} bytes>")
     uri = str(uri)
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
@@ -60,13 +67,19 @@ def open_image(uri: str | os.PathLike) -> Image.Image:
             if not path.is_file():
                 raise ImageReadError(uri, "missing file" if not path.exists() else "not a file")
             source = path
+    except OSError as exc:  # a name the file system refuses (too long, ...)
+        raise ImageReadError(uri, f"truncated or corrupt ({str(exc)[:200]})") from None
+    return _decode(source, uri)
+
+
+def _decode(source: object, uri: str) -> Image.Image:
+    """Decode ``source`` (a path or a file object) fully into RGB; ``uri`` names it in errors."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 img.load()  # decode now: truncated files fail here, not later in a worker
                 return img.convert("RGB")
-    except ImageReadError:
-        raise
     except UnidentifiedImageError:
         raise ImageReadError(uri, "not an image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -9,7 +9,10 @@ __all__ = ["ImageRecord", "TextRecord", "Dataset"]
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image. ``captions[i]`` has id ``caption_ids[i]``; an image with captions is pairable."""
+    """One image. ``captions[i]`` has id ``caption_ids[i]``; an image with captions is pairable.
+
+    Readers of shards (``shards``) carry the image's bytes in ``data``; ``uri`` then says where they came from
+    (``shard.tar#key.jpg``, ``file.parquet#row=12``) and is not opened."""
 
     id: str
     uri: str | None = None
@@ -17,6 +20,7 @@ class ImageRecord:
     caption_ids: tuple[str, ...] = ()
     split: str | None = None  # "train" / "val" / "test" for Karpathy-style sources
     pool: str | None = None  # "paired" / "unpaired" when the source says so
+    data: bytes | None = field(default=None, repr=False, compare=False)  # the encoded image itself (shards), read instead of ``uri``
 
 
 @dataclass(frozen=True)

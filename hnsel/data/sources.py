@@ -1,7 +1,10 @@
 """``load_source``: any supported source into a ``Dataset`` with every pool decided.
 
 Sources are detected from what they are: a folder of images (recursive; jpg, jpeg, png, webp), a
-manifest (.csv, .jsonl, .parquet), or a JSON file in COCO captions or Karpathy-split form.
+manifest (.csv, .jsonl, .parquet), or a JSON file in COCO captions or Karpathy-split form; or shards
+(``shards``): WebDataset tars by pattern (``shards/{00000..00127}.tar``, local or any fsspec URL) and Parquet
+files whose image column holds the bytes. Shards are streamed, never loaded whole: ``open_source`` returns a
+``ShardSource`` for them (``hnsel embed`` reads it unit by unit); ``load_source`` refuses them.
 
 Pools: ``pool`` (the ``--pool`` flag) wins; else a manifest row's ``pool``; else an image with captions
 is paired and one without is unpaired. Captions of an unpaired image are not embedded (an unpaired
@@ -20,25 +23,31 @@ from .records import Dataset, ImageRecord
 from .coco_karpathy import json_kind, read_coco, read_json, read_karpathy
 from .images import IMAGE_EXTENSIONS
 from .manifests import MANIFEST_SUFFIXES, read_manifest
+from .shards import SHARD_FORMATS, ShardSource, detect_shards, open_shards
 from ..schema import POOLS
 
-__all__ = ["load_source", "detect_format", "read_folder", "apply_pool", "SOURCE_FORMATS"]
+__all__ = ["load_source", "open_source", "detect_format", "read_folder", "apply_pool", "SOURCE_FORMATS"]
 
-SOURCE_FORMATS = ("folder", "manifest", "coco", "karpathy")
-
-
-def detect_format(source: str | os.PathLike) -> str:
-    """One of ``SOURCE_FORMATS`` for a path, or ``InputError`` saying what is accepted."""
-    return _detect(source)[0]
+SOURCE_FORMATS = ("folder", "manifest", "coco", "karpathy", *SHARD_FORMATS)
+ACCEPTED = ("give an image folder, a .csv/.jsonl/.parquet manifest, a COCO/Karpathy .json, WebDataset shards "
+            "(shards/{00000..00009}.tar) or Parquet files with image bytes")
 
 
-def _detect(source: str | os.PathLike) -> tuple[str, Any]:
+def detect_format(source: str | os.PathLike, image_column: str | None = None) -> str:
+    """One of ``SOURCE_FORMATS`` for a path or pattern, or ``InputError`` saying what is accepted."""
+    return _detect(source, image_column)[0]
+
+
+def _detect(source: str | os.PathLike, image_column: str | None = None) -> tuple[str, Any]:
     """(format, the parsed document for JSON sources else None): a JSON file is parsed once, here."""
+    shards = detect_shards(source, image_column)
+    if shards is not None:
+        return shards, None
     path = Path(source)
     if path.is_dir():
         return "folder", None
     if not path.exists():
-        raise InputError("source not found; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
+        raise InputError(f"source not found; {ACCEPTED}", path=source)
     suffix = path.suffix.lower()
     if suffix in MANIFEST_SUFFIXES:
         return "manifest", None
@@ -48,7 +57,7 @@ def _detect(source: str | os.PathLike) -> tuple[str, Any]:
         if kind is None:
             raise InputError("JSON is neither COCO captions (images + annotations) nor Karpathy-split (images[].sentences)", path=source)
         return kind, doc
-    raise InputError(f"unknown source type {suffix!r}; give an image folder, a .csv/.jsonl/.parquet manifest or a COCO/Karpathy .json", path=source)
+    raise InputError(f"unknown source type {suffix!r}; {ACCEPTED}", path=source)
 
 
 def read_folder(path: str | os.PathLike) -> Dataset:
@@ -65,6 +74,9 @@ def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None 
     if pool is not None and pool not in POOLS:
         raise InputError(f"--pool {pool!r} is not 'paired' or 'unpaired'")
     kind, doc = _detect(source)
+    if kind in SHARD_FORMATS:
+        raise InputError(f"{kind} shards are streamed by `hnsel embed` only; this needs an image folder, a manifest or a COCO/Karpathy .json",
+                         path=source)
     if kind == "folder":
         dataset = read_folder(source)
     elif kind == "manifest":
@@ -78,6 +90,23 @@ def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None 
             raise InputError(f"no images in split {split!r} (splits here: {splits or 'none'})", path=source)
         dataset = dataset.split(split)
     return apply_pool(dataset, pool)
+
+
+def open_source(source: str | os.PathLike, images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None, *,
+                id_field: str | None = None, caption_field: str | None = None, image_column: str | None = None) -> Dataset | ShardSource:
+    """``load_source`` for files and folders; for shards (WebDataset, Parquet with image bytes) a checked ``ShardSource``
+    to stream. The shard options are refused for other sources, and ``images_dir``/``split`` for shards."""
+    kind = detect_format(source, image_column)
+    shard_flags = {"--id-field": id_field, "--caption-field": caption_field, "--image-column": image_column}
+    if kind not in SHARD_FORMATS:
+        given = [flag for flag, value in shard_flags.items() if value]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to WebDataset shards and Parquet files with image bytes, not to a {kind}", path=source)
+        return load_source(source, images_dir=images_dir, pool=pool, split=split)
+    for flag, value in (("--images-dir", images_dir), ("--split", split)):
+        if value is not None:
+            raise InputError(f"{flag} does not apply to {kind} shards (their images are inside them)", path=source)
+    return open_shards(source, id_field=id_field, caption_field=caption_field, image_column=image_column, pool=pool)
 
 
 def apply_pool(dataset: Dataset, pool: str | None = None) -> Dataset:
