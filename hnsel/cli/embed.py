@@ -1,4 +1,4 @@
-"""``hnsel embed SOURCE``: images and captions through an OpenCLIP model into Milvus."""
+"""``hnsel embed SOURCE``: images and captions through an OpenCLIP model into Milvus (on one process, or on Ray with ``--ray``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.text import Text
 from .. import api
 from ..schema import DEFAULT_PRETRAINED
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
 def _default_workers() -> int:
@@ -24,7 +24,8 @@ def _default_workers() -> int:
 @app.command()
 @handle_errors
 def embed(
-    source: Annotated[Path, typer.Argument(help="Image folder, manifest (.csv/.jsonl/.parquet: id, uri[, caption, image_id, pool]), COCO captions or Karpathy JSON.")],
+    source: Annotated[str, typer.Argument(help="Image folder, manifest (.csv/.jsonl/.parquet: id, uri[, caption, image_id, pool]), COCO captions or Karpathy JSON; "
+                                          "or shards: WebDataset tars by pattern ('shards/{00000..00127}.tar', local or s3://, gs://...) or Parquet files with image bytes.")],
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Image folder for JSON sources and relative manifest URIs (default: the file's folder).")] = None,
     pool: Annotated[Optional[str], typer.Option("--pool", help="paired or unpaired for every image (default: manifest's pool column, else paired when captioned).")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Embed one split of a Karpathy source (train, val, test, restval).")] = None,
@@ -36,18 +37,30 @@ def embed(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-embed ids already in the store (default: skip them, which resumes an interrupted job).")] = False,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Write unreadable images (id, uri, reason) to this .csv or .jsonl file.")] = None,
     bulk: Annotated[Optional[Path], typer.Option("--bulk", help="Write BulkWriter Parquet files for bulk_import into this folder instead of writing to the store.")] = None,
+    id_field: Annotated[Optional[str], typer.Option("--id-field", help="Shards: the sample id from this field of each sample's .json (WebDataset) or this column (Parquet) (default: __key__; Parquet: key, id, else file#row).", rich_help_panel="Shards")] = None,
+    caption_field: Annotated[Optional[str], typer.Option("--caption-field", help="Shards: the caption from this .json field (a string or a list) or column (default: the .txt; Parquet: caption, text).", rich_help_panel="Shards")] = None,
+    image_column: Annotated[Optional[str], typer.Option("--image-column", help="Shards: the Parquet column holding image bytes (bytes or {bytes, path}; default: image, else jpg), or the WebDataset extension (default: jpg, jpeg, png, webp).", rich_help_panel="Shards")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the encoder on Ray (shards only): Ray Data reads the shards in parallel and an actor pool encodes (one actor per GPU, else CPU actors). Cluster: RAY_ADDRESS, one started on this machine, else a new local one.", rich_help_panel="Ray")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
+    ray_batch_size: Annotated[int, typer.Option("--ray-batch-size", help="Images per actor call and per write with --ray.", rich_help_panel="Ray")] = 256,
+    ray_concurrency: Annotated[Optional[int], typer.Option("--ray-concurrency", help="Encoder actors with --ray (default: one per GPU; without GPUs, CPUs - 1).", rich_help_panel="Ray")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
     cfg = get_config(config, milvus_uri, token, namespace)
     workers = _default_workers() if num_workers is None else num_workers
     common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
-                  images_dir=images_dir, pool=pool, split=split, errors_path=errors)
+                  images_dir=images_dir, pool=pool, split=split, errors_path=errors, id_field=id_field, caption_field=caption_field,
+                  image_column=image_column)
+    cluster = ray_address if ray_address else ray
+    if bulk is not None and cluster:
+        fail("--bulk writes files on this machine; it does not combine with --ray (on a Milvus server, --ray upserts in batches from every worker)")
     with progress_bar(show_progress(json_output), rate=True) as on_progress:
         if bulk is not None:
             report = api.write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
         else:
-            report = api.embed(cfg, source, overwrite=overwrite, on_progress=on_progress, **common)
+            report = api.embed(cfg, source, overwrite=overwrite, on_progress=on_progress, ray=cluster, ray_batch_size=ray_batch_size,
+                               ray_concurrency=ray_concurrency, **common)
     summary = report.summary()
     if json_output:
         print_json(summary)
@@ -67,7 +80,12 @@ def _print_report(summary: dict) -> None:
     console.print(table)
     seconds = summary["seconds"]
     load_share = summary["load_seconds"] / seconds if seconds else 0.0
-    console.print(f"{summary['images_per_second']:.1f} images/s over {seconds:.1f}s ({load_share:.0%} waiting for image decoding)", highlight=False)
+    if summary.get("ray"):
+        r = summary["ray"]
+        console.print(f"{summary['images_per_second']:.1f} images/s over {seconds:.1f}s on Ray ({r['workers']} {r['device']} actor(s), "
+                      f"cluster {r['cpus']:g} CPUs / {r['gpus']:g} GPUs; writes by the {r['writes']})", highlight=False, markup=False)
+    else:
+        console.print(f"{summary['images_per_second']:.1f} images/s over {seconds:.1f}s ({load_share:.0%} waiting for image decoding)", highlight=False)
     if summary["captions_dropped"]:
         console.print(f"{summary['captions_dropped']} captions of unpaired images were not embedded", highlight=False)
     if summary["failures"]:

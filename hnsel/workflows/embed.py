@@ -5,6 +5,10 @@ another model's vectors, skips ids already stored (so an interrupted job resumes
 decodes images in DataLoader workers, writes each batch as it goes (memory is a few batches), and
 reports every image it could not read instead of stopping. Paired captions are written before their
 image, so an image present in the store implies its captions are too.
+
+Shards (WebDataset tars, Parquet files with image bytes: ``data.shards``) are streamed unit by unit, a few
+thousand samples at a time, so memory stays bounded whatever the shard sizes; a sample that cannot be used is
+listed with the unreadable images. ``ray=`` runs the same encoder on a Ray cluster instead (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 
 from ..config import HnselConfig
 from ..data.records import Dataset, ImageRecord
-from ..data import load_source
+from ..data.shards import ShardSource
+from ..data.sources import open_source
 from ..model.encoder import Encoder, load_encoder
 from ..schema import DEFAULT_PRETRAINED
 from ..errors import InputError
@@ -45,6 +50,7 @@ class EmbedReport:
     failures: list[dict] = field(default_factory=list)  # {"id", "uri", "reason"}
     errors_path: str | None = None
     bulk_files: dict[str, list[str]] | None = None
+    ray: dict | None = None  # with --ray: the cluster's address, workers, device and batch size
     seconds: float = 0.0
     load_seconds: float = 0.0  # waiting for decoded images
     encode_seconds: float = 0.0
@@ -93,12 +99,13 @@ def _check_errors_path(errors_path: str | os.PathLike | None) -> None:
 
 
 def _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split, errors_path,
-             encoder: Encoder | None) -> tuple[Dataset, Encoder, EmbedReport]:
-    """Everything checked before any vector is written: flags, the source, then the model."""
+             encoder: Encoder | None, shard_options: dict | None = None) -> tuple[Dataset | ShardSource, Encoder, EmbedReport]:
+    """Everything checked before any vector is written: flags, the source (every shard's header), then the model."""
     _check_errors_path(errors_path)
     _check_batching(batch_size, num_workers)
-    dataset = load_source(source, images_dir=images_dir, pool=pool, split=split)
-    _validate(dataset)
+    dataset = open_source(source, images_dir=images_dir, pool=pool, split=split, **(shard_options or {}))
+    if isinstance(dataset, Dataset):
+        _validate(dataset)
     encoder = encoder or load_encoder(model_name, pretrained, device)
     return dataset, encoder, EmbedReport(str(source), dataset.format, dict(encoder.model_info))
 
@@ -106,12 +113,25 @@ def _prepare(source, model_name, pretrained, device, batch_size, num_workers, im
 def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED,
           device: str = "auto", batch_size: int = 64, num_workers: int = 0, images_dir: str | os.PathLike | None = None,
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
-          encoder: Encoder | None = None, on_progress: ProgressFn | None = None) -> EmbedReport:
-    """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees."""
+          encoder: Encoder | None = None, on_progress: ProgressFn | None = None, id_field: str | None = None,
+          caption_field: str | None = None, image_column: str | None = None, ray: bool | str = False, ray_batch_size: int = 256,
+          ray_concurrency: int | None = None) -> EmbedReport:
+    """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees.
+
+    Shards: ``id_field`` (a JSON field of WebDataset samples, a Parquet column), ``caption_field`` and ``image_column``
+    (Parquet column or WebDataset extension) say where a sample's parts are (``data.shards``). ``ray``: ``True`` (Ray's
+    own discovery: ``RAY_ADDRESS``, a cluster started on this machine, else a local one) or an address runs the encoder
+    as a Ray Data actor pool of ``ray_concurrency`` actors (one per GPU by default), ``ray_batch_size`` images a call.
+    """
     from ..store import open_store
 
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
+    if ray is not False and ray is not None:
+        from .distributed import check_embed_ray
+
+        check_embed_ray(source, ray, ray_batch_size, ray_concurrency, image_column)
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
-                                        errors_path, encoder)
+                                        errors_path, encoder, shard_options)
     start = time.perf_counter()
     with open_store(config.store) as store:
         store.check_model(encoder.model_info)
@@ -119,15 +139,28 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
             if store.read_only(kind):
                 raise InputError(f"collection {store.name(kind)} is configured read_only in hnsel.toml; hnsel embed writes to it: "
                                  "embed into another --namespace", path=source)
-        store.ensure_collections(encoder.dim)
-        if store.get_meta(MODEL_META_KEY) is None:
-            store.set_meta(MODEL_META_KEY, encoder.model_info)  # before any vector, so a resumed job is checked too
-        sink = _StoreSink(store)
+        cluster = None
+        if ray is not False and ray is not None:
+            from .distributed import connect
+
+            cluster = connect(ray)  # an unreachable cluster is refused before the store is touched
         try:
-            _run(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip=None if overwrite else store.existing_ids)
+            store.ensure_collections(encoder.dim)
+            if store.get_meta(MODEL_META_KEY) is None:
+                store.set_meta(MODEL_META_KEY, encoder.model_info)  # before any vector, so a resumed job is checked too
+            if cluster is not None:
+                from .distributed import embed_shards
+
+                embed_shards(cluster, store, dataset, encoder, report, model_name=model_name, pretrained=pretrained, device=device,
+                             batch_size=ray_batch_size, concurrency=ray_concurrency, overwrite=overwrite, on_progress=on_progress)
+            else:
+                _run(dataset, encoder, _StoreSink(store), report, batch_size, num_workers, on_progress,
+                     skip=None if overwrite else store.existing_ids)
         finally:
             report.seconds = time.perf_counter() - start
             _write_errors(report, errors_path)
+            if cluster is not None:
+                cluster.close()
     return report
 
 
@@ -138,8 +171,11 @@ def _check_batching(batch_size: int, num_workers: int) -> None:
         raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
 
 
-def _run(dataset: Dataset, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
+def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
          on_progress: ProgressFn | None, skip: Callable[[str, Sequence[str]], set[str]] | None) -> None:
+    if isinstance(dataset, ShardSource):
+        _run_shards(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip)
+        return
     images = dataset.images
     report.captions_dropped = sum(len(r.captions) for r in images if r.pool == "unpaired")
     if skip is not None:
@@ -162,6 +198,44 @@ def _run(dataset: Dataset, encoder: Encoder, sink, report: EmbedReport, batch_si
             on_progress("embedding captions", report.texts_embedded, len(texts))
 
 
+def _run_shards(shards: ShardSource, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
+                on_progress: ProgressFn | None, skip: Callable[[str, Sequence[str]], set[str]] | None) -> None:
+    """Shards unit by unit, ``chunk`` samples at a time through the same DataLoader path: memory is one chunk's bytes."""
+    chunk, done, total = max(1024, 16 * batch_size), 0, shards.total
+    for unit in shards.units:
+        for part in shards.read(unit, chunk):
+            report.failures.extend(part.failures)
+            records = []
+            for record in part.records:
+                problem = record_problem(record)
+                if problem:
+                    report.failures.append({"id": record.id, "uri": record.uri or "", "reason": problem})
+                else:
+                    records.append(record)
+            report.captions_dropped += sum(len(r.captions) for r in records if r.pool == "unpaired")
+            if skip is not None and records:
+                kept = _not_stored(records, "images", skip)
+                report.images_skipped += len(records) - len(kept)
+                records = kept
+            if records:
+                step = None if on_progress is None else (lambda task, n, _total, base=done + len(part) - len(records): on_progress(task, base + n, total))
+                _embed_images(records, encoder, sink, report, batch_size, num_workers, step)
+            done += len(part)
+            if on_progress is not None:
+                on_progress("embedding images", done, total)
+
+
+def record_problem(record: ImageRecord) -> str | None:
+    """Why a streamed record cannot be stored (an id, uri or caption longer than its Milvus field), else None."""
+    from ..store import text_problem
+
+    for name, value in (("id", record.id), ("uri", record.uri or ""), *(("id", c) for c in record.caption_ids), *(("text", t) for t in record.captions)):
+        problem = text_problem(name, value)
+        if problem:
+            return problem
+    return None
+
+
 def _not_stored(records: list, kind: str, skip: Callable[[str, Sequence[str]], set[str]], chunk: int = 4096) -> list:
     out = []
     for start in range(0, len(records), chunk):
@@ -182,7 +256,8 @@ def _timed(report: EmbedReport, slot: str, fn: Callable, *args: Any) -> Any:
 def _batches(records: Sequence[ImageRecord], encoder: Encoder, batch_size: int, num_workers: int) -> Iterator:
     from ..model.images import image_batches
 
-    return image_batches([r.uri for r in records], encoder.preprocess, batch_size, num_workers, pin_memory=encoder.device.type == "cuda")
+    sources = [r.data if r.data is not None else r.uri for r in records]  # shards' records carry their bytes
+    return image_batches(sources, encoder.preprocess, batch_size, num_workers, pin_memory=encoder.device.type == "cuda")
 
 
 def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
@@ -239,10 +314,12 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
                pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto", batch_size: int = 64, num_workers: int = 0,
                images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
                errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
-               on_progress: ProgressFn | None = None) -> EmbedReport:
+               on_progress: ProgressFn | None = None, id_field: str | None = None, caption_field: str | None = None,
+               image_column: str | None = None) -> EmbedReport:
     """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
-                                        errors_path, encoder)
+                                        errors_path, encoder, shard_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
