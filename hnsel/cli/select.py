@@ -31,6 +31,9 @@ def select(
                                         "products, the candidates streamed once from Milvus (exact: the exact answer at any index type), or auto: "
                                         "exact with a CUDA device or when it is estimated faster, else milvus.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="Where --engine exact runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")] = "auto",
+    ray: Annotated[bool, typer.Option("--ray", help="hardneg only, on a Milvus server: Ray tasks score shards of the paired anchors, the scores are added here (same picks). Cluster: RAY_ADDRESS, one started on this machine, else a new local one.", rich_help_panel="Ray")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Ray tasks (anchor shards) with --ray (default: the cluster's CPUs).", rich_help_panel="Ray")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
     **strategy_params: Any,
 ) -> None:
@@ -39,7 +42,7 @@ def select(
     params = {name: value for name, value in strategy_params.items() if value is not None}
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
-                            record=record, engine=engine, device=device)
+                            record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers)
     summary = result.summary()
     if json_output:
         if out is not None:

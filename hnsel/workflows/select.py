@@ -53,7 +53,8 @@ class SelectResult:
 
 def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
-           max_limit: int | None = None, record: bool = False, engine: str = "auto", device: str = "auto") -> SelectResult:
+           max_limit: int | None = None, record: bool = False, engine: str = "auto", device: str = "auto", ray: bool | str = False,
+           ray_workers: int | None = None) -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
     ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
@@ -64,11 +65,18 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
     ``engine``: how hard-negative scores are computed: ``milvus`` (neighbour searches), ``exact`` (every
     similarity by blockwise products on ``device``, the candidates streamed once from the store: the exact answer
     at any index type) or ``auto`` (exact when a CUDA device is present or the pool is small; see ``choose_engine``).
+
+    ``ray``: ``True`` or a Ray address: hardneg's scores are computed by ``ray_workers`` Ray tasks over shards of the
+    anchors against the Milvus server, then added and ranked here (``distributed.select_hardneg``: the same picks).
     """
     seed = config.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
     chosen = get_strategy(strategy, **(params or {}))
+    if ray:
+        from .distributed import check_select_ray
+
+        check_select_ray(chosen, config.store, ray, ray_workers)
     if engine not in ENGINES + ("auto",):
         raise SelectionError(f"--engine {engine!r}: use auto, milvus or exact")
     side_kinds(modality)
@@ -86,7 +94,8 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
                 repaired = repair_dead(store)
                 lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
         try:
-            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine, device)
+            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine, device,
+                                                         ray, ray_workers)
             number = record_round(store, lease, selection) if lease is not None else None
         except BaseException:
             if lease is not None:
@@ -136,12 +145,17 @@ def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
 
 def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
                       on_progress: ProgressFn | None, max_limit: int | None, engine: str = "auto",
-                      device: str = "auto") -> tuple[Selection, list[str], Path | None]:
+                      device: str = "auto", ray: bool | str = False, ray_workers: int | None = None) -> tuple[Selection, list[str], Path | None]:
     side, _ = side_kinds(modality)
     problem = build_problem(store, modality, on_progress, max_limit)
     problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.uri)
     problem.device = device
-    selection = chosen.select(problem, budget, np.random.default_rng(seed))
+    if ray:
+        from .distributed import select_hardneg
+
+        selection = select_hardneg(store, problem, chosen, budget, np.random.default_rng(seed), modality, address=ray, workers=ray_workers)
+    else:
+        selection = chosen.select(problem, budget, np.random.default_rng(seed))
     selection.stats["engine_choice"] = {"engine": problem.engine, "requested": engine, "reason": reason}
     field_name = "uri" if side == "images" else "text"
     rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
