@@ -26,8 +26,10 @@ _WHERE = {
     "simulate": "workflows.simulate", "SimulateReport": "workflows.simulate",
     "report": "report", "ReportResult": "report",
     "generate_scenes": "data.scenes",
+    "open_shards": "data.shards", "ShardSource": "data.shards",
+    "connect_ray": "workflows.distributed", "embed_shards": "workflows.distributed", "select_hardneg": "workflows.distributed",
 }
-_RENAMED = {"report": "build_report"}
+_RENAMED = {"report": "build_report", "connect_ray": "connect"}
 
 __all__ = sorted(_WHERE)
 
