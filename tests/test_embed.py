@@ -115,6 +115,35 @@ def test_heads_apply_after_the_backbone(tmp_path, encoder, scenes):
     assert loaded.encode_texts(["a"]).shape == (1, 16)
 
 
+def test_probabilistic_checkpoint_embeds_vectors_and_their_uncertainty(tmp_path, lite_uri, encoder, scenes):
+    """Heads trained by ``hnsel train --probabilistic`` load from the checkpoint; embed stores each sample's summed
+    variance beside its vector, and the heads' match parameters in the store (what ascmr reads)."""
+    from hnsel.model.probabilistic import uncertainty
+    from hnsel.schema import MATCH_META_KEY
+    from hnsel.store import open_store
+
+    heads = {side: ProjectionHead("linear", 32, 16, variance=0.1) for side in ("image", "text")}
+    with torch.no_grad():  # trained heads: each sample's variance depends on it
+        for head in heads.values():
+            head.logvar.weight.normal_(0, 0.3)
+            head.spec["match"] = {"scale": 7.0, "shift": 6.0}
+    path = save_checkpoint(tmp_path / "gauss.pt", encoder.model, "hnsel-tiny", heads=heads)
+    loaded = load_encoder(None, str(path), "cpu")
+    assert loaded.probabilistic and not encoder.probabilistic
+    embed(_config(lite_uri), scenes / "dataset_scenes.json", encoder=loaded, batch_size=5)
+    image = Image.open(scenes / "images" / "scene_000003.png")
+    with torch.no_grad():
+        raw = encoder.model.encode_image(encoder.preprocess(image)[None])
+        expected = float(uncertainty(heads["image"].log_variance(raw))[0])
+    with open_store(_config(lite_uri).store) as store:
+        (row,) = store.get("images", ["scene_000003"], ["id", "vector", "uncertainty"])
+        texts = [r["uncertainty"] for b in store.iter_rows("texts", "", ("id", "uncertainty")) for r in b]
+        assert store.get_meta(MATCH_META_KEY) == {"scale": 7.0, "shift": 6.0}
+    assert row["uncertainty"] == pytest.approx(expected, rel=1e-5) and row["uncertainty"] != pytest.approx(0.1, rel=1e-3)
+    np.testing.assert_allclose(np.asarray(row["vector"]), loaded.encode_images([image])[0], atol=1e-5)
+    assert len(texts) == 24 and min(texts) > 0
+
+
 def test_bad_models_fail_fast_with_one_line(tmp_path, tiny_config):
     cases = [
         (("no-such-model", "none"), HnselError, "unknown model 'no-such-model'"),

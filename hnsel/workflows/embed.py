@@ -31,7 +31,7 @@ from ..schema import DEFAULT_PRETRAINED
 from ..errors import InputError
 from ..store.bulk import BulkSink
 from ..tables import check_table_path, write_table
-from ..schema import MODEL_META_KEY, ProgressFn
+from ..schema import MATCH_META_KEY, MODEL_META_KEY, ProgressFn
 
 __all__ = ["embed", "write_bulk", "EmbedReport"]
 
@@ -145,9 +145,11 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
 
             cluster = connect(ray)  # an unreachable cluster is refused before the store is touched
         try:
-            store.ensure_collections(encoder.dim)
+            store.ensure_collections(encoder.dim, uncertainty=encoder.probabilistic)
             if store.get_meta(MODEL_META_KEY) is None:
                 store.set_meta(MODEL_META_KEY, encoder.model_info)  # before any vector, so a resumed job is checked too
+            if encoder.probabilistic and "match" in encoder.text_head.spec:
+                store.set_meta(MATCH_META_KEY, encoder.text_head.spec["match"])  # the heads' calibrated a, b (docs/ascmr.md)
             if cluster is not None:
                 from .distributed import embed_shards
 
@@ -189,9 +191,9 @@ def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedRe
         report.texts_skipped = len(dataset.texts) - len(texts)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
-        vectors = _timed(report, "encode_seconds", encoder.encode_texts, [t.text for t in chunk])
+        vectors, spread = _timed(report, "encode_seconds", encoder.text_batch, [t.text for t in chunk])
         data = {"id": [t.id for t in chunk], "vector": vectors, "pool": [t.pool or "unpaired" for t in chunk],
-                "image_id": [t.image_id or "" for t in chunk], "text": [t.text for t in chunk]}
+                "image_id": [t.image_id or "" for t in chunk], "text": [t.text for t in chunk], **_uncertainty(spread)}
         _timed(report, "write_seconds", sink.write, "texts", data)
         report.texts_embedded += len(chunk)
         if on_progress is not None:
@@ -270,25 +272,31 @@ def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: Em
         indices, batch, failed = item
         report.failures.extend({"id": records[i].id, "uri": records[i].uri or "", "reason": reason} for i, reason in failed)
         if batch is not None:
-            vectors = _timed(report, "encode_seconds", encoder.encode_image_tensors, batch)
-            _write_image_batch([records[i] for i in indices], vectors, encoder, sink, report, batch_size)
+            vectors, spread = _timed(report, "encode_seconds", encoder.image_batch, batch)
+            _write_image_batch([records[i] for i in indices], vectors, encoder, sink, report, batch_size, spread)
         done += len(indices) + len(failed)
         if on_progress is not None:
             on_progress("embedding images", done, len(records))
 
 
-def _write_image_batch(records: list[ImageRecord], vectors: np.ndarray, encoder: Encoder, sink, report: EmbedReport, batch_size: int) -> None:
+def _uncertainty(spread: np.ndarray | None) -> dict:
+    """The ``uncertainty`` column of a probabilistic model's rows (docs/ascmr.md); nothing for a plain model."""
+    return {} if spread is None else {"uncertainty": spread}
+
+
+def _write_image_batch(records: list[ImageRecord], vectors: np.ndarray, encoder: Encoder, sink, report: EmbedReport, batch_size: int,
+                       spread: np.ndarray | None = None) -> None:
     """Paired captions first, then the images: a stored image implies its captions are stored."""
     captions = [(r.id, cid, text) for r in records if r.pool == "paired" for cid, text in zip(r.caption_ids, r.captions)]
     for start in range(0, len(captions), batch_size):
         part = captions[start:start + batch_size]
-        text_vectors = _timed(report, "encode_seconds", encoder.encode_texts, [c[2] for c in part])
+        text_vectors, text_spread = _timed(report, "encode_seconds", encoder.text_batch, [c[2] for c in part])
         data = {"id": [c[1] for c in part], "vector": text_vectors, "pool": ["paired"] * len(part),
-                "image_id": [c[0] for c in part], "text": [c[2] for c in part]}
+                "image_id": [c[0] for c in part], "text": [c[2] for c in part], **_uncertainty(text_spread)}
         _timed(report, "write_seconds", sink.write, "texts", data)
         report.texts_embedded += len(part)
     data = {"id": [r.id for r in records], "vector": vectors, "pool": [r.pool or "unpaired" for r in records],
-            "uri": [r.uri or "" for r in records]}
+            "uri": [r.uri or "" for r in records], **_uncertainty(spread)}
     _timed(report, "write_seconds", sink.write, "images", data)
     report.images_embedded += len(records)
 
