@@ -68,6 +68,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
+def show(summary: dict, json_output: bool, printer: Callable[[dict], None]) -> None:
+    """A command's result: one JSON document with ``--json``, else ``printer``'s tables."""
+    if json_output:
+        print_json(summary)
+    else:
+        printer(summary)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None

@@ -14,7 +14,7 @@ from rich.text import Text
 from .. import api
 from ..schema import DEFAULT_PRETRAINED
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, progress_bar, show, show_progress
 
 
 def _default_workers() -> int:
@@ -61,11 +61,7 @@ def embed(
         else:
             report = api.embed(cfg, source, overwrite=overwrite, on_progress=on_progress, ray=cluster, ray_batch_size=ray_batch_size,
                                ray_concurrency=ray_concurrency, **common)
-    summary = report.summary()
-    if json_output:
-        print_json(summary)
-        return
-    _print_report(summary)
+    show(report.summary(), json_output, _print_report)
 
 
 def _print_report(summary: dict) -> None:

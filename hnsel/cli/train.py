@@ -22,8 +22,8 @@ from ._common import (
     console,
     get_config,
     handle_errors,
-    print_json,
     progress_session,
+    show,
     show_progress,
 )
 
@@ -103,11 +103,7 @@ def train(
             val_split=val_split, val_fraction=val_fraction, lock=lock, images_dir=images_dir, cache_dir=cache_dir,
             device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch, probabilistic=probabilistic,
         )
-    summary = report.summary()
-    if json_output:
-        print_json(summary)
-        return
-    _print_report(summary)
+    show(report.summary(), json_output, _print_report)
 
 
 def _print_report(summary: dict) -> None:
