@@ -196,13 +196,15 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_embed_equals_one_process_and_resumes(lake, tiny_config, tmp_path, ray_local):
-    single = _config(str(tmp_path / "single.db"))
+def test_ray_embed_equals_one_process_and_resumes(lake, tiny_config, store_uri, namespace, ray_local):
+    """Lite: the actors return vectors and the driver writes; a server: the actors write and ask it which ids are stored."""
+    single = _config(store_uri, f"{namespace}_one")
     _embed(single, lake["shards"], tiny_config)
-    on_ray = _config(str(tmp_path / "ray.db"))
+    on_ray = _config(store_uri, f"{namespace}_ray")
     _embed(on_ray, lake["shards"].replace("{00000..00002}", "00000"), tiny_config)  # shard 0 stored already: resumed, not redone
     report = _embed(on_ray, lake["shards"], tiny_config, ray=True, ray_batch_size=3)
-    assert report.ray["workers"] == 1 and report.ray["writes"] == "driver (Milvus Lite)"
+    lite = not store_uri.startswith("http")
+    assert report.ray["workers"] == 1 and report.ray["writes"] == ("driver (Milvus Lite)" if lite else "workers (Milvus server)")
     assert report.images_skipped == PER_SHARD and report.images_embedded == 2 * PER_SHARD - 1 and report.texts_embedded == 2 * PER_SHARD - 1
     assert [f["id"] for f in report.failures] == ["000010002"] and "not an image" in report.failures[0]["reason"]
     for kind in ("images", "texts"):

@@ -27,8 +27,9 @@ import logging
 import math
 import socket
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -154,24 +155,27 @@ class _Stored:
     ids: Any = None  # an ObjectRef of a frozenset
     store_config: StoreConfig | None = None
 
-    def open(self):
+    @contextmanager
+    def lookup(self) -> Iterator[Callable[[Sequence[str]], set[str]]]:
+        """``held(ids)``: the ones stored already (one server connection while the read task runs)."""
         if self.ids is not None:
             import ray
 
             held = ray.get(self.ids)
-            return lambda ids: held.intersection(ids)
+            yield lambda ids: held.intersection(ids)
+            return
         from ..store import open_store
 
-        store = open_store(self.store_config)
-        return lambda ids: store.existing_ids("images", list(ids))
+        with open_store(self.store_config) as store:
+            yield lambda ids: store.existing_ids("images", list(ids))
 
 
 def _read_units(batch: dict, *, shards, preprocess, stored: _Stored | None, batch_size: int) -> Iterator[dict]:
     """Ray Data read task: each unit in ``batch`` streamed, checked, skipped when stored, decoded; blocks of ``batch_size``."""
-    held = stored.open() if stored is not None else None
-    for index in batch["unit"]:
-        for part in shards.read(shards.units[int(index)], batch_size):
-            yield _decode(part, preprocess, held)
+    with (stored.lookup() if stored is not None else nullcontext(None)) as held:
+        for index in batch["unit"]:
+            for part in shards.read(shards.units[int(index)], batch_size):
+                yield _decode(part, preprocess, held)
 
 
 def _decode(part, preprocess, held) -> dict:
@@ -298,10 +302,14 @@ def embed_shards(cluster: Cluster, store, shards, encoder, report, *, model_name
     actor_device = device if device != "auto" else ("cuda" if gpu else "cpu")
     report.ray = {**cluster.describe(), "workers": workers, "device": actor_device, "batch_size": batch_size,
                   "writes": "workers (Milvus server)" if on_server else "driver (Milvus Lite)"}
+    # Without GPUs the actors share the cores with the read tasks: their CPUs are cut so a read task always fits
+    # (an actor pool holding every CPU would leave the reads unscheduled and the job waiting forever).
+    read_cpus = 1.0 if gpu else 0.5
+    actor_cpus = 1.0 if gpu else max(0.1, min(1.0, (cluster.cpus - read_cpus) / workers))
     ds = ray.data.from_items([{"unit": i} for i in range(len(shards.units))], override_num_blocks=max(1, len(shards.units)))
-    ds = ds.map_batches(_read_units, batch_size=1, num_cpus=1 if gpu else 0.5,
+    ds = ds.map_batches(_read_units, batch_size=1, num_cpus=read_cpus,
                         fn_kwargs={"shards": shards, "preprocess": encoder.preprocess, "stored": stored, "batch_size": batch_size})
-    ds = ds.map_batches(_EncodeActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+    ds = ds.map_batches(_EncodeActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_cpus,
                         num_gpus=1 if gpu and actor_device.startswith("cuda") else 0,
                         fn_constructor_kwargs={"model_name": _absolute(model_name), "pretrained": _absolute(pretrained), "device": actor_device,
                                                "model_info": encoder.model_info, "shape": shape,
