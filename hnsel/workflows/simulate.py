@@ -237,10 +237,14 @@ def _run(ctx: dict, run: dict, spec: StrategySpec, save: Callable[[], None], on_
     return resumed
 
 
-def _plain(value: Any) -> bool:
-    """A stats value kept in results.json: a scalar, or a flat dict of scalars (``auto_decision``)."""
-    scalar = (int, float, str, bool, type(None))
-    return isinstance(value, scalar) or (isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values()))
+def _plain(value: Any, depth: int = 2) -> bool:
+    """A stats value kept in results.json: a scalar, or a small dict or list of such values, two levels deep
+    (``auto_decision``, ``engine_choice``, ``ascmr`` with its uncertainty source and weights)."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return True
+    if depth == 0 or not isinstance(value, (dict, list, tuple)) or len(value) > 64:
+        return False
+    return all(_plain(v, depth - 1) for v in (value.values() if isinstance(value, dict) else value))
 
 
 def _namespace(label: str, seed: int) -> str:
