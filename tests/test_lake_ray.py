@@ -196,11 +196,11 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_embed_equals_one_process_and_resumes(lake, tiny_config, store_uri, namespace, ray_local):
+def test_ray_embed_equals_one_process_and_resumes(lake, tiny_config, store_uri, namespace, tmp_path, ray_local):
     """Lite: the actors return vectors and the driver writes; a server: the actors write and ask it which ids are stored."""
-    single = _config(store_uri, f"{namespace}_one")
+    single = _config(str(tmp_path / "single.db"))  # the reference, on one process (the backend does not change a vector)
     _embed(single, lake["shards"], tiny_config)
-    on_ray = _config(store_uri, f"{namespace}_ray")
+    on_ray = _config(store_uri, namespace)
     _embed(on_ray, lake["shards"].replace("{00000..00002}", "00000"), tiny_config)  # shard 0 stored already: resumed, not redone
     report = _embed(on_ray, lake["shards"], tiny_config, ray=True, ray_batch_size=3)
     lite = not store_uri.startswith("http")
