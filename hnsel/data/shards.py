@@ -67,10 +67,12 @@ class ShardBatch:
 
 
 def looks_like_shards(source: str | os.PathLike) -> bool:
-    """A brace pattern, a glob, a tar file, or a remote Parquet URL: ``open_shards``'s business, not a manifest's."""
+    """A tar file, a brace pattern or glob of tars or Parquet files, or a remote Parquet URL: ``open_shards``'s
+    business, not a manifest's (a folder named with braces stays a folder)."""
     text = str(source)
     low = text.lower()
-    return ("{" in text and "}" in text) or any(c in text for c in "*?") or low.endswith(TAR_SUFFIXES) or (is_remote(text) and low.endswith(".parquet"))
+    pattern = ("{" in text and "}" in text) or any(c in text for c in "*?[")
+    return low.endswith(TAR_SUFFIXES) or (low.endswith(".parquet") and (pattern or is_remote(text)))
 
 
 def detect_shards(source: str | os.PathLike, image_column: str | None = None) -> str | None:
@@ -80,13 +82,7 @@ def detect_shards(source: str | os.PathLike, image_column: str | None = None) ->
     (``open_shards`` then says what is wrong), else a manifest."""
     text = str(source)
     if looks_like_shards(text):
-        low = text.lower()
-        if low.endswith(TAR_SUFFIXES):
-            return "webdataset"
-        if low.endswith(".parquet"):
-            return "parquet-bytes"
-        paths = expand_pattern(text)
-        return _shard_format(paths, text) if paths else "webdataset"
+        return "webdataset" if text.lower().endswith(TAR_SUFFIXES) else "parquet-bytes"
     if text.lower().endswith(".parquet") and os.path.isfile(text):
         if image_column:
             return "parquet-bytes"
