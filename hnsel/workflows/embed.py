@@ -121,7 +121,8 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     Shards: ``id_field`` (a JSON field of WebDataset samples, a Parquet column), ``caption_field`` and ``image_column``
     (Parquet column or WebDataset extension) say where a sample's parts are (``data.shards``). ``ray``: ``True`` (Ray's
     own discovery: ``RAY_ADDRESS``, a cluster started on this machine, else a local one) or an address runs the encoder
-    as a Ray Data actor pool of ``ray_concurrency`` actors (one per GPU by default), ``ray_batch_size`` images a call.
+    as a Ray Data actor pool of ``ray_concurrency`` actors (one per GPU by default), ``ray_batch_size`` images a call;
+    the actors build the model from ``model_name`` and ``pretrained`` (an ``encoder`` object is not shipped to them).
     """
     from ..store import open_store
 
