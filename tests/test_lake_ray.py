@@ -213,18 +213,42 @@ def test_ray_embed_equals_one_process_and_resumes(lake, tiny_config, store_uri, 
         np.testing.assert_allclose(np.stack([got[i] for i in sorted(want)]), np.stack([want[i] for i in sorted(want)]), atol=1e-5)
 
 
+def _probabilistic_checkpoint(tiny_config: str, path: Path) -> str:
+    """The tiny model with Gaussian heads (docs/ascmr.md): its samples carry an uncertainty beside the vector."""
+    import torch
+
+    from hnsel.model.encoder import load_encoder, save_checkpoint
+    from hnsel.model.heads import ProjectionHead
+
+    heads = {side: ProjectionHead("linear", 32, 16, variance=0.1) for side in ("image", "text")}
+    with torch.no_grad():
+        for head in heads.values():
+            head.logvar.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    return str(save_checkpoint(path, load_encoder(tiny_config, "none", "cpu").model, "hnsel-tiny", heads=heads))
+
+
+def _rows(config: HnselConfig, kind: str) -> dict[str, tuple[np.ndarray, float]]:
+    with open_store(config.store) as store:
+        return {r["id"]: (np.asarray(r["vector"]), r["uncertainty"]) for rows in store.iter_rows(kind, "", ("id", "vector", "uncertainty")) for r in rows}
+
+
 def test_cli_ray_embed_parquet_json(lake, tiny_config, tmp_path, ray_local):
+    """Through the CLI, a probabilistic checkpoint: the same vectors and uncertainties as one process, JSON alone on stdout."""
+    checkpoint = _probabilistic_checkpoint(tiny_config, tmp_path / "gauss.pt")
     single = _config(str(tmp_path / "single.db"))
-    _embed(single, lake["parquet"], tiny_config)
+    embed(single, lake["parquet"], pretrained=checkpoint, device="cpu", batch_size=4)
     uri = str(tmp_path / "ray.db")
-    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-batch-size", "4", "--model-name", tiny_config, "--pretrained", "none",
+    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-batch-size", "4", "--pretrained", checkpoint,
                                       "--device", "cpu", "--milvus-uri", uri, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["format"] == "parquet-bytes" and summary["images_embedded"] == 6 and summary["texts_embedded"] == 4 and summary["ray"]["cpus"] == 2
-    want, got = _vectors(single, "images"), _vectors(_config(uri), "images")
-    assert sorted(got) == sorted(want)
-    np.testing.assert_allclose(np.stack([got[i] for i in sorted(want)]), np.stack([want[i] for i in sorted(want)]), atol=1e-5)
+    for kind in ("images", "texts"):
+        want, got = _rows(single, kind), _rows(_config(uri), kind)
+        assert sorted(got) == sorted(want) and len(want) == {"images": 6, "texts": 4}[kind]
+        np.testing.assert_allclose(np.stack([got[i][0] for i in want]), np.stack([want[i][0] for i in want]), atol=1e-5)
+        np.testing.assert_allclose([got[i][1] for i in want], [want[i][1] for i in want], rtol=1e-5)
+        assert min(u for _, u in got.values()) > 0
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import StoreConfig
 from ..errors import InputError, SelectionError
-from ..schema import ProgressFn, same_model
+from ..schema import UNKNOWN_UNCERTAINTY, ProgressFn, same_model
 
 __all__ = ["Cluster", "connect", "check_embed_ray", "embed_shards", "check_select_ray", "select_hardneg", "LAKE_HINT"]
 
@@ -233,15 +233,17 @@ class _EncodeActor:
         t0 = time.perf_counter()
         n, dim = len(batch["id"]), self.encoder.dim
         ok = np.flatnonzero((batch["reason"] == "") & ~batch["stored"].astype(bool))
-        vectors = np.zeros((n, dim), np.float32)
+        vectors, spread = np.zeros((n, dim), np.float32), np.full(n, UNKNOWN_UNCERTAINTY)
         if len(ok):
             pixels = np.stack([np.frombuffer(batch["pixels"][i], dtype=np.float32).reshape(self.shape) for i in ok])
-            vectors[ok] = self.encoder.encode_image_tensors(torch.from_numpy(pixels))
+            vectors[ok], part = self.encoder.image_batch(torch.from_numpy(pixels))
+            if part is not None:  # a probabilistic model: each sample's summed variance, as the single process stores it
+                spread[ok] = part
         captions = [(str(batch["id"][i]), cid, text) for i in ok for cid, text in json.loads(batch["captions"][i])]
-        step = max(1, n)
-        text_vectors = [self.encoder.encode_texts([c[2] for c in captions[s:s + step]]) for s in range(0, len(captions), step)]
-        text_vectors = np.concatenate(text_vectors) if text_vectors else np.zeros((0, dim), np.float32)
-        out = _output(batch, ok, vectors, captions, text_vectors)
+        texts = [self.encoder.text_batch([c[2] for c in captions[s:s + max(1, n)]]) for s in range(0, len(captions), max(1, n))]
+        text_vectors = np.concatenate([v for v, _ in texts]) if texts else np.zeros((0, dim), np.float32)
+        text_spread = np.concatenate([u if u is not None else np.full(len(v), UNKNOWN_UNCERTAINTY) for v, u in texts]) if texts else np.zeros(0)
+        out = _output(batch, ok, np.concatenate([text_vectors, vectors]), np.concatenate([text_spread, spread]), captions)
         out["encode_s"][:1] = time.perf_counter() - t0
         if self.store is not None:
             t1 = time.perf_counter()
@@ -251,8 +253,9 @@ class _EncodeActor:
         return out
 
 
-def _output(batch: dict, ok: np.ndarray, vectors: np.ndarray, captions: list, text_vectors: np.ndarray) -> dict:
-    """Rows for the driver: the captions first (kind texts), then one row per input row (kind images)."""
+def _output(batch: dict, ok: np.ndarray, vectors: np.ndarray, spread: np.ndarray, captions: list) -> dict:
+    """Rows for the driver: the captions first (kind texts), then one row per input row (kind images); ``vectors`` and
+    ``spread`` (the uncertainty, -1 when unknown) in that order."""
     n, m = len(batch["id"]), len(captions)
     obj = lambda values: np.array(values, dtype=object)  # noqa: E731
     return {
@@ -265,7 +268,8 @@ def _output(batch: dict, ok: np.ndarray, vectors: np.ndarray, captions: list, te
         "reason": obj([""] * m + [str(x) for x in batch["reason"]]),
         "stored": np.concatenate([np.zeros(m, bool), batch["stored"].astype(bool)]),
         "dropped": np.concatenate([np.zeros(m, np.int64), batch["dropped"].astype(np.int64)]),
-        "vector": np.concatenate([text_vectors.astype(np.float32), vectors]).reshape(m + n, vectors.shape[1]),
+        "vector": np.asarray(vectors, np.float32).reshape(m + n, vectors.shape[1]),
+        "uncertainty": np.asarray(spread, np.float64),
         "encode_s": np.zeros(m + n),
         "write_s": np.zeros(m + n),
     }
@@ -279,7 +283,7 @@ def write_rows(store, out: dict) -> tuple[int, int]:
         rows = np.flatnonzero(good & (out["kind"] == kind))
         if len(rows):
             store.upsert(kind, {"id": [str(x) for x in out["id"][rows]], "vector": np.asarray(out["vector"])[rows],
-                                **{f: [str(x) for x in out[f][rows]] for f in fields}})
+                                "uncertainty": out["uncertainty"][rows], **{f: [str(x) for x in out[f][rows]] for f in fields}})
         counts.append(len(rows))
     return counts[0], counts[1]
 
