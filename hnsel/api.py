@@ -27,7 +27,7 @@ _WHERE = {
     "report": "report", "ReportResult": "report",
     "generate_scenes": "data.scenes",
     "open_shards": "data.shards", "ShardSource": "data.shards",
-    "connect_ray": "workflows.distributed", "embed_shards": "workflows.distributed", "select_hardneg": "workflows.distributed",
+    "connect_ray": "workflows.ray_cluster", "embed_shards": "workflows.ray_embed", "select_hardneg": "workflows.ray_select",
 }
 _RENAMED = {"report": "build_report", "connect_ray": "connect"}
 

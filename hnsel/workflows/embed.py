@@ -8,7 +8,7 @@ image, so an image present in the store implies its captions are too.
 
 Shards (WebDataset tars, Parquet files with image bytes: ``data.shards``) are streamed unit by unit, a few
 thousand samples at a time, so memory stays bounded whatever the shard sizes; a sample that cannot be used is
-listed with the unreadable images. ``ray=`` runs the same encoder on a Ray cluster instead (``distributed.py``).
+listed with the unreadable images. ``ray=`` runs the same encoder on a Ray cluster instead (``ray_embed.py``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
 
     shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
     if ray is not False and ray is not None:
-        from .distributed import check_embed_ray
+        from .ray_embed import check_embed_ray
 
         check_embed_ray(source, ray, ray_batch_size, ray_concurrency, image_column)
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
@@ -142,7 +142,7 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
                                  "embed into another --namespace", path=source)
         cluster = None
         if ray is not False and ray is not None:
-            from .distributed import connect
+            from .ray_cluster import connect
 
             cluster = connect(ray)  # an unreachable cluster is refused before the store is touched
         try:
@@ -152,7 +152,7 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
             if encoder.probabilistic and "match" in encoder.text_head.spec:
                 store.set_meta(MATCH_META_KEY, encoder.text_head.spec["match"])  # the heads' calibrated a, b (docs/ascmr.md)
             if cluster is not None:
-                from .distributed import embed_shards
+                from .ray_embed import embed_shards
 
                 embed_shards(cluster, store, dataset, encoder, report, model_name=model_name, pretrained=pretrained, device=device,
                              batch_size=ray_batch_size, concurrency=ray_concurrency, overwrite=overwrite, on_progress=on_progress)

@@ -67,14 +67,14 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
     at any index type) or ``auto`` (exact when a CUDA device is present or the pool is small; see ``choose_engine``).
 
     ``ray``: ``True`` or a Ray address: hardneg's scores are computed by ``ray_workers`` Ray tasks over shards of the
-    anchors against the Milvus server, then added and ranked here (``distributed.select_hardneg``: the same picks).
+    anchors against the Milvus server, then added and ranked here (``ray_select.select_hardneg``: the same picks).
     """
     seed = config.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
     chosen = get_strategy(strategy, **(params or {}))
     if ray:
-        from .distributed import check_select_ray
+        from .ray_select import check_select_ray
 
         check_select_ray(chosen, config.store, ray, ray_workers)
     if engine not in ENGINES + ("auto",):
@@ -151,7 +151,7 @@ def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, see
     problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.uri)
     problem.device = device
     if ray:
-        from .distributed import select_hardneg
+        from .ray_select import select_hardneg
 
         selection = select_hardneg(store, problem, chosen, budget, np.random.default_rng(seed), modality, address=ray, workers=ray_workers)
     else:

@@ -1,4 +1,4 @@
-"""hnsel on a Ray cluster: shards embedded by a Ray Data actor pool, hard-negative scores summed over anchor shards.
+"""``hnsel embed SHARDS --ray``: shards embedded by a Ray Data actor pool.
 
 **Embedding** (``hnsel embed SHARDS --ray``) is Ray Data batch inference: one read task per unit (a tar shard or a
 Parquet row group) streams its samples, skips the ids already stored, decodes and preprocesses the images with the
@@ -8,24 +8,11 @@ the same ``load_encoder`` call as the single process, and encodes the images and
 batched upserts, captions before their image: on a Milvus server each actor writes its own batches; a Milvus Lite file
 opens in one process only, so there the actors return the vectors and the driver writes them. Failures (unreadable
 images, shards cut short) come back as rows and are listed as the single process lists them.
-
-**Selection** (``hnsel select --ray``, strategy ``hardneg`` with full-batch thresholds): the driver streams the paired
-anchors once and cuts them into one shard per worker; each Ray task opens the Milvus server, builds the same
-``SelectionProblem`` restricted to its anchors and runs ``hardneg_scores``; the driver adds the partial scores and
-counts (a candidate's score is a sum over anchors) and ranks as usual, so the picks are the single process's.
-Strategies whose score is not a sum over anchors (auto, coreset, density, random, ascmr) and mini-batch thresholds
-(one shuffle over all anchors) are refused with ``--ray``: they run on one process, without it.
-
-Ray is imported only here, and only when ``--ray`` is given.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
-import math
-import socket
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -34,102 +21,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..config import StoreConfig
-from ..errors import InputError, SelectionError
+from ..errors import InputError
 from ..schema import UNKNOWN_UNCERTAINTY, ProgressFn, same_model
+from .ray_cluster import Cluster, check_reachable, import_ray, one_line
 
-__all__ = ["Cluster", "connect", "check_embed_ray", "embed_shards", "check_select_ray", "select_hardneg", "LAKE_HINT"]
+__all__ = ["check_embed_ray", "embed_shards", "write_rows"]
 
-LAKE_HINT = "pip install 'hnsel[lake]'"
-CONNECT_TIMEOUT_S = 5.0
-LOCAL_ADDRESSES = ("", "local", "auto")  # handed to ray.init as they are; no reachability check first
-
-
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise InputError(f"--ray needs Ray Data: {LAKE_HINT}") from None
-    return ray
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of ``ray://host:port`` or ``host:port``; None for an address without a port."""
-    rest = address.split("://", 1)[1] if "://" in address else address
-    host, sep, port = rest.rstrip("/").rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _check_reachable(address: bool | str) -> None:
-    """An explicit address must answer on its port within a few seconds: a typo fails at once, in one line."""
-    if not isinstance(address, str) or address in LOCAL_ADDRESSES:
-        return
-    where = _host_port(address)
-    if where is None:
-        raise InputError(f"--ray-address {address!r}: give host:port (the head's GCS port, 6379) or ray://host:port (Ray Client, 10001)")
-    try:
-        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise InputError(f"cannot reach Ray at {address} ({exc.strerror or type(exc).__name__}); check the address and that the cluster is up") from None
-
-
-@dataclass
-class Cluster:
-    """A Ray connection: ``close()`` shuts down only what ``connect`` started."""
-
-    ray: Any
-    address: str
-    started: bool
-    cpus: float
-    gpus: float
-
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
-
-    def describe(self) -> dict:
-        return {"address": self.address, "cpus": self.cpus, "gpus": self.gpus}
-
-
-def connect(address: bool | str = True) -> Cluster:
-    """Connect to Ray: ``True`` or ``""`` lets Ray find its cluster (``RAY_ADDRESS``, one started on this machine, else a
-    new local one); ``"local"`` starts a local one; else an address (``host:6379``, ``ray://host:10001``, ``auto``).
-    A process already connected (``ray.init`` by the caller) is used as it is."""
-    ray = _import_ray()
-    _check_reachable(address)
-    started = False
-    if not ray.is_initialized():
-        target = None if address is True or address == "" else str(address)
-        try:
-            ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray's own words, on one line
-            raise InputError(f"cannot connect to Ray at {target or 'the default address'}: {' '.join(str(exc).split())[:300]}") from None
-        started = True
-    _quiet(ray)
-    resources = ray.cluster_resources()
-    name = address if isinstance(address, str) and address else "default"
-    return Cluster(ray, name, started, float(resources.get("CPU", 0)), float(resources.get("GPU", 0)))
-
-
-def _quiet(ray: Any) -> None:
-    """No Ray Data progress bars or execution logs: hnsel's own progress (stderr) and ``--json`` (stdout) stay clean."""
-    ctx = ray.data.DataContext.get_current()
-    for name, value in (("enable_progress_bars", False), ("print_on_execution_start", False), ("enable_auto_log_stats", False),
-                        ("verbose_stats_logs", False), ("enable_operator_progress_bars", False)):
-        if hasattr(ctx, name):
-            setattr(ctx, name, value)
-    for logger in ("ray", "ray.data"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:400] + ("..." if len(text) > 400 else "")
-
-
-# --- embedding -------------------------------------------------------------------------------
 
 def check_embed_ray(source: Any, address: bool | str, batch_size: int, concurrency: int | None, image_column: str | None = None) -> None:
     """Before any work: Ray importable, the flags sane, the source shards, an explicit address reachable."""
@@ -143,8 +40,8 @@ def check_embed_ray(source: Any, address: bool | str, batch_size: int, concurren
     kind = detect_format(source, image_column)
     if kind not in SHARD_FORMATS:
         raise InputError(f"--ray reads WebDataset shards or Parquet files with image bytes; this is a {kind}: run it without --ray", path=source)
-    _import_ray()
-    _check_reachable(address)
+    import_ray()
+    check_reachable(address)
 
 
 @dataclass(frozen=True)
@@ -327,7 +224,7 @@ def embed_shards(cluster: Cluster, store, shards, encoder, report, *, model_name
     except Exception as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"the Ray job stopped: {_one_line(exc)}; what was written is kept: run the command again to resume") from None
+        raise InputError(f"the Ray job stopped: {one_line(exc)}; what was written is kept: run the command again to resume") from None
 
 
 def _tally(out: dict, report, store) -> int:
@@ -357,122 +254,3 @@ def _absolute(value: str | None) -> str | None:
     if value and os.path.exists(value):
         return os.path.abspath(value)
     return value
-
-
-# --- selection -------------------------------------------------------------------------------
-
-def check_select_ray(chosen: Any, store_config: StoreConfig, address: bool | str, workers: int | None = None) -> None:
-    """Before any work: a strategy whose score adds over anchors, full-batch thresholds, a Milvus server, Ray reachable."""
-    from ..strategies.hardneg import HardNegative
-
-    if not isinstance(chosen, HardNegative):
-        raise SelectionError(f"--ray distributes --strategy hardneg, whose score is a sum over paired anchors; {getattr(chosen, 'name', chosen)!r} "
-                             "is not (it ranks the pool as a whole): run it without --ray, on one process")
-    if chosen.batch != "full":
-        raise SelectionError("--ray needs --batch full: mini-batch thresholds shuffle all anchors together; run --batch mini without --ray")
-    if store_config.is_lite:
-        raise SelectionError("--ray needs a Milvus server (--milvus-uri http://host:19530): every Ray task searches the store, and a Milvus "
-                             "Lite file opens in one process only")
-    if workers is not None and workers < 1:
-        raise SelectionError(f"--ray-workers {workers}: use 1 or more (default: the cluster's CPUs)")
-    _import_ray()
-    _check_reachable(address)
-
-
-def _score_shard(store_config: StoreConfig, modality: str, chosen: Any, chunks: list, engine: str, device: str | None,
-                 max_limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """One Ray task: ``hardneg_scores`` over the store's problem restricted to ``chunks`` of anchors; the candidates it
-    scored (ids, scores, violation counts) and its stats."""
-    from ..store import build_problem, open_store
-
-    with open_store(store_config) as store:
-        problem = build_problem(store, modality, None, max_limit)
-        problem = dataclasses.replace(problem, anchors=lambda chunk_size: iter(chunks), n_anchors=sum(len(c.ids) for c in chunks))
-        problem.engine, problem.device = engine, device
-        scores, counts, stats = chosen.scores(problem, np.random.default_rng(0))  # full batch: no draw is made
-    hit = np.flatnonzero(counts)
-    return problem.candidate_ids[hit], scores[hit], counts[hit], stats
-
-
-def _anchor_shards(problem, chunk_size: int, per_task: int) -> Iterator[list]:
-    """The anchor stream cut into lists of chunks of about ``per_task`` anchors, read once."""
-    group, size = [], 0
-    for chunk in problem.anchors(chunk_size):
-        group.append(chunk)
-        size += len(chunk.ids)
-        if size >= per_task:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
-
-
-def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator, modality: str, *, address: bool | str = True,
-                   workers: int | None = None):
-    """``chosen.select(problem, budget, rng)`` for ``hardneg``, its scores computed by Ray tasks over anchor shards."""
-    from ..strategies.base import check_budget, positions, sorter_for
-    from ..strategies.hardneg import chance_stats, rank_with_fill
-
-    check_budget(budget, len(problem.candidate_ids))
-    if problem.n_anchors == 0:
-        raise SelectionError("no paired data: hardneg needs paired captions and images; ingest or embed a paired set first")
-    cluster = connect(address)
-    try:
-        ray = cluster.ray
-        tasks = max(1, min(workers or max(1, int(cluster.cpus)), math.ceil(problem.n_anchors / chosen.chunk_size)))
-        per_task = math.ceil(problem.n_anchors / tasks)
-        remote = ray.remote(num_cpus=1, max_retries=1)(_score_shard)
-        pending, sizes, positives = [], {}, {}
-        for group in _anchor_shards(problem, chosen.chunk_size, per_task):
-            for chunk in group:
-                for pos in chunk.positives:
-                    positives[pos] = positives.get(pos, 0) + 1
-            ref = remote.remote(store.config, modality, chosen, group, problem.engine, problem.device, problem.index.max_limit)
-            pending.append(ref)
-            sizes[ref] = sum(len(c.ids) for c in group)
-        ids = problem.candidate_ids
-        sorter = sorter_for(ids)
-        scores, counts = np.zeros(len(ids)), np.zeros(len(ids), np.int64)
-        stats, done, parts = {}, 0, 0
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                hit_ids, hit_scores, hit_counts, part = ray.get(ready[0])
-            except Exception as exc:
-                raise SelectionError(f"a Ray task stopped: {_one_line(exc)}") from None
-            at, known = positions(ids, np.asarray(hit_ids, dtype=object), sorter)
-            np.add.at(scores, at, np.asarray(hit_scores)[known])
-            np.add.at(counts, at, np.asarray(hit_counts)[known])
-            part["unknown_hits"] = part.get("unknown_hits", 0) + int((~known).sum())  # candidates the driver does not list
-            _merge(stats, part)
-            done += sizes[ready[0]]
-            parts += 1
-            problem.progress("scoring anchors", done, problem.n_anchors)
-    finally:
-        cluster.close()
-    stats.update(chance_stats(counts, _negatives(store, modality, positives) if stats.get("thresholds") == "exact in memory" else None, chosen.k))
-    stats["ray"] = {**cluster.describe(), "tasks": parts}
-    return rank_with_fill(ids, scores, counts, budget, rng, "hardneg", chosen.__dict__.copy(), stats)
-
-
-CHANCE_KEYS = ("violations", "expected_violations", "violation_excess", "violator_spread")
-
-
-def _merge(stats: dict, part: dict) -> None:
-    """Counters add up; anything else (engine, thresholds) is the first task's; chance statistics are recomputed."""
-    for key, value in part.items():
-        if key in CHANCE_KEYS:
-            continue
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and key in stats:
-            stats[key] += int(value)
-        else:
-            stats.setdefault(key, value)
-
-
-def _negatives(store, modality: str, positives: dict[frozenset, int]) -> dict[frozenset, list[int]]:
-    """``chance_stats``'s tally, as one process makes it: per positive set, [its negatives among the paired side, anchors]."""
-    from ..store.problem import side_kinds
-
-    side, _ = side_kinds(modality)
-    paired = {row["id"] for rows in store.iter_rows(side, store.pool_filter(side, "paired"), ("id",)) for row in rows}
-    return {pos: [len(paired) - sum(p in paired for p in pos), n] for pos, n in positives.items()}
