@@ -59,7 +59,10 @@ def test_log_reproduces_the_selection(tmp_path, pool_files):
     picked = api.select(a, budget=12, strategy="density", params={"lam": 3.0}, seed=5, record=True)
     log = api.show_round(a, 1)
     assert log["picks_sha256"] == picks_hash(picked.selection.ids) and log["state"] == "recorded"
-    assert log["params"] == {"base": "hardneg", "lam": 3.0, "shortlist": 10} and log["seed"] == 5 and log["modality"] == "image"
+    # every resolved parameter, the hardneg component's too: the log alone reproduces the selection
+    assert log["params"] == {"base": "hardneg", "lam": 3.0, "shortlist": 10, "k": 1, "weight": "surplus", "batch": "full", "batch_size": 128,
+                             "chunk_size": 512, "depth": 64, "paired_mb": 1024, "window": "hard"}
+    assert log["seed"] == 5 and log["modality"] == "image"
     assert "token" not in log["config"]["store"] and log["config"]["store"]["namespace"] == "run_a"
     again = api.select(b, budget=log["budget"], strategy=log["strategy"], params=log["params"], modality=log["modality"], seed=log["seed"])
     assert picks_hash(again.selection.ids) == log["picks_sha256"]  # same data, same seed, same picks
