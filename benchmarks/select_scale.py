@@ -172,7 +172,8 @@ def instrument(store, problem, timers: Timers, sample: set[str] | None):
                 chunk = next(it, None)
                 if chunk is not None and sample is not None:
                     keep = np.array([x in sample for x in chunk.ids], dtype=bool)
-                    chunk = AnchorChunk(chunk.ids[keep], chunk.vectors[keep], tuple(p for p, k in zip(chunk.positives, keep) if k))
+                    chunk = AnchorChunk(chunk.ids[keep], chunk.vectors[keep], tuple(p for p, k in zip(chunk.positives, keep) if k),
+                                        None if chunk.uncertainty is None else chunk.uncertainty[keep])
             if chunk is None:
                 return
             if len(chunk.ids):
@@ -285,9 +286,9 @@ def wait_index(config: StoreConfig, timeout: float) -> dict:
 
 def time_candidate_stream(problem, timers: Timers) -> None:
     """Time the candidates' stream from the store (the exact engine's one pass over the pool) apart from the products."""
-    stream = problem.candidate_stream
-    if stream is None:
+    if problem.vectors is None:
         return
+    stream = problem.vectors.candidate_batches
 
     def timed(batch_size):
         it = stream(batch_size)
@@ -298,14 +299,14 @@ def time_candidate_stream(problem, timers: Timers) -> None:
                 return
             yield batch
 
-    problem.candidate_stream = timed
+    problem.vectors.candidate_batches = timed
 
 
 def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | None, others: list[int], engine: str = "milvus",
               device: str | None = None) -> dict:
     timers = Timers()
-    originals = {name: _wrap(hardneg, name, timers, key) for name, key in
-                 (("full_thresholds", "thresholds"), ("_violators", "violators"), ("_accumulate", "accumulate"))}
+    originals = {(module, name): _wrap(module, name, timers, key) for module, name, key in
+                 ((thresholds, "full_thresholds", "thresholds"), (hardneg, "_violators", "violators"), (hardneg, "_accumulate", "accumulate"))}
     score_candidates = _wrap(exact, "score_candidates", timers, "exact_scoring")
     load = vars(thresholds.PairedSide)["load"]
     _wrap(thresholds.PairedSide, "load", timers, "paired_load")
@@ -324,8 +325,8 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
                     sel = hardneg.rank_with_fill(problem.candidate_ids, scores, counts, budget, np.random.default_rng(seed), "hardneg", {}, stats)
             wall = time.perf_counter() - t0
     finally:
-        for name, fn in originals.items():
-            setattr(hardneg, name, fn)
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
         exact.score_candidates = score_candidates
         thresholds.PairedSide.load = load
     t, n = timers.t, timers.n
