@@ -11,7 +11,7 @@ __all__ = [
     "KINDS", "MODALITIES", "KIND_OF", "POOLS", "ID_MAX_LENGTH", "SCALAR_FIELDS", "OPTIONAL_FLOAT_FIELDS", "UNKNOWN_UNCERTAINTY",
     "FIELD_MAX_BYTES", "ProgressFn",
     "MODEL_META_KEY", "MATCH_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "CLAIM_PREFIX",
-    "MODEL_IDENTITY_KEYS", "same_model", "describe_model",
+    "MODEL_IDENTITY_KEYS", "same_model", "describe_model", "text_problem",
     "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "DEVICES", "DEFAULT_CACHE_DIR",
 ]
 
@@ -60,3 +60,15 @@ def describe_model(info: Mapping[str, Any]) -> str:
     """One line for messages: ``ViT-B-32 / openai (dim 512)``."""
     heads = " + heads" if info.get("heads_sha256") else ""
     return f"{info.get('model_name')} / {info.get('pretrained')}{heads} (dim {info.get('dim')})"
+
+
+def text_problem(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be stored in the VARCHAR ``field`` (canonical name), or None when it can."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{field} is not valid Unicode (it holds a lone surrogate); fix the file's encoding"
+    limit = FIELD_MAX_BYTES[field]
+    if size > limit:
+        return f"{field} is {size} bytes of UTF-8 (Milvus stores at most {limit}); shorten it"
+    return None

@@ -13,8 +13,8 @@ from hnsel.strategies import AnchorChunk, ArrayVectors, ExactIndex, SelectionPro
 from hnsel.strategies import density as density_module
 from hnsel.strategies import exact, hardneg
 from hnsel.strategies.dense import dense_hardneg_scores
-from hnsel.strategies.hardneg import chance_stats, hardneg_scores, rank_with_fill
-from hnsel.strategies.thresholds import minibatch_thresholds
+from hnsel.strategies.hardneg import hardneg_scores, rank_with_fill
+from hnsel.strategies.thresholds import chance_stats, minibatch_thresholds
 
 
 def unit(x):

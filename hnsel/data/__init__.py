@@ -10,15 +10,29 @@ Parquet files with image bytes, streamed). Generators: ``scenes`` (rendered scen
 
 from __future__ import annotations
 
-from .records import Dataset, ImageRecord, TextRecord
-from .coco_karpathy import read_coco, read_karpathy
-from .images import IMAGE_EXTENSIONS, ImageReadError, open_image
-from .manifests import read_manifest
-from .shards import ShardSource, open_shards
-from .sources import SOURCE_FORMATS, apply_pool, detect_format, load_source, open_source, read_folder
+import importlib
+from typing import Any
 
-__all__ = [
-    "ImageRecord", "TextRecord", "Dataset",
-    "load_source", "open_source", "open_shards", "ShardSource", "detect_format", "read_folder", "read_manifest", "read_coco", "read_karpathy", "apply_pool",
-    "open_image", "ImageReadError", "IMAGE_EXTENSIONS", "SOURCE_FORMATS",
-]
+_WHERE = {
+    "ImageRecord": "records", "TextRecord": "records", "Dataset": "records",
+    "read_coco": "coco_karpathy", "read_karpathy": "coco_karpathy",
+    "open_image": "images", "ImageReadError": "images", "IMAGE_EXTENSIONS": "images",
+    "read_manifest": "manifests", "ShardSource": "shards", "open_shards": "shards",
+    "load_source": "sources", "open_source": "sources", "detect_format": "sources", "read_folder": "sources",
+    "apply_pool": "sources", "SOURCE_FORMATS": "sources",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """Names resolve lazily (PEP 562): ``hnsel ingest`` reads vector files without loading the image readers."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hnsel.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hnsel.data.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ImageRecord", "TextRecord", "Dataset"]
+from ..schema import text_problem
+
+__all__ = ["ImageRecord", "TextRecord", "Dataset", "record_problem"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,12 @@ class Dataset:
         if name is None:
             return self
         return Dataset([r for r in self.images if r.split == name], list(self.texts), self.source, self.format)
+
+
+def record_problem(record: ImageRecord) -> str | None:
+    """Why a streamed record cannot be stored (an id, uri or caption longer than its Milvus field), else None."""
+    for name, value in (("id", record.id), ("uri", record.uri or ""), *(("id", c) for c in record.caption_ids), *(("text", t) for t in record.captions)):
+        problem = text_problem(name, value)
+        if problem:
+            return problem
+    return None

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import InputError
-from ..store import text_problem
+from ..schema import text_problem
 from ..tables import iter_jsonl
 from ..schema import POOLS
 

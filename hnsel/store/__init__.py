@@ -3,7 +3,7 @@
 ``bulk_import``) and ``leases`` (claims that keep concurrent rounds and imports apart).
 """
 
-from .milvus import MAX_TOPK, Store, in_filter, open_store, quote, text_problem
+from .milvus import MAX_TOPK, Store, in_filter, open_store, quote
 from .problem import MilvusIndex, build_problem
 
-__all__ = ["Store", "open_store", "quote", "in_filter", "text_problem", "MAX_TOPK", "MilvusIndex", "build_problem"]
+__all__ = ["Store", "open_store", "quote", "in_filter", "MAX_TOPK", "MilvusIndex", "build_problem"]

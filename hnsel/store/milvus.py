@@ -22,10 +22,10 @@ from ..config import CollectionConfig, StoreConfig
 from ..errors import ConfigError, StoreError, StoreLockedError
 from ..errors import ModelMismatchError
 from ..schema import (
-    FIELD_MAX_BYTES, ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
+    ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
 )
 
-__all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter", "text_problem"]
+__all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter"]
 
 MAX_TOPK = 16384  # Milvus's cap on topk and nq
 MAX_RESULTS_PER_REQUEST = 1_000_000  # nq x limit per search call, to keep responses well under 64 MB
@@ -61,18 +61,6 @@ def _id_chunks(ids: Sequence[str], limit: int = 1000) -> Iterator[list[str]]:
         size += len(i) + 4
     if chunk:
         yield chunk
-
-
-def text_problem(field: str, value: str) -> str | None:
-    """Why ``value`` cannot be stored in the VARCHAR ``field`` (canonical name), or None when it can."""
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return f"{field} is not valid Unicode (it holds a lone surrogate); fix the file's encoding"
-    limit = FIELD_MAX_BYTES[field]
-    if size > limit:
-        return f"{field} is {size} bytes of UTF-8 (Milvus stores at most {limit}); shorten it"
-    return None
 
 
 def _quiet_pymilvus() -> None:

@@ -22,8 +22,7 @@ import numpy as np
 
 from ..errors import SelectionError
 from .base import SelectionProblem
-from .hardneg import chance_stats
-from .thresholds import anchor_chunks_with_thresholds, positive_similarities
+from .thresholds import anchor_chunks_with_thresholds, chance_stats, positive_similarities
 
 __all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "below_float32", "above_float32"]
 

@@ -16,7 +16,7 @@ from ..errors import SelectionError
 from .base import AnchorChunk, NeighborIndex, SelectionProblem
 
 __all__ = ["kth_threshold", "PairedSide", "full_thresholds", "full_threshold_setters", "minibatch_thresholds", "positive_similarities",
-           "anchor_chunks_with_thresholds"]
+           "anchor_chunks_with_thresholds", "chance_stats"]
 
 
 def kth_threshold(sims: np.ndarray, k: int) -> float:
@@ -183,3 +183,26 @@ def anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str,
     for c in chunks:
         yield c, xi[start:start + len(c.ids)]
         start += len(c.ids)
+
+
+def chance_stats(counts: np.ndarray, negatives: dict[frozenset, list[int]] | None, k: int) -> dict:
+    """The violations against what a pool exchangeable with the paired negatives would give.
+
+    ``negatives`` maps each anchor's positive set to [its number of negatives n, its anchors]; None: unknown (then only
+    ``violations`` is reported). A candidate beats the k-th largest of n exchangeable negatives with chance
+    ``min(k, n) / (n + 1)``: ``expected_violations`` sums that over anchors times M candidates; ``violator_spread``
+    divides the distinct violators by ``M (1 - prod (1 - p))`` over positive sets (one image's captions count once,
+    as if each image's violators were an independent draw).
+    """
+    out = {"violations": int(counts.sum()), "expected_violations": None, "violation_excess": None, "violator_spread": None}
+    if negatives is None:
+        return out
+    m = len(counts)
+    chance = {pos: (min(k, n) / (n + 1), anchors) for pos, (n, anchors) in negatives.items() if n > 0}
+    expected = sum(p * anchors * m for p, anchors in chance.values())
+    log_none = float(np.sum(np.log1p(-np.fromiter((p for p, _ in chance.values()), dtype=np.float64, count=len(chance)))))
+    violators = m * -np.expm1(log_none)
+    out["expected_violations"] = round(expected, 1)
+    out["violation_excess"] = round(out["violations"] / expected, 4) if expected else None
+    out["violator_spread"] = round(int((counts > 0).sum()) / violators, 4) if violators else None
+    return out

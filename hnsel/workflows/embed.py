@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..config import HnselConfig
-from ..data.records import Dataset, ImageRecord
+from ..data.records import Dataset, ImageRecord, record_problem
 from ..data.shards import ShardSource
 from ..data.sources import open_source
 from ..model.encoder import Encoder, load_encoder
@@ -70,7 +70,7 @@ class EmbedReport:
 
 def _validate(dataset: Dataset) -> None:
     """Every id, uri and caption fits its Milvus field (UTF-8 bytes), checked before anything is written."""
-    from ..store import text_problem
+    from ..schema import text_problem
 
     def fields(record) -> Iterator[tuple[str, str, str]]:
         if isinstance(record, ImageRecord):
@@ -226,17 +226,6 @@ def _run_shards(shards: ShardSource, encoder: Encoder, sink, report: EmbedReport
             done += len(part)
             if on_progress is not None:
                 on_progress("embedding images", done, total)
-
-
-def record_problem(record: ImageRecord) -> str | None:
-    """Why a streamed record cannot be stored (an id, uri or caption longer than its Milvus field), else None."""
-    from ..store import text_problem
-
-    for name, value in (("id", record.id), ("uri", record.uri or ""), *(("id", c) for c in record.caption_ids), *(("text", t) for t in record.captions)):
-        problem = text_problem(name, value)
-        if problem:
-            return problem
-    return None
 
 
 def _not_stored(records: list, kind: str, skip: Callable[[str, Sequence[str]], set[str]], chunk: int = 4096) -> list:

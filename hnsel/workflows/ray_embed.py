@@ -78,7 +78,7 @@ def _read_units(batch: dict, *, shards, preprocess, stored: _Stored | None, batc
 def _decode(part, preprocess, held) -> dict:
     """One read batch as columns: failures and stored ids as rows without pixels; images as float32 pixel bytes."""
     from ..model.images import ImageItems
-    from .embed import record_problem
+    from ..data.records import record_problem
 
     rows = [dict(f, pool="", stored=False, dropped=0, captions="[]", pixels=b"") for f in part.failures]
     records = list(part.records)

@@ -73,7 +73,8 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
                    workers: int | None = None):
     """``chosen.select(problem, budget, rng)`` for ``hardneg``, its scores computed by Ray tasks over anchor shards."""
     from ..strategies.base import check_budget, positions, sorter_for
-    from ..strategies.hardneg import chance_stats, rank_with_fill
+    from ..strategies.hardneg import rank_with_fill
+    from ..strategies.thresholds import chance_stats
 
     check_budget(budget, len(problem.candidate_ids))
     if problem.n_anchors == 0:

@@ -2,8 +2,8 @@
 
 ``unfinished`` lists them (``hnsel status`` and ``hnsel round list`` print it); ``repair_dead`` finishes or rolls
 back those whose process stopped (the next recording ``hnsel select`` and ``hnsel annotate import`` run it);
-``repair`` is ``hnsel round repair``. What each repair does is in ``workflows_rounds.repair_round`` and
-``workflows_annotate.repair_import``.
+``repair`` is ``hnsel round repair``. What each repair does is in ``rounds.repair_round`` and
+``journal.repair_import``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..config import HnselConfig
 from ..schema import CLAIM_PREFIX
 from ..store.leases import describe_owner, is_dead
 from ..store import Store, open_store
-from .annotate import repair_import, unfinished_imports
+from .journal import repair_import, unfinished_imports
 from .rounds import repair_round, unfinished_rounds
 
 __all__ = ["unfinished", "repair_dead", "repair"]
