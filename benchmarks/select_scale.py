@@ -362,8 +362,13 @@ def extrapolate(result: dict, factor: float) -> float:
 
 def run_dense(pool, sample_idx: np.ndarray, budget: int, seed: int, candidate_ids: np.ndarray) -> dict:
     paired = pool.image_pool == "paired"
-    cand = ~paired
-    assert np.array_equal(pool.image_ids[cand], candidate_ids), "candidate order differs from the store's"
+    cand = np.flatnonzero(~paired)
+    if not np.array_equal(pool.image_ids[cand], candidate_ids):  # score exactly the candidates the store listed, in its order
+        row = {x: i for i, x in enumerate(pool.image_ids)}
+        listed = np.array([row[x] for x in candidate_ids], dtype=np.int64)
+        print(f"  note: the store listed {len(candidate_ids)} of the pool's {len(cand)} candidates "
+              f"({len(set(cand) - set(listed))} missing); the dense baseline scores the listed ones", flush=True)
+        cand = listed
     positives = [frozenset([x]) for x in pool.text_image_ids[sample_idx]]
     anchors, negatives, candidates = pool.text_vectors[sample_idx], pool.image_vectors[paired], pool.image_vectors[cand]
     with Peak([]) as peak:
