@@ -132,3 +132,24 @@ def test_reingest_replaces_rows(loaded, tmp_path):
         rows = store.get("images", ["img020"], ["id", "vector", "uri"])
         assert rows[0]["uri"] == "new://x" and rows[0]["vector"][0] == pytest.approx(1.0)
         assert store.count("images") == 170
+
+
+def test_a_short_page_does_not_end_the_stream(lite_uri, monkeypatch):
+    """A server answers an iterator-mode page with fewer rows than asked when the page spans segments (at 1M rows a
+    listing once stopped at 138,000 of 1,000,000 candidates): only an empty page ends ``iter_rows``."""
+    config = StoreConfig(uri=lite_uri, namespace="short_pages")
+    ids = [f"u{i:03d}" for i in range(57)]
+    with open_store(config) as store:
+        store.ensure_collections(4)
+        store.upsert("images", {"id": ids, "vector": np.eye(4, dtype=np.float32)[np.arange(57) % 4] + 0.1, "pool": ["unpaired"] * 57})
+        rpc = store.rpc
+
+        def short_pages(action, method, *args, **kwargs):
+            rows = rpc(action, method, *args, **kwargs)
+            return rows[:3] if method == "query" and kwargs.get("iterator") else rows  # the lowest ids, as a short page holds
+
+        monkeypatch.setattr(store, "rpc", short_pages)
+        pages = list(store.iter_rows("images", store.pool_filter("images", "unpaired"), ("id",), 10))
+        problem = api.build_problem(store, "image")
+    assert [r["id"] for page in pages for r in page] == ids and all(len(p) <= 3 for p in pages)
+    assert list(problem.candidate_ids) == ids

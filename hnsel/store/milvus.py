@@ -419,8 +419,8 @@ class Store:
             rows.sort(key=lambda row: row[f.id])
             last = rows[-1][f.id]
             yield [{rename[k]: v for k, v in row.items() if k in rename} for row in rows]
-            if len(rows) < limit:
-                return
+            # A short page is not the end: in iterator mode a server returns fewer than ``limit`` rows when a page
+            # spans segments (at 1M rows it stopped the listing at 138,000 of 1,000,000); only an empty page is.
 
     def search(self, kind: str, vectors: np.ndarray, limit: int, filter: str, *,
                radius: Sequence[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
