@@ -371,3 +371,19 @@ def test_ascmr_through_milvus_equals_the_exact_problem_with_stored_uncertainties
     decision = result.selection.stats["ascmr"]
     assert decision["uncertainty"] == {"candidates": "model", "anchors": "model"} == expected.stats["ascmr"]["uncertainty"]
     assert decision["scale"] == 6.0 and decision["shift"] == 5.0
+
+
+def test_recording_and_pairing_keep_the_stored_uncertainty(lite_uri):
+    """``Store.update`` rewrites whole rows (Milvus has no partial update): the optional field goes along."""
+    from hnsel.config import StoreConfig
+    from hnsel.store import open_store
+
+    with open_store(StoreConfig(uri=lite_uri, namespace="keep_u")) as store:
+        store.ensure_collections(4, uncertainty=True)
+        store.upsert("images", {"id": ["a", "b"], "vector": np.eye(4, dtype=np.float32)[:2], "pool": ["unpaired"] * 2,
+                                "uncertainty": [0.25, 0.5]})
+        assert store.set_round("images", ["a", "b"], 3) == 2
+        assert store.update("images", ["b"], {"pool": "paired"}) == 1
+        rows = {r["id"]: r for r in store.get("images", ["a", "b"], ["id", "round", "pool", "uncertainty"])}
+    assert rows["a"]["round"] == rows["b"]["round"] == 3 and rows["b"]["pool"] == "paired"
+    assert rows["a"]["uncertainty"] == pytest.approx(0.25) and rows["b"]["uncertainty"] == pytest.approx(0.5)

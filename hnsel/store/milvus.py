@@ -349,7 +349,7 @@ class Store:
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
         f = self.fields(kind)
-        wanted = [getattr(f, c) for c in SCALAR_FIELDS[kind] if self.has_field(kind, c)]
+        wanted = [getattr(f, c) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if self.has_field(kind, c)]
         changed = 0
         for start in range(0, len(ids), 1000):
             rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
