@@ -31,6 +31,9 @@ class FakeEncoder:
         rows = np.asarray(rows, dtype=np.float32).reshape(len(texts), DIM)
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
+    def text_batch(self, texts):  # the Encoder's interface: vectors and, for probabilistic heads only, variances
+        return self.encode_texts(texts), None
+
 
 @pytest.fixture(scope="module")
 def pool_files(tmp_path_factory):

@@ -384,6 +384,9 @@ def test_recording_and_pairing_keep_the_stored_uncertainty(lite_uri):
                                 "uncertainty": [0.25, 0.5]})
         assert store.set_round("images", ["a", "b"], 3) == 2
         assert store.update("images", ["b"], {"pool": "paired"}) == 1
-        rows = {r["id"]: r for r in store.get("images", ["a", "b"], ["id", "round", "pool", "uncertainty"])}
-    assert rows["a"]["round"] == rows["b"]["round"] == 3 and rows["b"]["pool"] == "paired"
+        # rows rewritten without the field (as an annotation import pairs images) keep it; a new row's is unknown
+        store.upsert("images", {"id": ["a", "c"], "vector": np.eye(4, dtype=np.float32)[[0, 2]], "pool": ["paired", "unpaired"]})
+        rows = {r["id"]: r for r in store.get("images", ["a", "b", "c"], ["id", "round", "pool", "uncertainty"])}
+    assert rows["a"]["round"] == rows["b"]["round"] == 3 and rows["b"]["pool"] == rows["a"]["pool"] == "paired"
     assert rows["a"]["uncertainty"] == pytest.approx(0.25) and rows["b"]["uncertainty"] == pytest.approx(0.5)
+    assert rows["c"]["uncertainty"] == -1.0 and rows["c"]["round"] == -1

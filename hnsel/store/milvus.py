@@ -312,7 +312,8 @@ class Store:
     def upsert(self, kind: str, data: Mapping[str, Any]) -> int:
         """Insert or replace rows given as columns (canonical names); batched under the request cap.
 
-        A row's ``round`` is kept when the columns do not set it, so re-ingesting never forgets a selection.
+        A row's ``round`` and ``uncertainty`` are kept when the columns do not set them, so re-ingesting never forgets a
+        selection and pairing an image keeps its stored variance; a new row gets -1 (unselected; unknown).
         """
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
@@ -320,16 +321,19 @@ class Store:
         if not ids:
             return 0
         vectors = np.asarray(data["vector"], dtype=np.float32)
-        columns = {c: list(data[c]) for c in SCALAR_FIELDS[kind] if c in data and self.has_field(kind, c)}
-        if "round" not in columns and self.has_field(kind, "round"):
-            kept = self.get_rounds(kind, ids)
-            columns["round"] = [kept.get(i, -1) for i in ids]
+        columns = {c: list(data[c]) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if c in data and self.has_field(kind, c)}
+        defaults = {"round": -1, **{c: UNKNOWN_UNCERTAINTY for c in OPTIONAL_FLOAT_FIELDS}}
+        kept = [c for c in defaults if c not in columns and self.has_field(kind, c)]
+        if kept:  # one read for every kept field of the rows already stored
+            held = {r["id"]: r for r in self.get(kind, ids, ["id", *kept])}
+            for c in kept:
+                columns[c] = [held[i][c] if i in held else defaults[c] for i in ids]
         for c in SCALAR_FIELDS[kind]:
             if c not in columns and self.has_field(kind, c):
                 columns[c] = [""] * len(ids)
         for c in OPTIONAL_FLOAT_FIELDS:
-            if self.has_field(kind, c):
-                columns[c] = [float(x) for x in data[c]] if c in data else [UNKNOWN_UNCERTAINTY] * len(ids)
+            if c in columns:
+                columns[c] = [float(x) for x in columns[c]]
         f = self.fields(kind)
         row_bytes = vectors.shape[1] * 4 + sum(len(i) for i in ids) // len(ids) + 256
         step = max(1, self.config.insert_batch_bytes // row_bytes)

@@ -117,7 +117,7 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
         lease = begin_import(store, path, modality, texts, images) if texts or images else None
         try:
             if texts:
-                store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round")))
+                store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round", "uncertainty")))
             if images:
                 store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
         except BaseException:
@@ -131,7 +131,8 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
 
 
 def _columns(rows: list[dict], names: tuple[str, ...]) -> dict[str, list]:
-    return {n: [r.get(n, "") for r in rows] for n in names}
+    """Rows as columns; a name no row holds is left out (the store keeps or defaults it)."""
+    return {n: [r.get(n, "") for r in rows] for n in names if any(n in r for r in rows)}
 
 
 def _selected_images(store: Store, rows: list[Annotation], report: ImportReport) -> dict[str, dict]:
@@ -171,8 +172,10 @@ def _caption_rows(rows: list[Annotation]) -> dict[str, Annotation]:
     return out
 
 
-def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[str], encoder: Any, load_encoder) -> dict[str, np.ndarray]:
-    """Vectors of the ``new`` captions: as given (every row's checked: dimension, non-zero) or embedded with the store's model."""
+def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[str], encoder: Any,
+                     load_encoder) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Vectors of the ``new`` captions: as given (every row's checked: dimension, non-zero) or embedded with the store's
+    model; with them, each embedded caption's summed variance when the model is probabilistic (else none)."""
     given = [a for a in captions.values() if a.vector is not None]
     if given and len(given) != len(captions):
         first = next(a for a in captions.values() if a.vector is None)
@@ -186,13 +189,14 @@ def _caption_vectors(store: Store, captions: dict[str, Annotation], new: list[st
                 raise InputError(f"{a.where}: vector has {len(a.vector)} values ({bad[1]}); the store holds non-zero finite {dim}-dimensional "
                                  "vectors of its model; compute the vectors with that model")
             out[cid] = unit[0]
-        return {cid: out[cid] for cid in new}
+        return {cid: out[cid] for cid in new}, {}
     if not new:
-        return {}
-    return dict(zip(new, _embed(store, [captions[cid].caption for cid in new], encoder, load_encoder)))
+        return {}, {}
+    vectors, spread = _embed(store, [captions[cid].caption for cid in new], encoder, load_encoder)
+    return dict(zip(new, vectors)), ({} if spread is None else dict(zip(new, spread)))
 
 
-def _embed(store: Store, texts: list[str], encoder: Any, load_encoder) -> np.ndarray:
+def _embed(store: Store, texts: list[str], encoder: Any, load_encoder) -> tuple[np.ndarray, np.ndarray | None]:
     held = store.get_meta(MODEL_META_KEY)
     if held is None:
         raise ModelMismatchError(f"namespace {store.config.namespace!r} has no model record (its vectors were ingested from files), so captions "
@@ -200,7 +204,9 @@ def _embed(store: Store, texts: list[str], encoder: Any, load_encoder) -> np.nda
     if encoder is None:
         encoder = load_encoder(held)
     store.check_model(encoder.model_info)
-    return np.concatenate([encoder.encode_texts(texts[s:s + 64]) for s in range(0, len(texts), 64)]) if texts else np.zeros((0, store.dim))
+    parts = [encoder.text_batch(texts[s:s + 64]) for s in range(0, len(texts), 64)]
+    spread = None if any(u is None for _, u in parts) else np.concatenate([u for _, u in parts])
+    return np.concatenate([v for v, _ in parts]), spread
 
 
 def _plan_captions(store: Store, rows: list[Annotation], report: ImportReport, encoder: Any, load_encoder) -> tuple[list[dict], list[dict]]:
@@ -215,9 +221,9 @@ def _plan_captions(store: Store, rows: list[Annotation], report: ImportReport, e
         elif (held["image_id"], held["text"], held["pool"]) != (a.image_id, a.caption, "paired"):
             raise InputError(f"{a.where}: caption id {cid!r} already holds another text in the store; give this caption a new id")
     report.texts_unchanged = len(captions) - len(new)
-    vectors = _caption_vectors(store, captions, list(new), encoder, load_encoder)
-    texts = [{"id": cid, "vector": vectors[cid], "pool": "paired", "image_id": a.image_id, "text": a.caption, "round": -1}
-             for cid, a in new.items()]
+    vectors, spread = _caption_vectors(store, captions, list(new), encoder, load_encoder)
+    texts = [{"id": cid, "vector": vectors[cid], "pool": "paired", "image_id": a.image_id, "text": a.caption, "round": -1,
+              **({"uncertainty": spread[cid]} if cid in spread else {})} for cid, a in new.items()]
     return texts, _to_pair(images, {a.image_id for a in rows}, report)
 
 
