@@ -1,6 +1,6 @@
 """Which picks a report shows: a recorded round (``--round N``) or a selection file (``--selection FILE``).
 
-A round gives its picks in pick order with score, violations and reason (``workflows_rounds.round_picks``) and
+A round gives its picks in pick order with score, violations and reason (``workflows.rounds.round_picks``) and
 its log (strategy, parameters, seed, ``auto``'s decision). A selection file (what ``hnsel select --out`` wrote)
 gives the same columns; when its ids hash to a recorded round's ``picks_sha256``, that round's log is used too.
 Nothing here writes to the store.

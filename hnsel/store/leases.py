@@ -24,8 +24,8 @@ import uuid
 from typing import Any, Callable
 
 from ..errors import StoreError
-from . import Store
 from ..schema import CLAIM_PREFIX
+from .milvus import Store
 
 __all__ = ["HEARTBEAT_S", "LEASE_S", "CLAIM_PREFIX", "owner", "is_dead", "describe_owner", "Lease", "claim_number"]
 

@@ -19,8 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..config import CollectionConfig, StoreConfig
-from ..errors import ConfigError, StoreError, StoreLockedError
-from ..errors import ModelMismatchError
+from ..errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from ..schema import (
     ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
 )

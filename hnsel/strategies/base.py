@@ -22,9 +22,6 @@ __all__ = [
     "register", "get_strategy", "list_strategies", "param", "params_of", "ParamSpec", "describe_params", "check_budget", "fill_random", "top_by_score", "positions", "sorter_for",
 ]
 
-# Pools a NeighborIndex answers for: "paired" (the negatives' side) and "candidates" (selectable samples).
-INDEX_POOLS = ("paired", "candidates")
-
 
 class NeighborIndex(Protocol):
     """Nearest neighbours by cosine similarity among one side's vectors.

@@ -113,7 +113,7 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     trains on, yet not closer than the true match, which would make the candidate a likely false negative.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    engine = getattr(problem, "engine", "milvus")
+    engine = problem.engine
     if engine == "exact":
         from .exact import exact_hardneg_scores  # torch is imported only for this engine
 

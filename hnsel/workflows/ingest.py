@@ -86,7 +86,7 @@ def ingest(config: HnselConfig, images: str | Path | None = None, texts: str | P
 
 def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
     """Counts per collection and pool, the vector dimension, and how many samples carry a round;
-    with ``rounds``, also one summary per logged round (``workflows_rounds.list_rounds``)."""
+    with ``rounds``, also one summary per logged round (``rounds.list_rounds``)."""
     with open_store(config.store) as store:
         out: dict[str, Any] = {}
         selected = 0

@@ -57,7 +57,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
            ray_workers: int | None = None) -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
-    ``record``: keep the picks as the next round (``workflows_rounds``) so later selections skip them; on a
+    ``record``: keep the picks as the next round (``rounds``) so later selections skip them; on a
     read_only collection nothing is written and ``SelectResult.note`` says so. A recording selection first
     finishes or rolls back what stopped processes left unfinished (``SelectResult.repaired``), then claims its
     round number and waits for earlier rounds still recording, so concurrent selections never share picks.
@@ -124,14 +124,13 @@ def _cuda_present() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose_engine(engine: str, n_candidates: int, n_anchors: int, dim: int, uri: str) -> tuple[str, str]:
+def choose_engine(engine: str, n_candidates: int, n_anchors: int, dim: int, lite: bool) -> tuple[str, str]:
     """(the engine, why). ``auto``: ``exact`` when a CUDA device is present; on a CPU, ``exact`` only when the cost
     model above says it is faster than the searches (large pools on Milvus Lite), else ``milvus``, which imports no torch."""
     if engine != "auto":
         return engine, f"--engine {engine}"
     if _cuda_present():
         return "exact", "a CUDA device is present: every similarity on the GPU"
-    lite = not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
     search_s = n_anchors * (LITE_QUERY_S_PER_10K * max(n_candidates, 1) / 1e4 if lite else SERVER_QUERY_S)
     exact_s = TORCH_IMPORT_S + n_candidates * STREAM_S["lite" if lite else "server"] + 2.0 * n_anchors * n_candidates * dim / CPU_FLOPS
     which = "exact" if exact_s < search_s else "milvus"
@@ -148,7 +147,7 @@ def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, see
                       device: str = "auto", ray: bool | str = False, ray_workers: int | None = None) -> tuple[Selection, list[str], Path | None]:
     side, _ = side_kinds(modality)
     problem = build_problem(store, modality, on_progress, max_limit)
-    problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.uri)
+    problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.is_lite)
     problem.device = device
     if ray:
         from .ray_select import select_hardneg
