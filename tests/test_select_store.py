@@ -153,3 +153,22 @@ def test_a_short_page_does_not_end_the_stream(lite_uri, monkeypatch):
         problem = api.build_problem(store, "image")
     assert [r["id"] for page in pages for r in page] == ids and all(len(p) <= 3 for p in pages)
     assert list(problem.candidate_ids) == ids
+
+
+def test_hnsw_builds_with_hnsels_defaults_unless_configured():
+    assert StoreConfig(index_type="HNSW").build_params == {"M": 32, "efConstruction": 200}
+    assert StoreConfig(index_type="hnsw").build_params == {"M": 32, "efConstruction": 200}
+    assert StoreConfig(index_type="HNSW", index_params={"M": 8, "efConstruction": 64}).build_params == {"M": 8, "efConstruction": 64}
+    assert StoreConfig().build_params == {} and StoreConfig(index_type="IVF_FLAT").build_params == {}
+
+
+@pytest.mark.server
+def test_an_hnsw_store_on_a_server_is_built_with_the_default_parameters(milvus_server, namespace):
+    from hnsel.store import open_store
+
+    with open_store(StoreConfig(uri=milvus_server, namespace=namespace, index_type="HNSW")) as store:
+        store.ensure_collections(16)
+        index = store.client.describe_index(store.name("images"), store.client.list_indexes(store.name("images"))[0])
+        assert index["index_type"] == "HNSW" and int(index["M"]) == 32 and int(index["efConstruction"]) == 200
+        for kind in ("images", "texts", "meta"):
+            store.client.drop_collection(store.name(kind))

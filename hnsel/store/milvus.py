@@ -260,7 +260,7 @@ class Store:
 
     def _create(self, kind: str, dim: int, uncertainty: bool = False) -> None:
         f = self.fields(kind)
-        index = self._index_params(f.vector, self.config.index_type, self.config.index_params)
+        index = self._index_params(f.vector, self.config.index_type, self.config.build_params)
         schema = collection_schema(f, kind, dim, OPTIONAL_FLOAT_FIELDS if uncertainty else ())
         self.rpc(f"create collection {self.name(kind)}", "create_collection", self.name(kind), schema=schema,
                  index_params=index, consistency_level="Strong")
@@ -439,7 +439,7 @@ class Store:
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(vectors), per_call):
             params = dict(self.config.search_params)
-            if self.config.index_type == "HNSW":
+            if self.config.index_type.upper() == "HNSW":
                 params["ef"] = max(int(params.get("ef", 0)), limit)
             if radius is not None:
                 params.update(radius=float(radius[start]), range_filter=1.0 + 1e-6)
