@@ -1,5 +1,7 @@
 """Known answers for the pure hard-negative pieces, and the streamed computation against dense algebra."""
 
+import zlib
+
 import numpy as np
 import pytest
 from conftest import unit
@@ -179,3 +181,60 @@ def test_violation_excess_is_one_for_an_exchangeable_pool():
     assert stats["expected_violations"] == pytest.approx(400 * 2 * 400 / 40, rel=1e-6)
     assert 0.8 < stats["violation_excess"] < 1.25, stats
     assert stats["violations"] == counts.sum()
+
+
+class _LossyIndex(ExactIndex):
+    """A candidate search that misses a fifth of the hits, fixed per (query, id) pair, as an approximate index (HNSW,
+    IVF) misses neighbours."""
+
+    def search(self, vectors, limit, pool):
+        hits = super().search(vectors, limit, pool)
+        if pool != "candidates":
+            return hits
+        keep = [np.array([zlib.crc32(f"{x}/{v[0]:.6f}".encode()) % 5 != 0 for x in ids], dtype=bool) for v, (ids, _) in zip(vectors, hits)]
+        return [(ids[k], sims[k]) for (ids, sims), k in zip(hits, keep)]
+
+
+@pytest.mark.parametrize("window", ["hard", "semi"])
+def test_exact_rerank_restores_the_dense_scores_of_the_shortlist(window):
+    problem, a = make_problem(max_limit=16384)
+    problem.index = _LossyIndex(problem.index.pools, max_limit=16384)
+    upper = None
+    if window == "semi":
+        upper = np.array([float(a["txt"][j] @ a["img"][list(a["img_ids"]).index(next(iter(a["pos"][j])))]) for j in range(len(a["txt"]))])
+    ref, ref_counts = dense_hardneg_scores(a["txt"], a["pos"], a["img_ids"], a["img"], a["cand"], upper=upper)
+    lossy, _, stats = hardneg_scores(problem, window=window)
+    assert (lossy <= ref + 1e-5).all() and (lossy < ref - 1e-3).sum() > 10  # search scores are lower bounds, and miss a lot
+    assert stats["reranked"] == 0
+    scores, counts, stats = hardneg_scores(problem, window=window, rerank=25)
+    short = np.lexsort((problem.candidate_ids.astype(str), -lossy))[:25]
+    rest = np.setdiff1d(np.arange(len(lossy)), short)
+    np.testing.assert_allclose(scores[short], ref[short], atol=1e-5)  # the shortlist is exact ...
+    np.testing.assert_array_equal(counts[short], ref_counts[short])
+    np.testing.assert_array_equal(scores[rest], lossy[rest])  # ... and nothing else moves
+    assert stats["reranked"] == 25 and stats["rerank_raised"] > 0 and 0 < stats["rerank_found"] < 1
+
+
+def test_rerank_makes_an_approximate_index_pick_the_dense_answer():
+    problem, a = make_problem(max_limit=16384)
+    problem.index = _LossyIndex(problem.index.pools, max_limit=16384)
+    ref, _ = dense_hardneg_scores(a["txt"], a["pos"], a["img_ids"], a["img"], a["cand"])
+    expected = list(problem.candidate_ids[np.lexsort((problem.candidate_ids.astype(str), -ref))[:10]])
+    off = get_strategy("hardneg", rerank=0).select(problem, 10, np.random.default_rng(0))
+    on = get_strategy("hardneg", rerank=5).select(problem, 10, np.random.default_rng(0))
+    assert list(off.ids) != expected  # the lossy index alone picks wrong ...
+    assert list(on.ids) == expected  # ... the exact re-rank of 5 x budget picks the dense answer, in order
+    assert on.stats["reranked"] == 50 and on.params["rerank"] == 5
+    with pytest.raises(Exception, match="--rerank"):
+        get_strategy("hardneg", rerank=-1)
+
+
+def test_concurrent_searches_give_the_same_scores_and_stats():
+    problem, _ = make_problem(max_limit=8)
+    one = hardneg_scores(problem, depth=2, chunk_size=7, searchers=1)
+    many = hardneg_scores(problem, depth=2, chunk_size=7, searchers=4)
+    np.testing.assert_array_equal(one[0], many[0])  # summed in chunk order: bit for bit
+    np.testing.assert_array_equal(one[1], many[1])
+    assert one[2] == many[2] and many[2]["deepened"] > 0 and many[2]["range_searched"] > 0
+    with pytest.raises(Exception, match="--searchers"):
+        get_strategy("hardneg", searchers=0)

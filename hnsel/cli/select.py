@@ -89,7 +89,7 @@ def _print_selection(summary: dict, top: int) -> None:
     shown = "" if len(summary["picks"]) <= top else f" (top {top} shown)"
     console.print(f"picked {summary['budget']}{shown} in {summary['seconds']:.2f}s" + (f"; written to {summary['out']}" if summary["out"] else ""),
                   markup=False, highlight=False)
-    details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "thresholds")}
+    details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "reranked", "thresholds")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
     if "engine_choice" in stats:
         e = stats["engine_choice"]

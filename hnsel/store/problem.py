@@ -19,6 +19,7 @@ from .milvus import MAX_TOPK, Store
 __all__ = ["build_problem", "MilvusIndex", "StoreVectors", "side_kinds", "require_collections"]
 
 ANCHOR_PAGE = 4096  # anchors read per query: each page is one round trip (and ~50 MB of Python floats at dim 512)
+LOOKUP_BATCH = 2048  # vectors read by id per batch: ~25 MB of Python floats at dim 512, float32 at once
 
 
 class MilvusIndex:
@@ -49,8 +50,17 @@ class StoreVectors:
         self._sorter = sorter_for(candidate_ids)
 
     def paired(self, ids: Sequence[str]) -> np.ndarray:
-        rows = {r["id"]: r["vector"] for r in self.store.get(self.kind, list(ids), ["id", "vector"])}
-        return np.asarray([rows[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        """Vectors by id, in that order; read in batches, each turned into float32 at once (not one list of every row)."""
+        ids = list(ids)
+        out: np.ndarray | None = None
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            part = ids[start:start + LOOKUP_BATCH]
+            rows = {r["id"]: r["vector"] for r in self.store.get(self.kind, part, ["id", "vector"])}
+            block = np.asarray([rows[i] for i in part], dtype=np.float32).reshape(len(part), -1)
+            if out is None:
+                out = np.empty((len(ids), block.shape[1]), dtype=np.float32)
+            out[start:start + len(part)] = block
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
     def candidates(self, indices: Sequence[int]) -> np.ndarray:
         return self.paired([self.candidate_ids[i] for i in indices])

@@ -192,7 +192,7 @@ class Auto:
         check_budget(budget, len(ids))
         coverage = dict(coverage_gap(problem, min(self.sample, len(ids)), self.ratio, rng), ratio=self.ratio)
         if problem.n_anchors:
-            scores, counts, hn_stats = self.hardneg.scores(problem, rng)
+            scores, counts, hn_stats = self.hardneg.scores(problem, rng, budget)
         else:
             scores, counts, hn_stats = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64), {"truncated": 0}
         conc = concentration(scores)

@@ -110,19 +110,19 @@ class Density:
         if self.shortlist < 1:
             raise SelectionError(f"density: shortlist must be at least 1, got {self.shortlist}")
 
-    def _base_scores(self, problem: SelectionProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _base_scores(self, problem: SelectionProblem, rng: np.random.Generator, budget: int) -> tuple[np.ndarray, np.ndarray, dict]:
         if self.base == "coreset":
             dist = nearest_centre_distances(problem)
             return normalise(np.where(np.isinf(dist), 2.0, dist)), np.zeros(len(dist), dtype=np.int64), {}
         if problem.n_anchors == 0:
             raise SelectionError("no paired data: density with --base hardneg needs paired captions and images; use --base coreset")
-        scores, counts, stats = self.hardneg.scores(problem, rng)
+        scores, counts, stats = self.hardneg.scores(problem, rng, budget)
         return normalise(scores), counts, {"candidates_with_score": int((scores > 0).sum()), "truncated": stats["truncated"]}
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         ids = problem.candidate_ids
         check_budget(budget, len(ids))
-        u, counts, stats = self._base_scores(problem, rng)
+        u, counts, stats = self._base_scores(problem, rng, budget)
         short = shortlist(u, ids, min(len(ids), self.shortlist * budget), rng)
         vectors = problem.vectors_of(short)
         lam = float(budget if self.lam is None else self.lam)

@@ -175,7 +175,7 @@ def exact_hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str =
         raise SelectionError("the exact engine needs memory_mb > 0 and candidate_batch >= 1")
     stats: dict[str, Any] = {"engine": "exact", "device": str(dev), "anchors": 0, "anchors_without_negatives": 0, "deepened": 0,
                              "range_searched": 0, "truncated": 0, "unknown_hits": 0, "above_positive": 0, "candidate_batches": 0,
-                             "anchor_block": 0}
+                             "anchor_block": 0, "reranked": 0, "rerank_raised": 0, "rerank_found": 1.0}
     if dev.type == "cuda":
         stats["device_name"] = torch.cuda.get_device_name(dev)
     negatives: dict[frozenset, list[int]] = {}

@@ -11,22 +11,28 @@ top-(k + positives) search per anchor chunk among paired samples (exact on FLAT;
 can miss the nearest negatives of a large collection). Candidates: one top-``depth`` search per chunk, deepened
 (doubling to the index's ``max_limit``, then paged range searches) only for anchors whose ``depth``-th hit
 still violates. Memory is O(pool + paired + chunk x depth): one float score and one count per candidate; no
-anchors x pool matrix is ever built. With ``problem.engine == "exact"`` the same thresholds are used and the
+anchors x pool matrix is ever built. Exact re-rank (milvus engine, ``rerank`` > 0): an approximate index (HNSW, IVF)
+misses some violators, so search scores are lower bounds; the ``rerank`` best-scoring candidates are then rescored
+exactly against every anchor (their vectors fetched by id, blockwise float32 products of the kept anchors), at a cost
+of rerank x anchors x dim and O(anchors x dim) memory for the kept anchors. With ``problem.engine == "exact"`` the same thresholds are used and the
 violators come from every similarity instead, by blockwise products (``exact.py``, torch on CUDA or the CPU).
 Thresholds live in ``thresholds.py``; ``dense.py`` is the independent numpy reference both engines are tested against.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import SelectionError
 from .base import NeighborIndex, Selection, SelectionProblem, check_budget, fill_random, param, register, top_by_score
+from .dense import dense_hardneg_scores
 from .thresholds import anchor_chunks_with_thresholds, chance_stats, positive_similarities
 
-__all__ = ["HardNegative", "hardneg_scores", "rank_with_fill"]
+__all__ = ["HardNegative", "hardneg_scores", "rank_with_fill", "rerank_exact"]
 
 WEIGHTS = ("surplus", "count")
 MAX_EXCLUDED = 1_000_000  # ids a range page may exclude before the anchor is reported truncated
@@ -55,6 +61,12 @@ def _violators(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth:
         pending = np.asarray(again, dtype=np.int64)
         limit = min(limit * 2, index.max_limit)
     return out  # type: ignore[return-value]
+
+
+def _violators_job(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth: int) -> tuple[list, dict]:
+    """``_violators`` on a search thread, with its own counters (merged by the caller, in chunk order)."""
+    searched = {"deepened": 0, "range_searched": 0, "truncated": 0}
+    return _violators(index, vectors, xi, depth, searched), searched
 
 
 def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.ndarray, sims: np.ndarray, stats: dict):
@@ -95,10 +107,38 @@ def _accumulate(hits, xi, weight, id_to_index, scores, counts, stats, upper=None
         np.add.at(counts, idx[known], 1)
 
 
+def rerank_exact(problem: SelectionProblem, scores: np.ndarray, counts: np.ndarray, kept: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+                 n: int, weight: str, stats: dict) -> None:
+    """Rescore exactly, in place, the ``n`` candidates with the highest search scores (ties: id ascending; score > 0 only).
+
+    ``kept``: per anchor chunk, (vectors, thresholds, positive similarity or None) of the anchors that have a threshold.
+    A search score only misses violators, so it is a lower bound: rescoring the best of them with every anchor (the
+    dense reference's blockwise products on the shortlist only) corrects their scores and order, and brings in any
+    candidate the searches had under-scored within the shortlist. Stats: ``reranked`` (shortlist size),
+    ``rerank_raised`` (shortlisted candidates whose score rose) and ``rerank_found`` (share of the shortlist's exact
+    score mass the searches had found).
+    """
+    short = top_by_score(problem.candidate_ids, scores, n)
+    stats.update(reranked=int(len(short)), rerank_raised=0, rerank_found=1.0)
+    if len(short) == 0 or not kept:
+        return
+    candidates = problem.vectors_of(short)
+    exact, exact_counts = np.zeros(len(short)), np.zeros(len(short), dtype=np.int64)
+    for vectors, xi, upper in kept:  # chunk by chunk: no second copy of the kept anchors
+        part, part_counts = dense_hardneg_scores(vectors, (), (), np.zeros((0, vectors.shape[1]), np.float32), candidates,
+                                                 weight=weight, thresholds=xi, upper=upper)
+        exact += part
+        exact_counts += part_counts
+    before = scores[short]
+    stats["rerank_raised"] = int((exact > before + 1e-9 * np.maximum(1.0, np.abs(before))).sum())
+    stats["rerank_found"] = float(before.sum() / exact.sum()) if exact.sum() > 0 else 1.0
+    scores[short], counts[short] = exact, exact_counts
+
+
 def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
                    batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
                    rng: np.random.Generator | None = None, paired_mb: float = 1024, window: str = "hard",
-                   device: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                   device: str | None = None, rerank: int = 0, searchers: int = 2) -> tuple[np.ndarray, np.ndarray, dict]:
     """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
 
     ``problem.engine`` decides how violators are found: ``milvus`` (neighbour searches through ``problem.index``,
@@ -111,6 +151,10 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     ``window``: ``hard`` counts every candidate above ``xi_j`` (ALGORITHM.md); ``semi`` only those below the
     anchor's similarity to its own positive (``xi_j < s < s(p(j), t_j)``): harder than every negative the model
     trains on, yet not closer than the true match, which would make the candidate a likely false negative.
+    ``rerank`` (milvus engine): rescore the ``rerank`` best candidates exactly (``rerank_exact``); 0: search scores only.
+    ``searchers`` (milvus engine): anchor chunks whose searches are in flight at once, on as many threads; the server
+    searches one while this process reads the next anchors and the last results (scores are summed in chunk order,
+    so the result does not depend on it).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     engine = problem.engine
@@ -126,17 +170,38 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     scores = np.zeros(len(ids), dtype=np.float64)
     counts = np.zeros(len(ids), dtype=np.int64)
     stats = {"engine": "milvus", "anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
-             "above_positive": 0}
+             "above_positive": 0, "reranked": 0, "rerank_raised": 0, "rerank_found": 1.0}
     negatives: dict[frozenset, list[int]] = {}
-    for chunk, xi in anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
-        valid = np.flatnonzero(~np.isnan(xi))
-        stats["anchors"] += len(xi)
-        stats["anchors_without_negatives"] += len(xi) - len(valid)
-        if len(valid):
-            hits = _violators(problem.index, chunk.vectors[valid], xi[valid], depth, stats)
-            upper = positive_similarities(problem, chunk)[valid] if window == "semi" else None
-            _accumulate(hits, xi[valid], weight, id_to_index, scores, counts, stats, upper)
-        problem.progress("scoring anchors", stats["anchors"], problem.n_anchors)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # the anchors the exact re-rank needs
+    in_flight: deque = deque()  # (future of the chunk's violators, its thresholds, its window bound, anchors it ends at)
+
+    def finish() -> None:  # in chunk order, on this thread: the same sums whatever the threads did
+        future, xi_valid, upper, done = in_flight.popleft()
+        hits, searched = future.result()
+        for key, value in searched.items():
+            stats[key] += value
+        _accumulate(hits, xi_valid, weight, id_to_index, scores, counts, stats, upper)
+        problem.progress("scoring anchors", done, problem.n_anchors)
+
+    with ThreadPoolExecutor(max_workers=max(1, searchers), thread_name_prefix="hnsel-search") as pool:
+        for chunk, xi in anchor_chunks_with_thresholds(problem, k, batch, batch_size, chunk_size, rng, paired_mb, stats, negatives):
+            valid = np.flatnonzero(~np.isnan(xi))
+            stats["anchors"] += len(xi)
+            stats["anchors_without_negatives"] += len(xi) - len(valid)
+            if len(valid):
+                vectors = np.asarray(chunk.vectors, dtype=np.float32)[valid]
+                upper = positive_similarities(problem, chunk)[valid] if window == "semi" else None
+                in_flight.append((pool.submit(_violators_job, problem.index, vectors, xi[valid], depth), xi[valid], upper, stats["anchors"]))
+                if rerank > 0:
+                    kept.append((vectors, xi[valid], upper))
+            while len(in_flight) > max(1, searchers):
+                finish()
+        while in_flight:
+            finish()
+    if rerank > 0:
+        problem.progress("exact re-rank", 0, 1)
+        rerank_exact(problem, scores, counts, kept, rerank, weight, stats)
+        problem.progress("exact re-rank", 1, 1)
     stats.update(chance_stats(counts, negatives if stats["thresholds"] == "exact in memory" else None, k))
     return scores, counts, stats
 
@@ -155,6 +220,10 @@ class HardNegative:
     paired_mb: float = param(1024, "Full-batch thresholds exact in memory when the paired side fits in this many MB "
                                    "(0: searched through the index, approximate on HNSW/IVF).")
     window: str = param("hard", "hard: every candidate above the threshold; semi: only those below the anchor's own positive.")
+    searchers: int = param(2, "Milvus engine: search requests in flight at once (the server searches one while hnsel reads another); "
+                              "results do not depend on it.")
+    rerank: float = param(2.0, "Milvus engine: rescore exactly the best rerank x budget candidates against every anchor, "
+                               "correcting what an approximate index missed (0: search scores only).")
 
     def __post_init__(self) -> None:
         if self.window not in WINDOWS:
@@ -165,21 +234,25 @@ class HardNegative:
             raise SelectionError(f"--weight {self.weight!r}: use one of {', '.join(WEIGHTS)}")
         if self.batch not in BATCHES:
             raise SelectionError(f"--batch {self.batch!r}: use one of {', '.join(BATCHES)}")
-        if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1:
-            raise SelectionError("--batch-size must be at least 2, chunk size and depth at least 1")
+        if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1 or self.searchers < 1:
+            raise SelectionError("--batch-size must be at least 2; --chunk-size, --depth and --searchers at least 1")
         if not self.paired_mb >= 0:
             raise SelectionError(f"--paired-mb must be 0 or more, got {self.paired_mb}")
+        if not self.rerank >= 0:
+            raise SelectionError(f"--rerank must be 0 or more (a multiple of the budget), got {self.rerank}")
 
-    def scores(self, problem: SelectionProblem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-        """``hardneg_scores`` with these parameters: (scores, violation counts, stats)."""
+    def scores(self, problem: SelectionProblem, rng: np.random.Generator, budget: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``hardneg_scores`` with these parameters: (scores, violation counts, stats); the best ``rerank x budget``
+        rescored exactly on the milvus engine (``budget`` 0: none)."""
         return hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
-                              chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb, window=self.window)
+                              chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb, window=self.window,
+                              rerank=int(np.ceil(self.rerank * budget)), searchers=self.searchers)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         check_budget(budget, len(problem.candidate_ids))
         if problem.n_anchors == 0:
             raise SelectionError("no paired data: hardneg needs paired captions and images; ingest or embed a paired set first")
-        scores, counts, stats = self.scores(problem, rng)
+        scores, counts, stats = self.scores(problem, rng, budget)
         return rank_with_fill(problem.candidate_ids, scores, counts, budget, rng, "hardneg", self.__dict__.copy(), stats)
 
 
