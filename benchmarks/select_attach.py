@@ -41,7 +41,11 @@ def main() -> None:
     ap.add_argument("--fine", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ef", type=int, default=None, help="HNSW search ef (default: select_scale's)")
+    ap.add_argument("--rerank", type=float, default=2.0, help="hardneg's exact re-rank, a factor of the budget (0: off)")
+    ap.add_argument("--searchers", type=int, default=2, help="hardneg's search requests in flight")
+    ap.add_argument("--rerank-curve", default="0,1,1.1,1.25,1.5,2,3", help="factors whose agreement is computed from the same search scores")
     args = ap.parse_args()
+    args.rerank_curve = [float(x) for x in args.rerank_curve.split(",") if x.strip()]
     args.engine = [x for x in args.engine.split(",") if x]
     args.torch_import_s = None
     if "exact" in args.engine:

@@ -303,10 +303,21 @@ def time_candidate_stream(problem, timers: Timers) -> None:
 
 
 def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | None, others: list[int], engine: str = "milvus",
-              device: str | None = None) -> dict:
+              device: str | None = None, rerank: float = 0.0, searchers: int = 2) -> dict:
+    """One selection as ``HardNegative.select`` runs it (``rerank``: its factor of the budget, ``searchers``: search requests
+    in flight; milvus engine), timed by parts."""
     timers = Timers()
     originals = {(module, name): _wrap(module, name, timers, key) for module, name, key in
                  ((thresholds, "full_thresholds", "thresholds"), (hardneg, "_violators", "violators"), (hardneg, "_accumulate", "accumulate"))}
+    search_scores = {}
+    rerank_exact = hardneg.rerank_exact
+
+    def keep_search_scores(problem, scores, *args, **kwargs):  # the scores before the re-rank, for the re-rank curve
+        search_scores["scores"] = scores.copy()
+        with timers.time("rerank"):
+            return rerank_exact(problem, scores, *args, **kwargs)
+
+    hardneg.rerank_exact = keep_search_scores
     score_candidates = _wrap(exact, "score_candidates", timers, "exact_scoring")
     load = vars(thresholds.PairedSide)["load"]
     _wrap(thresholds.PairedSide, "load", timers, "paired_load")
@@ -320,7 +331,7 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
                 instrument(store, problem, timers, sample)
                 time_candidate_stream(problem, timers)
                 with timers.time("hardneg_scores"):
-                    scores, counts, stats = hardneg.hardneg_scores(problem, device=device)
+                    scores, counts, stats = hardneg.hardneg_scores(problem, device=device, rerank=int(np.ceil(rerank * budget)), searchers=searchers)
                 with timers.time("rank"):
                     sel = hardneg.rank_with_fill(problem.candidate_ids, scores, counts, budget, np.random.default_rng(seed), "hardneg", {}, stats)
             wall = time.perf_counter() - t0
@@ -329,6 +340,7 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
             setattr(module, name, fn)
         exact.score_candidates = score_candidates
         thresholds.PairedSide.load = load
+        hardneg.rerank_exact = rerank_exact
     t, n = timers.t, timers.n
     split = {
         "list_candidates": t.get("list_candidates", 0.0),
@@ -337,6 +349,7 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
         "candidate_search": t.get("search_candidates", 0.0) + t.get("range_search", 0.0),
         "violators_python": t.get("violators", 0.0) - t.get("search_candidates", 0.0) - t.get("range_search", 0.0),
         "aggregation": t.get("accumulate", 0.0),
+        "rerank": t.get("rerank", 0.0),
         "rank": t.get("rank", 0.0),
     }
     if engine == "exact":  # no searches: one pass over the candidates from the store, then products on the device
@@ -350,7 +363,7 @@ def run_hnsel(config: StoreConfig, budget: int, seed: int, sample: set[str] | No
             "queries": {k: n.get(k, 0) for k in ("search_paired", "search_candidates", "range_search")}, "stats": stats,
             "client_peak_rss": peak.client, "client_base_rss": peak.base, "server_peak_rss": peak.server,
             "ids": sel.ids.tolist(), "merit": int(sel.stats["picked_on_merit"]), "scores": scores, "counts": counts,
-            "candidate_ids": problem.candidate_ids}
+            "candidate_ids": problem.candidate_ids, "search_scores": search_scores.get("scores", scores), "rerank": rerank}
 
 
 def extrapolate(result: dict, factor: float) -> float:
@@ -380,6 +393,28 @@ def run_dense(pool, sample_idx: np.ndarray, budget: int, seed: int, candidate_id
     print(f"  dense {wall:.2f} s: {flop / 1e9:.1f} GFLOP at {flop / wall / 1e9:.1f} GFLOP/s", flush=True)
     return {"wall_s": wall, "flop": flop, "gflops": flop / wall / 1e9, "peak_rss": peak.client, "base_rss": peak.base,
             "ids": sel.ids.tolist(), "merit": int(sel.stats["picked_on_merit"]), "scores": scores, "counts": counts}
+
+
+def rerank_curve(h: dict, d: dict, budget: int, factors: list[float], seed: int) -> list[dict]:
+    """Agreement with the dense picks if the best ``factor x budget`` search scores were rescored exactly, for each factor.
+
+    Computed from the same run's search scores (before its own re-rank) and the dense scores of the same captions:
+    the exact re-rank gives a shortlisted candidate exactly its dense score (``tests/test_hardneg.py``), so this is the
+    pick list each factor would produce without searching again. The run's own factor is measured (``agreement``).
+    """
+    ids, search = h["candidate_ids"], h["search_scores"]
+    order = np.lexsort((ids.astype(str), -search))
+    positive = int((search > 0).sum())
+    out = []
+    for factor in factors:
+        scores = search.copy()
+        short = order[:min(positive, int(np.ceil(factor * budget)))]
+        scores[short] = d["scores"][short]
+        sel = hardneg.rank_with_fill(ids, scores, d["counts"], budget, np.random.default_rng(seed), "curve", {}, {})
+        a, b = set(sel.ids.tolist()), set(d["ids"])
+        out.append({"rerank": factor, "shortlist": int(len(short)), "jaccard": len(a & b) / len(a | b),
+                    "identical_order": sel.ids.tolist() == d["ids"]})
+    return out
 
 
 def agreement(h: dict, d: dict, budget: int) -> dict:
@@ -458,7 +493,7 @@ def measure_size(size: int, args, server, done: list[dict]) -> list[dict]:
 def measure_engine(rec: dict, engine: str, config: StoreConfig, pool, sample: set[str] | None, sample_idx: np.ndarray, budget: int,
                    others: list[int], dense_cache: dict, args) -> dict:
     """hnsel's selection with one engine, the dense baseline on the same captions (once per sample), and the speed-up."""
-    h = run_hnsel(config, budget, args.seed, sample, others, engine, args.device)
+    h = run_hnsel(config, budget, args.seed, sample, others, engine, args.device, args.rerank if engine == "milvus" else 0.0, args.searchers)
     key = len(sample_idx)
     if key not in dense_cache:
         dense_cache[key] = run_dense(pool, sample_idx, budget, args.seed, h["candidate_ids"])
@@ -472,6 +507,10 @@ def measure_engine(rec: dict, engine: str, config: StoreConfig, pool, sample: se
     rec["dense"]["wall_full_s"] = d["wall_s"] * factor
     rec["dense"]["extrapolated"] = factor > 1
     rec["agreement"] = agreement(h, d, budget)
+    rec["rerank"] = h["rerank"]
+    if engine == "milvus" and args.rerank_curve:
+        rec["rerank_curve"] = rerank_curve(h, d, budget, args.rerank_curve, args.seed)
+        print("  re-rank curve (factor: Jaccard) " + ", ".join(f"{c['rerank']}: {c['jaccard']:.4f}" for c in rec["rerank_curve"]), flush=True)
     rec["speedup_vs_dense"] = d["wall_s"] / h["wall_s"]  # measured on the same captions
     if engine == "exact":  # the products alone: captions x candidates x dim multiply-adds
         rec["torch_import_s"] = args.torch_import_s  # once per process, before any timer: not in the select time
@@ -480,7 +519,7 @@ def measure_engine(rec: dict, engine: str, config: StoreConfig, pool, sample: se
     if args.full_hnsel and factor > 1 and (engine == "milvus" or h.get("device") == "cuda"):
         # hnsel's time on every caption, measured rather than scaled (the exact engine on a CPU is measured on the sample
         # only: at 1M x 150k x 512 its products alone are 1.5e14 flop, about 25 min at the 1e11 flop/s of 2 cores)
-        hf = run_hnsel(config, budget, args.seed, None, others, engine, args.device)
+        hf = run_hnsel(config, budget, args.seed, None, others, engine, args.device, h["rerank"], args.searchers)
         rec["hnsel_full"] = {k: hf[k] for k in ("wall_s", "split_s", "stats", "queries", "client_peak_rss", "server_peak_rss")}
         rec["hnsel_full"]["overlap_with_sample_run"] = len(set(hf["ids"]) & set(h["ids"])) / budget
         rec["hnsel_full"]["speedup_vs_dense"] = rec["dense"]["wall_full_s"] / hf["wall_s"]  # against the extrapolated dense time
@@ -571,6 +610,9 @@ def main() -> None:
     ap.add_argument("--engine", default="milvus", help="how hnsel scores: milvus (searches), exact (blockwise products), or both, comma-separated")
     ap.add_argument("--device", default=None, help="the exact engine's device: cpu, cuda (default: CUDA when available, else CPU)")
     ap.add_argument("--index", default="FLAT,HNSW", help="server index types; Lite always runs FLAT")
+    ap.add_argument("--rerank", type=float, default=2.0, help="hardneg's exact re-rank, a factor of the budget (milvus engine; 0: off)")
+    ap.add_argument("--rerank-curve", default="0,1,1.1,1.25,1.5,2,3", help="factors whose agreement is computed from the same run's search scores")
+    ap.add_argument("--searchers", type=int, default=2, help="hardneg's search requests in flight (milvus engine)")
     ap.add_argument("--sample-captions", type=int, default=0, help="score only N random captions (all backends), extrapolate")
     ap.add_argument("--lite-sample", type=int, default=0, help="the same for Milvus Lite only")
     ap.add_argument("--full-hnsel", action="store_true", help="with a caption sample, also time hnsel on every caption")
@@ -587,6 +629,7 @@ def main() -> None:
     args = ap.parse_args()
     args.backends = args.backends.split(",")
     args.engine = [x.strip() for x in args.engine.split(",") if x.strip()]
+    args.rerank_curve = [float(x) for x in args.rerank_curve.split(",") if x.strip()]
     if not args.engine or set(args.engine) - set(exact.ENGINES):
         ap.error(f"--engine {','.join(args.engine)}: use {' or '.join(exact.ENGINES)}, comma-separated")
     args.index = [x.upper() for x in args.index.split(",")]

@@ -138,7 +138,8 @@ def rerank_exact(problem: SelectionProblem, scores: np.ndarray, counts: np.ndarr
 def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surplus", batch: str = "full",
                    batch_size: int = 128, chunk_size: int = 512, depth: int = 64,
                    rng: np.random.Generator | None = None, paired_mb: float = 1024, window: str = "hard",
-                   device: str | None = None, rerank: int = 0, searchers: int = 2) -> tuple[np.ndarray, np.ndarray, dict]:
+                   device: str | None = None, rerank: int = 0, searchers: int = 2,
+                   keep: list | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Score every candidate: (scores, violation counts, stats) aligned with ``problem.candidate_ids``.
 
     ``problem.engine`` decides how violators are found: ``milvus`` (neighbour searches through ``problem.index``,
@@ -154,7 +155,9 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     ``rerank`` (milvus engine): rescore the ``rerank`` best candidates exactly (``rerank_exact``); 0: search scores only.
     ``searchers`` (milvus engine): anchor chunks whose searches are in flight at once, on as many threads; the server
     searches one while this process reads the next anchors and the last results (scores are summed in chunk order,
-    so the result does not depend on it).
+    so the result does not depend on it). ``keep`` (milvus engine): a list that receives, per chunk, the anchors the
+    re-rank needs, (vectors, thresholds, positive similarity or None), for a caller that re-ranks the sum of several
+    calls itself (``--ray``).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     engine = problem.engine
@@ -172,7 +175,7 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
     stats = {"engine": "milvus", "anchors": 0, "anchors_without_negatives": 0, "deepened": 0, "range_searched": 0, "truncated": 0, "unknown_hits": 0,
              "above_positive": 0, "reranked": 0, "rerank_raised": 0, "rerank_found": 1.0}
     negatives: dict[frozenset, list[int]] = {}
-    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # the anchors the exact re-rank needs
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = keep if keep is not None else []  # what the re-rank needs
     in_flight: deque = deque()  # (future of the chunk's violators, its thresholds, its window bound, anchors it ends at)
 
     def finish() -> None:  # in chunk order, on this thread: the same sums whatever the threads did
@@ -192,7 +195,7 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
                 vectors = np.asarray(chunk.vectors, dtype=np.float32)[valid]
                 upper = positive_similarities(problem, chunk)[valid] if window == "semi" else None
                 in_flight.append((pool.submit(_violators_job, problem.index, vectors, xi[valid], depth), xi[valid], upper, stats["anchors"]))
-                if rerank > 0:
+                if rerank > 0 or keep is not None:
                     kept.append((vectors, xi[valid], upper))
             while len(in_flight) > max(1, searchers):
                 finish()
@@ -241,12 +244,13 @@ class HardNegative:
         if not self.rerank >= 0:
             raise SelectionError(f"--rerank must be 0 or more (a multiple of the budget), got {self.rerank}")
 
-    def scores(self, problem: SelectionProblem, rng: np.random.Generator, budget: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    def scores(self, problem: SelectionProblem, rng: np.random.Generator, budget: int = 0,
+               keep: list | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
         """``hardneg_scores`` with these parameters: (scores, violation counts, stats); the best ``rerank x budget``
-        rescored exactly on the milvus engine (``budget`` 0: none)."""
+        rescored exactly on the milvus engine (``budget`` 0: none; ``keep``: see ``hardneg_scores``)."""
         return hardneg_scores(problem, k=self.k, weight=self.weight, batch=self.batch, batch_size=self.batch_size,
                               chunk_size=self.chunk_size, depth=self.depth, rng=rng, paired_mb=self.paired_mb, window=self.window,
-                              rerank=int(np.ceil(self.rerank * budget)), searchers=self.searchers)
+                              rerank=int(np.ceil(self.rerank * budget)), searchers=self.searchers, keep=keep)
 
     def select(self, problem: SelectionProblem, budget: int, rng: np.random.Generator) -> Selection:
         check_budget(budget, len(problem.candidate_ids))

@@ -42,18 +42,24 @@ def check_select_ray(chosen: Any, store_config: StoreConfig, address: bool | str
 
 
 def _score_shard(store_config: StoreConfig, modality: str, chosen: Any, chunks: list, engine: str, device: str | None,
-                 max_limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                 max_limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, list]:
     """One Ray task: ``hardneg_scores`` over the store's problem restricted to ``chunks`` of anchors; the candidates it
-    scored (ids, scores, violation counts) and its stats."""
+    scored (ids, scores, violation counts), its stats, and what the driver's exact re-rank needs of its anchors (empty
+    without a re-rank)."""
     from ..store import build_problem, open_store
 
     with open_store(store_config) as store:
         problem = build_problem(store, modality, None, max_limit)
         problem = dataclasses.replace(problem, anchors=lambda chunk_size: iter(chunks), n_anchors=sum(len(c.ids) for c in chunks))
         problem.engine, problem.device = engine, device
-        scores, counts, stats = chosen.scores(problem, np.random.default_rng(0))  # full batch: no draw is made
+        kept: list = []
+        scores, counts, stats = chosen.scores(problem, np.random.default_rng(0), keep=kept if _reranks(chosen, engine) else None)
     hit = np.flatnonzero(counts)
-    return problem.candidate_ids[hit], scores[hit], counts[hit], stats
+    return problem.candidate_ids[hit], scores[hit], counts[hit], stats, kept
+
+
+def _reranks(chosen: Any, engine: str) -> bool:
+    return engine == "milvus" and getattr(chosen, "rerank", 0) > 0
 
 
 def _anchor_shards(problem, chunk_size: int, per_task: int) -> Iterator[list]:
@@ -73,7 +79,7 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
                    workers: int | None = None):
     """``chosen.select(problem, budget, rng)`` for ``hardneg``, its scores computed by Ray tasks over anchor shards."""
     from ..strategies.base import check_budget, positions, sorter_for
-    from ..strategies.hardneg import rank_with_fill
+    from ..strategies.hardneg import rank_with_fill, rerank_exact
     from ..strategies.thresholds import chance_stats
 
     check_budget(budget, len(problem.candidate_ids))
@@ -85,7 +91,7 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
         tasks = max(1, min(workers or max(1, int(cluster.cpus)), math.ceil(problem.n_anchors / chosen.chunk_size)))
         per_task = math.ceil(problem.n_anchors / tasks)
         remote = ray.remote(num_cpus=1, max_retries=1)(_score_shard)
-        pending, sizes, positives = [], {}, {}
+        pending, sizes, order, positives = [], {}, {}, {}
         for group in _anchor_shards(problem, chosen.chunk_size, per_task):
             for chunk in group:
                 for pos in chunk.positives:
@@ -93,14 +99,15 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
             ref = remote.remote(store.config, modality, chosen, group, problem.engine, problem.device, problem.index.max_limit)
             pending.append(ref)
             sizes[ref] = sum(len(c.ids) for c in group)
+            order[ref] = len(order)
         ids = problem.candidate_ids
         sorter = sorter_for(ids)
         scores, counts = np.zeros(len(ids)), np.zeros(len(ids), np.int64)
-        stats, done, parts = {}, 0, 0
+        stats, done, parts, kept = {}, 0, 0, {}
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             try:
-                hit_ids, hit_scores, hit_counts, part = ray.get(ready[0])
+                hit_ids, hit_scores, hit_counts, part, kept[order[ready[0]]] = ray.get(ready[0])
             except Exception as exc:
                 raise SelectionError(f"a Ray task stopped: {one_line(exc)}") from None
             at, known = positions(ids, np.asarray(hit_ids, dtype=object), sorter)
@@ -113,6 +120,9 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
             problem.progress("scoring anchors", done, problem.n_anchors)
     finally:
         cluster.close()
+    if _reranks(chosen, problem.engine):  # on the sums, with the shards' anchors in stream order: as one process does it
+        rerank_exact(problem, scores, counts, [c for shard in sorted(kept) for c in kept[shard]], math.ceil(chosen.rerank * budget),
+                     chosen.weight, stats)
     stats.update(chance_stats(counts, _negatives(store, modality, positives) if stats.get("thresholds") == "exact in memory" else None, chosen.k))
     stats["ray"] = {**cluster.describe(), "tasks": parts}
     return rank_with_fill(ids, scores, counts, budget, rng, "hardneg", chosen.__dict__.copy(), stats)
