@@ -61,7 +61,7 @@ def test_log_reproduces_the_selection(tmp_path, pool_files):
     assert log["picks_sha256"] == picks_hash(picked.selection.ids) and log["state"] == "recorded"
     # every resolved parameter, the hardneg component's too: the log alone reproduces the selection
     assert log["params"] == {"base": "hardneg", "lam": 3.0, "shortlist": 10, "k": 1, "weight": "surplus", "batch": "full", "batch_size": 128,
-                             "chunk_size": 512, "depth": 64, "paired_mb": 1024, "window": "hard"}
+                             "chunk_size": 512, "depth": 64, "paired_mb": 1024, "window": "hard", "searchers": 2, "rerank": 2.0}
     assert log["seed"] == 5 and log["modality"] == "image"
     assert "token" not in log["config"]["store"] and log["config"]["store"]["namespace"] == "run_a"
     again = api.select(b, budget=log["budget"], strategy=log["strategy"], params=log["params"], modality=log["modality"], seed=log["seed"])
