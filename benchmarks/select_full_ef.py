@@ -2,7 +2,7 @@
 ``--M`` and ``--ef-construction``), measure agreement on a seeded caption sample (``select_scale.measure_engine``: hnsel
 and the dense baseline on the same captions, with the exact re-rank curve), then time ``hnsel select`` (milvus engine,
 every caption) for each ``--ef`` and ``--rerank`` factor, as a user runs it (a subprocess; wall time and peak RSS from
-``/usr/bin/time -v``; the Milvus server's peak RSS from /proc).
+``/usr/bin/time -v``, the time by phase from its ``--json`` summary; the Milvus server's peak RSS from /proc).
 
     python benchmarks/select_full_ef.py --size 1000000 --M 32 --ef-construction 200 --ef 64,256 --rerank 0,2 --sample-captions 10000
 """
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--ef", default="64,256,1024")
     ap.add_argument("--rerank", default="2", help="hardneg --rerank factors, comma-separated (each with each ef)")
     ap.add_argument("--searchers", default="2", help="hardneg --searchers values, comma-separated (each with each ef and rerank)")
+    ap.add_argument("--repeat", type=int, default=1, help="time each setting this many times in a row (the first run after a load warms Milvus up)")
     ap.add_argument("--sample-captions", type=int, default=0, help="also measure agreement on a seeded sample of N captions, at each ef")
     ap.add_argument("--rerank-curve", default="0,1,1.1,1.25,1.5,2,3,5")
     ap.add_argument("--out", default="benchmarks/results/select_full_ef.json")
@@ -67,7 +68,8 @@ def main() -> None:
                 results["samples"].append(rec)
                 Path(args.out).write_text(json.dumps(results, indent=1, default=str))
         del pool
-        for ef, rerank, searchers in [(e, r, int(n)) for e in efs for r in reranks for n in args.searchers.split(",")]:
+        settings = [(e, r, int(n)) for e in efs for r in reranks for n in args.searchers.split(",")]
+        for ef, rerank, searchers in [s for s in settings for _ in range(args.repeat)]:
             toml = Path(tempfile.mkdtemp()) / "hnsel.toml"
             toml.write_text(f'[store]\nuri = "{uri}"\nnamespace = "{namespace}"\nindex_type = "HNSW"\n[store.search_params]\nef = {ef}\n')
             for pid in others:
@@ -84,11 +86,12 @@ def main() -> None:
                      "seconds": summary.get("seconds"), "client_peak_rss": int(rss.group(1)) * 1024 if rss else None,
                      "server_peak_rss": sum(sc._status(p, "VmHWM") for p in others) if others else None, "loadavg_start": load,
                      "anchors": stats.get("anchors"), "candidates": stats.get("candidates"),
-                     "deepened": stats.get("deepened"), "returncode": run.returncode, "stderr_tail": run.stderr[-500:] if run.returncode else "",
+                     "deepened": stats.get("deepened"), "timings_s": summary.get("timings_s"), "returncode": run.returncode, "stderr_tail": run.stderr[-500:] if run.returncode else "",
                      "picks": [p["id"] for p in summary.get("picks", [])]}
             results["runs"].append(entry)
             print(f"ef {ef}, rerank {rerank}, searchers {searchers}: {entry['seconds']} s (wall {wall:.1f}), client peak {entry['client_peak_rss']}, "
-                  f"server peak {entry['server_peak_rss']}, anchors {entry['anchors']}, candidates {entry['candidates']}", flush=True)
+                  f"server peak {entry['server_peak_rss']}, anchors {entry['anchors']}, candidates {entry['candidates']}, load {load[0]:.1f}\n"
+                  f"  time by phase {entry['timings_s']}", flush=True)
             Path(args.out).write_text(json.dumps(results, indent=1, default=str))
 
 

@@ -117,6 +117,21 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     assert list(again.selection.ids) == list(result.selection.ids)
 
 
+@pytest.mark.parametrize("engine", ["milvus", "exact"])
+def test_select_reports_where_its_time_went(shared, engine):
+    """``timings_s``: one entry per phase the engine ran, in the order they ran; all but the searches on other threads add
+    up to the selection's wall time."""
+    config, _ = shared
+    summary = api.select(config, budget=5, strategy="hardneg", seed=0, engine=engine, device="cpu").summary()
+    timings = summary["timings_s"]
+    ran = ["list_candidates", "paired_side", "anchor_stream", "thresholds"]
+    ran += ["search_wait", "searches_in_threads", "aggregation", "rerank"] if engine == "milvus" else ["candidate_stream", "products"]
+    assert list(timings) == ran + ["write", "other"]
+    assert all(v >= 0 for v in timings.values()) and timings["anchor_stream"] > 0
+    wall = sum(v for k, v in timings.items() if k != "searches_in_threads")
+    assert wall == pytest.approx(summary["seconds"], abs=0.01)
+
+
 def test_status_counts(shared, pool):
     config, _ = shared
     info = api.status(config)

@@ -91,6 +91,9 @@ def _print_selection(summary: dict, top: int) -> None:
                   markup=False, highlight=False)
     details = {k: v for k, v in stats.items() if k in ("candidates", "candidates_with_score", "picked_on_merit", "filled", "anchors", "deepened", "range_searched", "truncated", "reranked", "thresholds")}
     console.print("  ".join(f"{k}={v}" for k, v in details.items()), highlight=False)
+    phases = {k: v for k, v in (summary.get("timings_s") or {}).items() if v >= 0.05}
+    if phases:
+        console.print("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}s" for k, v in phases.items()), highlight=False, markup=False)
     if "engine_choice" in stats:
         e = stats["engine_choice"]
         console.print(f"engine: {e['engine']} ({e['reason']})", highlight=False, markup=False)

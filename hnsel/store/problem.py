@@ -6,6 +6,7 @@ with their positives; ``MilvusIndex`` answers the strategies' neighbour searches
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -141,8 +142,11 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
     if max_limit is not None:
         index.max_limit = max_limit
 
+    started = time.perf_counter()
     candidate_ids, candidate_uncertainty = _candidates(store, side)
-    return SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality),
-                            n_anchors=store.count(anchor_kind, store.pool_filter(anchor_kind, "paired")),
+    n_anchors = store.count(anchor_kind, store.pool_filter(anchor_kind, "paired"))
+    listed = time.perf_counter() - started
+    return SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality), n_anchors=n_anchors,
                             vectors=StoreVectors(store, side, index.filters, candidate_ids), on_progress=on_progress,
-                            candidate_uncertainty=candidate_uncertainty, match=store.get_meta(MATCH_META_KEY))
+                            candidate_uncertainty=candidate_uncertainty, match=store.get_meta(MATCH_META_KEY),
+                            timings={"list_candidates": listed})

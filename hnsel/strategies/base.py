@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -151,10 +153,24 @@ class SelectionProblem:
     match: dict[str, float] | None = None  # calibrated match parameters {"scale", "shift"} of probabilistic heads (ascmr)
     engine: str = "milvus"  # how hard-negative scores are computed: "milvus" (neighbour searches) or "exact" (blockwise products)
     device: str | None = None  # where the exact engine runs: None or "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (``timed``); reported, never part of the result
 
     def progress(self, task: str, completed: int, total: int | None) -> None:
         if self.on_progress is not None:
             self.on_progress(task, completed, total)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to ``timings[phase]``. Phases timed on the calling thread add up to (at most) the
+        selection's wall time; work on other threads is added under its own name with ``add_time``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_time(phase, time.perf_counter() - start)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
     def _source(self) -> VectorSource:
         if self.vectors is None:

@@ -108,15 +108,21 @@ def score_candidates(problem: SelectionProblem, vectors: np.ndarray, xi: np.ndar
     xi64 = torch.from_numpy(np.asarray(xi, dtype=np.float64)).to(device)
     up32 = None if upper is None else torch.from_numpy(np.nan_to_num(above_float32(upper), nan=np.inf)).to(device)
     done = 0
-    for indices, batch in problem.candidate_batches(candidate_batch):
+    stream = iter(problem.candidate_batches(candidate_batch))
+    while True:
+        with problem.timed("candidate_stream"):
+            indices, batch = next(stream, (None, None))
+        if indices is None:
+            break
         if len(indices) == 0:
             continue
-        cand = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-        block = max(1, int(memory_mb * 2**20) // (len(indices) * TILE_BYTES))
-        stats["anchor_block"] = min(stats["anchor_block"] or len(xi), block)  # anchors per product, for the largest batch
-        b_scores, b_counts = _score_batch(torch, anchors, xi32, xi64, up32, cand, block, int(memory_mb * 2**20) // HIT_BYTES, weight, stats)
-        np.add.at(scores, np.asarray(indices, dtype=np.int64), b_scores.cpu().numpy())
-        np.add.at(counts, np.asarray(indices, dtype=np.int64), b_counts.cpu().numpy())
+        with problem.timed("products"):
+            cand = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+            block = max(1, int(memory_mb * 2**20) // (len(indices) * TILE_BYTES))
+            stats["anchor_block"] = min(stats["anchor_block"] or len(xi), block)  # anchors per product, for the largest batch
+            b_scores, b_counts = _score_batch(torch, anchors, xi32, xi64, up32, cand, block, int(memory_mb * 2**20) // HIT_BYTES, weight, stats)
+            np.add.at(scores, np.asarray(indices, dtype=np.int64), b_scores.cpu().numpy())
+            np.add.at(counts, np.asarray(indices, dtype=np.int64), b_counts.cpu().numpy())
         stats["candidate_batches"] += 1
         done += len(indices)
         problem.progress("scoring candidates", done, n)

@@ -21,6 +21,7 @@ Thresholds live in ``thresholds.py``; ``dense.py`` is the independent numpy refe
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,10 +64,11 @@ def _violators(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth:
     return out  # type: ignore[return-value]
 
 
-def _violators_job(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth: int) -> tuple[list, dict]:
-    """``_violators`` on a search thread, with its own counters (merged by the caller, in chunk order)."""
+def _violators_job(index: NeighborIndex, vectors: np.ndarray, xi: np.ndarray, depth: int) -> tuple[list, dict, float]:
+    """``_violators`` on a search thread, with its own counters (merged by the caller, in chunk order) and its wall time."""
+    started = time.perf_counter()
     searched = {"deepened": 0, "range_searched": 0, "truncated": 0}
-    return _violators(index, vectors, xi, depth, searched), searched
+    return _violators(index, vectors, xi, depth, searched), searched, time.perf_counter() - started
 
 
 def _page_range(index: NeighborIndex, vector: np.ndarray, xi: float, ids: np.ndarray, sims: np.ndarray, stats: dict):
@@ -180,10 +182,13 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
 
     def finish() -> None:  # in chunk order, on this thread: the same sums whatever the threads did
         future, xi_valid, upper, done = in_flight.popleft()
-        hits, searched = future.result()
+        with problem.timed("search_wait"):
+            hits, searched, seconds = future.result()
+        problem.add_time("searches_in_threads", seconds)
         for key, value in searched.items():
             stats[key] += value
-        _accumulate(hits, xi_valid, weight, id_to_index, scores, counts, stats, upper)
+        with problem.timed("aggregation"):
+            _accumulate(hits, xi_valid, weight, id_to_index, scores, counts, stats, upper)
         problem.progress("scoring anchors", done, problem.n_anchors)
 
     with ThreadPoolExecutor(max_workers=max(1, searchers), thread_name_prefix="hnsel-search") as pool:
@@ -203,7 +208,8 @@ def hardneg_scores(problem: SelectionProblem, *, k: int = 1, weight: str = "surp
             finish()
     if rerank > 0:
         problem.progress("exact re-rank", 0, 1)
-        rerank_exact(problem, scores, counts, kept, rerank, weight, stats)
+        with problem.timed("rerank"):
+            rerank_exact(problem, scores, counts, kept, rerank, weight, stats)
         problem.progress("exact re-rank", 1, 1)
     stats.update(chance_stats(counts, negatives if stats["thresholds"] == "exact in memory" else None, k))
     return scores, counts, stats

@@ -160,25 +160,34 @@ def anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str,
     """(chunk, thresholds) pairs; with the paired side in memory, ``negatives`` tallies per positive set
     [negatives of its anchors, anchors] (the input of ``chance_stats``)."""
     if batch == "full":
-        paired = PairedSide.load(problem, paired_mb)
+        with problem.timed("paired_side"):
+            paired = PairedSide.load(problem, paired_mb)
         stats["thresholds"] = "exact in memory" if paired is not None else "index search"
-        for chunk in problem.anchors(chunk_size):
-            if paired is not None:
-                for pos in chunk.positives:
-                    entry = negatives.setdefault(pos, [len(paired.ids) - sum(p in paired.column for p in pos), 0])
-                    entry[1] += 1
-            yield chunk, full_thresholds(chunk, problem.index, k, paired)
-        return
+        stream = iter(problem.anchors(chunk_size))
+        while True:
+            with problem.timed("anchor_stream"):
+                chunk = next(stream, None)
+            if chunk is None:
+                return
+            with problem.timed("thresholds"):
+                if paired is not None:
+                    for pos in chunk.positives:
+                        entry = negatives.setdefault(pos, [len(paired.ids) - sum(p in paired.column for p in pos), 0])
+                        entry[1] += 1
+                xi = full_thresholds(chunk, problem.index, k, paired)
+            yield chunk, xi
     stats["thresholds"] = "mini-batch in memory"
     if problem.vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")
-    chunks = list(problem.anchors(chunk_size))  # mini-batch shuffles over all anchors: O(paired) memory
+    with problem.timed("anchor_stream"):
+        chunks = list(problem.anchors(chunk_size))  # mini-batch shuffles over all anchors: O(paired) memory
     if not chunks:
         return
-    vectors = np.concatenate([c.vectors for c in chunks])
-    positives = [p for c in chunks for p in c.positives]
-    order = rng.permutation(len(positives))
-    xi = minibatch_thresholds(vectors, positives, order, batch_size, k, problem.paired_vectors)
+    with problem.timed("thresholds"):
+        vectors = np.concatenate([c.vectors for c in chunks])
+        positives = [p for c in chunks for p in c.positives]
+        order = rng.permutation(len(positives))
+        xi = minibatch_thresholds(vectors, positives, order, batch_size, k, problem.paired_vectors)
     start = 0
     for c in chunks:
         yield c, xi[start:start + len(c.ids)]

@@ -24,7 +24,7 @@ from ..tables import check_table_path, write_table
 from .repair import repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
 
-__all__ = ["select", "SelectResult"]
+__all__ = ["select", "SelectResult", "timing_summary"]
 
 
 @dataclass
@@ -39,13 +39,14 @@ class SelectResult:
     round: int | None = None  # the round number recorded in the store, None when not recorded
     note: str | None = None  # why a requested recording did not happen
     repaired: list[str] = field(default_factory=list)  # unfinished rounds or imports of stopped processes this run finished or rolled back
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (``SelectionProblem.timed``; see ``timing_summary``)
 
     def summary(self) -> dict[str, Any]:
         s = self.selection
         return {
             "strategy": s.strategy, "params": s.params, "modality": self.modality, "seed": self.seed, "budget": len(s),
             "seconds": round(self.seconds, 3), "out": str(self.out) if self.out else None, "stats": s.stats,
-            "round": self.round, "note": self.note, "repaired": self.repaired,
+            "round": self.round, "note": self.note, "repaired": self.repaired, "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "picks": [{"rank": i + 1, "id": s.ids[i], "score": float(s.scores[i]), "violations": int(s.violations[i]),
                        "reason": s.reasons[i], "uri": self.uris[i]} for i in range(len(s))],
         }
@@ -94,14 +95,28 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
                 repaired = repair_dead(store)
                 lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
         try:
-            selection, uris, written = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine, device,
-                                                         ray, ray_workers)
+            selection, uris, written, timings = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine,
+                                                                  device, ray, ray_workers)
             number = record_round(store, lease, selection) if lease is not None else None
         except BaseException:
             if lease is not None:
                 abandon_round(store, lease)
             raise
-    return SelectResult(selection, uris, modality, seed, time.perf_counter() - started, out=written, round=number, note=note, repaired=repaired)
+    seconds = time.perf_counter() - started
+    return SelectResult(selection, uris, modality, seed, seconds, out=written, round=number, note=note, repaired=repaired,
+                        timings=timing_summary(timings, seconds))
+
+
+# Phases timed on other threads than the caller's: they overlap the rest and are not part of the wall-time sum.
+THREAD_PHASES = ("searches_in_threads",)
+
+
+def timing_summary(timings: dict[str, float], seconds: float) -> dict[str, float]:
+    """The phases in the order they first ran, plus ``other`` (the rest of ``seconds``: ranking, the round record,
+    opening the store): every phase but ``THREAD_PHASES`` adds up to ``seconds``."""
+    out = dict(timings)
+    out["other"] = max(0.0, seconds - sum(v for k, v in timings.items() if k not in THREAD_PHASES))
+    return out
 
 
 # The cost model ``auto`` chooses by (seconds; measured on 2 CPU cores, BENCHMARKS.md "Selection scale"): a Milvus
@@ -144,7 +159,8 @@ def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
 
 def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
                       on_progress: ProgressFn | None, max_limit: int | None, engine: str = "auto",
-                      device: str = "auto", ray: bool | str = False, ray_workers: int | None = None) -> tuple[Selection, list[str], Path | None]:
+                      device: str = "auto", ray: bool | str = False,
+                      ray_workers: int | None = None) -> tuple[Selection, list[str], Path | None, dict[str, float]]:
     side, _ = side_kinds(modality)
     problem = build_problem(store, modality, on_progress, max_limit)
     problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.is_lite)
@@ -156,13 +172,14 @@ def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, see
     else:
         selection = chosen.select(problem, budget, np.random.default_rng(seed))
     selection.stats["engine_choice"] = {"engine": problem.engine, "requested": engine, "reason": reason}
-    field_name = "uri" if side == "images" else "text"
-    rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
-    uris = [rows.get(i, "") or "" for i in selection.ids]
-    written = None
-    if out is not None:  # the file before the marks: a failed write leaves no recorded round behind
-        s = selection
-        written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
-                                    "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
-    return selection, uris, written
+    with problem.timed("write"):
+        field_name = "uri" if side == "images" else "text"
+        rows = {r["id"]: r.get(field_name, "") for r in store.get(side, list(selection.ids), ["id", field_name])} if store.has_field(side, field_name) else {}
+        uris = [rows.get(i, "") or "" for i in selection.ids]
+        written = None
+        if out is not None:  # the file before the marks: a failed write leaves no recorded round behind
+            s = selection
+            written = write_table(out, {"rank": list(range(1, len(s) + 1)), "id": list(s.ids), "score": [float(x) for x in s.scores],
+                                        "violations": [int(x) for x in s.violations], "reason": list(s.reasons), "uri": uris})
+    return selection, uris, written, problem.timings
 
