@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--ef", default="64,256,1024")
     ap.add_argument("--rerank", default="2", help="hardneg --rerank factors, comma-separated (each with each ef)")
     ap.add_argument("--searchers", default="2", help="hardneg --searchers values, comma-separated (each with each ef and rerank)")
+    ap.add_argument("--envs", default="base", help="environment variants for the hnsel process, run in this order for each setting, "
+                    "semicolon-separated, each 'base' (as is) or NAME=VALUE[,NAME=VALUE] (e.g. 'base;OPENBLAS_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;base')")
     ap.add_argument("--repeat", type=int, default=1, help="time each setting this many times in a row (the first run after a load warms Milvus up)")
     ap.add_argument("--sample-captions", type=int, default=0, help="also measure agreement on a seeded sample of N captions, at each ef")
     ap.add_argument("--rerank-curve", default="0,1,1.1,1.25,1.5,2,3,5")
@@ -69,7 +71,8 @@ def main() -> None:
                 Path(args.out).write_text(json.dumps(results, indent=1, default=str))
         del pool
         settings = [(e, r, int(n)) for e in efs for r in reranks for n in args.searchers.split(",")]
-        for ef, rerank, searchers in [s for s in settings for _ in range(args.repeat)]:
+        envs = [{} if v.strip() in ("", "base") else dict(kv.split("=", 1) for kv in v.split(",")) for v in args.envs.split(";")]
+        for ef, rerank, searchers, env in [s + (e,) for s in settings for _ in range(args.repeat) for e in envs]:
             toml = Path(tempfile.mkdtemp()) / "hnsel.toml"
             toml.write_text(f'[store]\nuri = "{uri}"\nnamespace = "{namespace}"\nindex_type = "HNSW"\n[store.search_params]\nef = {ef}\n')
             for pid in others:
@@ -77,19 +80,20 @@ def main() -> None:
             load = os.getloadavg()
             t0 = time.perf_counter()
             run = subprocess.run(["/usr/bin/time", "-v", hnsel, "select", "--config", str(toml), "--strategy", "hardneg", "--budget", str(budget),
-                                  "--no-record", "--engine", "milvus", "--rerank", str(rerank), "--searchers", str(searchers), "--json"], capture_output=True, text=True)
+                                  "--no-record", "--engine", "milvus", "--rerank", str(rerank), "--searchers", str(searchers), "--json"], capture_output=True, text=True,
+                                 env={**os.environ, **env})
             wall = time.perf_counter() - t0
             summary = json.loads(run.stdout) if run.returncode == 0 else {}
             rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
             stats = summary.get("stats", {})
-            entry = {"ef": ef, "rerank": rerank, "searchers": searchers, "reranked": stats.get("reranked"), "rerank_found": stats.get("rerank_found"), "wall_s": wall,
+            entry = {"ef": ef, "rerank": rerank, "searchers": searchers, "env": env, "reranked": stats.get("reranked"), "rerank_found": stats.get("rerank_found"), "wall_s": wall,
                      "seconds": summary.get("seconds"), "client_peak_rss": int(rss.group(1)) * 1024 if rss else None,
                      "server_peak_rss": sum(sc._status(p, "VmHWM") for p in others) if others else None, "loadavg_start": load,
                      "anchors": stats.get("anchors"), "candidates": stats.get("candidates"),
                      "deepened": stats.get("deepened"), "timings_s": summary.get("timings_s"), "returncode": run.returncode, "stderr_tail": run.stderr[-500:] if run.returncode else "",
                      "picks": [p["id"] for p in summary.get("picks", [])]}
             results["runs"].append(entry)
-            print(f"ef {ef}, rerank {rerank}, searchers {searchers}: {entry['seconds']} s (wall {wall:.1f}), client peak {entry['client_peak_rss']}, "
+            print(f"ef {ef}, rerank {rerank}, searchers {searchers}, env {env}: {entry['seconds']} s (wall {wall:.1f}), client peak {entry['client_peak_rss']}, "
                   f"server peak {entry['server_peak_rss']}, anchors {entry['anchors']}, candidates {entry['candidates']}, load {load[0]:.1f}\n"
                   f"  time by phase {entry['timings_s']}", flush=True)
             Path(args.out).write_text(json.dumps(results, indent=1, default=str))
