@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 
+_END = object()  # the end of a stream in ``SelectionProblem.timed_iter``
+
+
 class NeighborIndex(Protocol):
     """Nearest neighbours by cosine similarity among one side's vectors.
 
@@ -171,6 +174,16 @@ class SelectionProblem:
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+    def timed_iter(self, phase: str, items: typing.Iterable) -> Iterator:
+        """``items`` as they come, the time spent producing each (not the caller's work between them) added to ``phase``."""
+        stream = iter(items)
+        while True:
+            with self.timed(phase):
+                item = next(stream, _END)
+            if item is _END:
+                return
+            yield item
 
     def _source(self) -> VectorSource:
         if self.vectors is None:

@@ -108,12 +108,7 @@ def score_candidates(problem: SelectionProblem, vectors: np.ndarray, xi: np.ndar
     xi64 = torch.from_numpy(np.asarray(xi, dtype=np.float64)).to(device)
     up32 = None if upper is None else torch.from_numpy(np.nan_to_num(above_float32(upper), nan=np.inf)).to(device)
     done = 0
-    stream = iter(problem.candidate_batches(candidate_batch))
-    while True:
-        with problem.timed("candidate_stream"):
-            indices, batch = next(stream, (None, None))
-        if indices is None:
-            break
+    for indices, batch in problem.timed_iter("candidate_stream", problem.candidate_batches(candidate_batch)):
         if len(indices) == 0:
             continue
         with problem.timed("products"):

@@ -163,12 +163,7 @@ def anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str,
         with problem.timed("paired_side"):
             paired = PairedSide.load(problem, paired_mb)
         stats["thresholds"] = "exact in memory" if paired is not None else "index search"
-        stream = iter(problem.anchors(chunk_size))
-        while True:
-            with problem.timed("anchor_stream"):
-                chunk = next(stream, None)
-            if chunk is None:
-                return
+        for chunk in problem.timed_iter("anchor_stream", problem.anchors(chunk_size)):
             with problem.timed("thresholds"):
                 if paired is not None:
                     for pos in chunk.positives:
@@ -176,6 +171,7 @@ def anchor_chunks_with_thresholds(problem: SelectionProblem, k: int, batch: str,
                         entry[1] += 1
                 xi = full_thresholds(chunk, problem.index, k, paired)
             yield chunk, xi
+        return
     stats["thresholds"] = "mini-batch in memory"
     if problem.vectors is None:
         raise SelectionError("mini-batch thresholds need the paired vectors; this store cannot provide them")

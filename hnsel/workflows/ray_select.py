@@ -121,8 +121,9 @@ def select_hardneg(store, problem, chosen, budget: int, rng: np.random.Generator
     finally:
         cluster.close()
     if _reranks(chosen, problem.engine):  # on the sums, with the shards' anchors in stream order: as one process does it
-        rerank_exact(problem, scores, counts, [c for shard in sorted(kept) for c in kept[shard]], math.ceil(chosen.rerank * budget),
-                     chosen.weight, stats)
+        with problem.timed("rerank"):
+            rerank_exact(problem, scores, counts, [c for shard in sorted(kept) for c in kept[shard]], math.ceil(chosen.rerank * budget),
+                         chosen.weight, stats)
     stats.update(chance_stats(counts, _negatives(store, modality, positives) if stats.get("thresholds") == "exact in memory" else None, chosen.k))
     stats["ray"] = {**cluster.describe(), "tasks": parts}
     return rank_with_fill(ids, scores, counts, budget, rng, "hardneg", chosen.__dict__.copy(), stats)

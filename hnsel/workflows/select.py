@@ -24,7 +24,7 @@ from ..tables import check_table_path, write_table
 from .repair import repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
 
-__all__ = ["select", "SelectResult", "timing_summary"]
+__all__ = ["select", "SelectResult"]
 
 
 @dataclass
