@@ -25,6 +25,8 @@ def read_json(path: Path) -> Any:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON (line {exc.lineno}: {exc.msg})", path=path) from None
+    except ValueError as exc:  # not UTF-8, or an integer of more digits than Python converts (4,300)
+        raise InputError(f"not usable JSON ({' '.join(str(exc).split())[:200]})", path=path) from None
 
 
 def json_kind(doc: Any) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ..tables import iter_jsonl, read_csv_rows
+from ..tables import iter_jsonl, open_parquet, read_csv_rows
 from .records import Dataset, ImageRecord, TextRecord
 from .images import is_remote
 from ..schema import POOLS
@@ -64,12 +64,7 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        file = pq.ParquetFile(path)
-    except Exception as exc:
-        raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    file = open_parquet(path)  # duplicate column names refused
     _check_columns(path, list(file.schema_arrow.names))
     for batch in file.iter_batches(batch_size=65536):
         yield from batch.to_pylist()

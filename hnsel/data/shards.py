@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import InputError
 from ..schema import POOLS
+from ..tables import check_unique_columns
 from .images import is_remote
 from .records import ImageRecord
 
@@ -202,6 +203,7 @@ class _ParquetColumns:
 
 def _parquet_columns(path: str, schema: Any, image_column: str | None, id_field: str | None, caption_field: str | None) -> _ParquetColumns:
     names = list(schema.names)
+    check_unique_columns(names, path)
     image = parquet_image_column(schema, image_column)
     if image is None:
         if image_column and image_column in names:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import text_problem
-from ..tables import iter_jsonl
+from ..tables import check_input_file, iter_jsonl, open_parquet
 from ..schema import POOLS
 
 __all__ = ["VectorFile", "FileSummary", "iter_batches", "validate_file", "unit_rows"]
@@ -48,12 +48,7 @@ class FileSummary:
 
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list]]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:
-        raise InputError(f"not a readable Parquet file ({exc})", path=path) from None
+    parquet = open_parquet(path)  # duplicate column names refused: never "the last one wins"
     _check_parquet_vector_type(path, parquet.schema_arrow)
     for batch in parquet.iter_batches(batch_size=batch_rows):
         yield batch.to_pydict()
@@ -89,9 +84,8 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 def iter_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[tuple[int, dict[str, list]]]:
     """(first row number, columns) per batch; row numbers count from 1 as a person would."""
+    check_input_file(vf.path)  # a folder, a FIFO or a device says what it is
     reader = _parquet_batches if vf.format == "parquet" else _jsonl_batches
-    if not vf.path.is_file():
-        raise InputError("file not found", path=vf.path)
     first = 1
     for columns in reader(vf.path, batch_rows):
         n = len(next(iter(columns.values()))) if columns else 0

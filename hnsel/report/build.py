@@ -2,6 +2,8 @@
 
 The report is built in a temporary folder beside ``out`` and renamed into place at the end, so a failure
 leaves nothing (and a previous report stays whole until the new one replaces it). The store is only read.
+A report folder carries a marker (``MARKER``) listing what the report wrote; ``out`` is replaced only when it is
+empty or holds exactly such a report, so a user's folder is never removed.
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from typing import Any
 import numpy as np
 
 from ..config import HnselConfig
-from ..errors import InputError, StoreError
+from ..errors import HnselError, InputError, StoreError
 from ..schema import KINDS, ProgressFn
 from ..store import Store, open_store
+from ..tables import write_failed
 from ..workflows.rounds import list_rounds
 from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
 from .page import render_page
 from .picks import Picks, latest_round, load_round, load_selection
 from .thumbs import make_thumbnails
 
-__all__ = ["build_report", "ReportResult"]
+__all__ = ["build_report", "ReportResult", "MARKER"]
 
+MARKER = ".hnsel-report"  # in every report folder: JSON {"hnsel_report": 1, "entries": [names the report wrote]}
 
 
 @dataclass
@@ -48,13 +52,41 @@ class ReportResult:
                 "unreadable": self.unreadable, "seconds": round(self.seconds, 3), "notes": self.notes}
 
 
-def _check_out(out: Path) -> None:
+def _check_out(given: str | os.PathLike) -> Path:
+    """The absolute ``--out`` folder, refused unless it is new, empty, or a report this command wrote (``_foreign``)."""
+    out = Path(os.path.abspath(given))  # '.' and '..' become real names; a link stays a link
+    here = Path(os.getcwd())
+    if out == here or out in here.parents or out.resolve() == here.resolve() or out.resolve() in here.resolve().parents:
+        raise InputError("--out is the current folder or one above it; name a new folder for the report, such as report", path=given)
     if out.exists() and not out.is_dir():
-        raise InputError("--out must be a folder; this is a file", path=out)
+        raise InputError("--out must be a folder; this is a file", path=given)
     if not out.parent.is_dir():
-        raise InputError(f"folder {out.parent} does not exist; create it first", path=out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.html").is_file():
-        raise InputError("--out exists and holds files that are not a hnsel report; choose an empty or new folder", path=out)
+        raise InputError(f"folder {out.parent} does not exist; create it first", path=given)
+    stranger = _foreign(out)
+    if stranger is not None:
+        raise InputError(f"--out holds {stranger!r}, which hnsel report did not write (its {MARKER} file does not list it); it replaces "
+                         "only a folder holding its own report and nothing else: choose a new or empty folder (or move your files out)", path=given)
+    return out
+
+
+def _foreign(out: Path) -> str | None:
+    """The first entry of ``out`` that a report did not write (per its ``MARKER``), or None when there is none."""
+    if not out.is_dir():
+        return None
+    names = sorted(os.listdir(out))
+    if not names:
+        return None
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        wrote = set(marker["entries"]) | {MARKER} if marker.get("hnsel_report") == 1 else set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        wrote = set()
+    return next((name for name in names if name not in wrote), None)
+
+
+def _write_marker(tmp: Path) -> None:
+    entries = sorted(os.listdir(tmp))
+    (tmp / MARKER).write_text(json.dumps({"hnsel_report": 1, "entries": entries}) + "\n", encoding="utf-8")
 
 
 def _read_simulation(folder: Path | None) -> dict | None:
@@ -63,14 +95,18 @@ def _read_simulation(folder: Path | None) -> dict | None:
     path = Path(folder) / "results.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        runs = doc["runs"]
+        runs, settings = doc["runs"], doc.get("settings", {})
+        if not isinstance(runs, list) or not isinstance(settings, dict):
+            raise TypeError("runs must be a list and settings an object")
+        from ..workflows.simulate import summarise  # imports torch: only when a simulation is asked for
+
+        curves = summarise(runs)
     except FileNotFoundError:
         raise InputError("no results.json here: pass the --out folder of `hnsel simulate`", path=folder) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"not a hnsel simulate results file ({type(exc).__name__}: {str(exc)[:120]})", path=path) from None
-    from ..workflows.simulate import summarise  # imports torch: only when a simulation is asked for
-
-    return {"settings": doc.get("settings", {}), "curves": summarise(runs), "path": str(path)}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:  # any shape summarise cannot read
+        raise InputError(f"not a hnsel simulate results file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+                         "pass the --out folder of `hnsel simulate`", path=path) from None
+    return {"settings": settings, "curves": curves, "path": str(path)}
 
 
 def _pick_rows(store: Store, picks: Picks) -> dict[str, dict]:
@@ -214,8 +250,7 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
         raise InputError("pass --round N or --selection FILE, not both")
     if top < 1 or map_points < 1:
         raise InputError("--evidence and --map-points must be at least 1")
-    out = Path(out)
-    _check_out(out)
+    given, out = out, _check_out(out)
     if selection is not None and not Path(selection).is_file():
         raise InputError("no such selection file" if not Path(selection).exists() else "not a file", path=selection)
     sim = _read_simulation(Path(simulation) if simulation is not None else None)
@@ -225,22 +260,28 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
     try:  # made first: an unwritable folder fails before any work
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:
-        raise InputError(f"cannot write into {out.parent}: {exc.strerror}", path=out) from None
+        raise InputError(f"cannot write into {out.parent}: {exc.strerror}", path=given) from None
     try:
         with open_store(config.store) as store:
             picks = load_selection(store, selection) if selection is not None else load_round(store, latest_round(store) if round is None else round)
             g = _gather(store, picks, top, map_points, seed, on_progress)
             data, images, texts = _page_data(picks, g)
             uris, text_rows = _labels(store, images, texts)
-        thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
-        data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
-        data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
-        data["uri"] = uris
-        data["map"] = g["map"]
-        data["modality"] = picks.modality
-        data["strategy"] = (picks.log or {}).get("strategy")
-        (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
-        _replace(tmp, out)
+        try:  # the write step: a full disk is one line naming --out; the older report (if any) stays as it was
+            thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
+            data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
+            data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
+            data["uri"] = uris
+            data["map"] = g["map"]
+            data["modality"] = picks.modality
+            data["strategy"] = (picks.log or {}).get("strategy")
+            (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
+            _write_marker(tmp)
+            _replace(tmp, out, given)
+        except HnselError:
+            raise
+        except OSError as exc:
+            raise write_failed(given, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -249,17 +290,22 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
                         time.perf_counter() - started, list(picks.notes))
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename the finished report into place; an older report is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "report")
+def _replace(tmp: Path, out: Path, given: Any) -> None:
+    """Rename the finished report into place; an older report (checked again: nothing else may have arrived in it since)
+    is moved aside first and removed after."""
+    stranger = _foreign(out)
+    if stranger is not None:
+        raise InputError(f"--out now holds {stranger!r}, which hnsel report did not write; nothing was replaced", path=given)
+    old = moved = None
     try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "report")
+            moved = old / "report"
         os.replace(tmp, out)
     except OSError:
-        if old is not None:
-            os.replace(old / "report", out)
+        if moved is not None:
+            os.replace(moved, out)
         raise
     finally:
         if old is not None:

@@ -8,14 +8,13 @@ Nothing here writes to the store.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, SelectionError
 from ..store import Store
-from ..tables import iter_jsonl
+from ..tables import check_input_file, iter_jsonl, open_parquet, read_csv_rows
 from ..schema import KIND_OF, ROUND_PREFIX
 from ..workflows.rounds import picks_hash, round_log, round_picks
 
@@ -66,16 +65,14 @@ def load_round(store: Store, number: int) -> Picks:
 
 def _rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+    if suffix == ".csv":  # what `select --out` wrote for people: cells escaped against formulas, read back exactly
+        return [row for _, row in read_csv_rows(path, unescape=True)]
     if suffix in (".jsonl", ".ndjson"):
         return [row for _, row in iter_jsonl(path)]
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
+        parquet = open_parquet(path)
         try:
-            return pq.read_table(path).to_pylist()
+            return parquet.read().to_pylist()
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise InputError(f"cannot read Parquet ({str(exc)[:200]})", path=path) from None
     raise InputError(f"unknown selection type {suffix!r}; use the .csv, .jsonl or .parquet that `hnsel select --out` wrote", path=path)
@@ -92,9 +89,7 @@ def _number(value: Any, cast, path: Path, row: int, name: str):
 
 def load_selection(store: Store, path: str | Path) -> Picks:
     """Picks from a selection file; its round's log when the ids match a recorded round."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such selection file" if not path.exists() else "not a file", path=path)
+    path = check_input_file(path, "selection file")
     rows = _rows(path)
     if not rows:
         raise InputError("the selection file holds no picks", path=path)
@@ -103,6 +98,7 @@ def load_selection(store: Store, path: str | Path) -> Picks:
     if "rank" in rows[0]:
         ranks = [_number(r.get("rank"), float, path, i + 2, "rank") for i, r in enumerate(rows)]
         rows = [r for _, _, r in sorted(zip([x if x is not None else float("inf") for x in ranks], range(len(rows)), rows))]
+    rows, repeated = _first_of_each_id(rows)
     ids = [str(r["id"]) for r in rows]
     scores = [_number(r.get("score"), float, path, i + 2, "score") for i, r in enumerate(rows)]
     violations = [_number(r.get("violations"), int, path, i + 2, "violations") for i, r in enumerate(rows)]
@@ -110,7 +106,23 @@ def load_selection(store: Store, path: str | Path) -> Picks:
     log = _matching_round(store, ids)
     modality = log.get("modality", "image") if log else _modality_of(store, ids, path)
     notes = [] if log else [f"{path.name} matches no recorded round: strategy, parameters and seed are unknown, evidence uses k = 1"]
+    if repeated:
+        notes.insert(0, f"{path.name} lists {len(repeated)} id(s) more than once (first: {repeated[0]!r}): each is shown once, at its best rank")
     return Picks(ids, scores, violations, reasons, modality, str(path), log["round"] if log else None, log, notes)
+
+
+def _first_of_each_id(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows with each id's first (best-ranked) row only, and the ids that appeared again, in order."""
+    seen: set[str] = set()
+    kept, repeated = [], []
+    for row in rows:
+        key = str(row["id"])
+        if key in seen:
+            repeated.append(key)
+        else:
+            seen.add(key)
+            kept.append(row)
+    return kept, repeated
 
 
 def _matching_round(store: Store, ids: list[str]) -> dict | None:
