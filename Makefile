@@ -68,11 +68,15 @@ demo-photos: setup
 	@echo "  $(PY) -m webbrowser file://$(abspath $(DEMO))/photos-report/index.html"
 
 # The same selection on a synthetic embedding pool (no images, no model): seconds instead of minutes.
+# tests/test_hardening.py runs this recipe at a tiny size (VECTORS_PAIRED=20 VECTORS_UNPAIRED=200 VECTORS_BUDGET=10).
+VECTORS_PAIRED ?= 500
+VECTORS_UNPAIRED ?= 10000
+VECTORS_BUDGET ?= 1000
 demo-vectors: setup
-	$(PY) -m hnsel.synthetic $(DEMO)/vectors 500 10000
+	$(HNSEL) datasets vectors $(DEMO)/vectors --paired $(VECTORS_PAIRED) --unpaired $(VECTORS_UNPAIRED) --seed 0
 	rm -rf $(DEMO)/vectors.db
 	$(HNSEL) ingest --milvus-uri $(DEMO)/vectors.db --images $(DEMO)/vectors/images.parquet --texts $(DEMO)/vectors/texts.parquet
-	$(HNSEL) select --milvus-uri $(DEMO)/vectors.db --budget 1000 --out $(DEMO)/vectors-selection.csv
+	$(HNSEL) select --milvus-uri $(DEMO)/vectors.db --budget $(VECTORS_BUDGET) --out $(DEMO)/vectors-selection.csv
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -25,7 +25,7 @@ _WHERE = {
     "import_annotations": "workflows.annotate", "ImportReport": "workflows.annotate",
     "simulate": "workflows.simulate", "SimulateReport": "workflows.simulate",
     "report": "report", "ReportResult": "report",
-    "generate_scenes": "data.scenes",
+    "generate_scenes": "data.scenes", "generate_vectors": "data.synthetic",
     "open_shards": "data.shards", "ShardSource": "data.shards",
     "connect_ray": "workflows.ray_cluster", "embed_shards": "workflows.ray_embed", "select_hardneg": "workflows.ray_select",
 }

@@ -24,9 +24,12 @@ Example ``hnsel.toml``::
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -118,27 +121,64 @@ def redact_uri(uri: str) -> str:
     return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
-def _collection(raw: Mapping[str, Any], where: str) -> CollectionConfig:
-    known = {f.name for f in dataclasses.fields(CollectionConfig)}
-    unknown = set(raw) - known
+_SCALARS = (str, int, float, bool)
+_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", CollectionConfig: "a table"}
+
+
+def _type_ok(want: Any, value: Any) -> bool:
+    if want is bool:
+        return isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if want is str:
+        return isinstance(value, str)
+    if want is CollectionConfig:
+        return isinstance(value, (Mapping, CollectionConfig))
+    origin = typing.get_origin(want)
+    if origin is collections.abc.Mapping:  # index_params, search_params: a table of plain values
+        return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in value.items())
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value)
+    if origin in (typing.Union, getattr(types, "UnionType", None)):  # X | None
+        return any(_type_ok(arm, value) if arm is not type(None) else value is None for arm in typing.get_args(want))
+    raise TypeError(f"no config check for type {want!r}")  # a new field of a new type needs one
+
+
+def check_types(cls: type, raw: Mapping[str, Any], where: str) -> None:
+    """The one schema of hnsel.toml: every key a field of ``cls`` (a config dataclass), every value of that field's type
+    (TOML's own types: ``read_only = "no"`` is a string, not false). A one-line ``ConfigError`` names the key."""
+    hints = typing.get_type_hints(cls)
+    unknown = set(raw) - set(hints)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys are {sorted(hints)}")
+    for key, value in raw.items():
+        want = hints[key]
+        if not _type_ok(want, value):
+            word = _WORDS.get(want, "a table of names to numbers or strings (e.g. { M = 32 })")
+            raise ConfigError(f"{where}: {key} must be {word}, got {value!r} ({type(value).__name__}); fix it in the file")
+
+
+def _collection(raw: Mapping[str, Any], where: str) -> CollectionConfig:
+    if isinstance(raw, CollectionConfig):
+        return raw
+    check_types(CollectionConfig, raw, where)
     return CollectionConfig(**raw)
 
 
 def _store(raw: Mapping[str, Any], source: str) -> StoreConfig:
     raw = dict(raw)
-    known = {f.name for f in dataclasses.fields(StoreConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"{source or 'config'} [store]: unknown key(s) {sorted(unknown)}; known keys are {sorted(known)}")
+    check_types(StoreConfig, raw, f"{source or 'config'} [store]")
     for kind in ("images", "texts"):
-        if isinstance(raw.get(kind), Mapping):
+        if kind in raw:
             raw[kind] = _collection(raw[kind], f"{source or 'config'} [store.{kind}]")
     index_type = str(raw.get("index_type", "FLAT")).upper()
     if index_type not in INDEX_TYPES:
         raise ConfigError(f"{source or 'config'}: index_type {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
     raw["index_type"] = index_type
+    if raw.get("insert_batch_bytes", 1) < 1:
+        raise ConfigError(f"{source or 'config'} [store]: insert_batch_bytes must be at least 1, got {raw['insert_batch_bytes']!r}")
     timeout = raw.get("timeout", 120.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         raise ConfigError(f"{source or 'config'} [store]: timeout must be a positive number of seconds, got {timeout!r}")
@@ -165,6 +205,8 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     unknown = set(raw) - {"store", "seed"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; hnsel reads [store] and seed")
+    if not isinstance(raw.get("store", {}), dict):
+        raise ConfigError(f"{path}: store must be a table ([store] with uri = ...), got {raw['store']!r}; fix it in the file")
     store_raw = dict(raw.get("store", {}))
     for key, var in (("uri", "HNSEL_MILVUS_URI"), ("token", "HNSEL_MILVUS_TOKEN"), ("namespace", "HNSEL_NAMESPACE")):
         if env.get(var):

@@ -42,3 +42,23 @@ def scenes(
         highlight=False,
     )
     console.print(f"wrote {report.json_path}; embed with: hnsel embed {report.json_path}", highlight=False, markup=False)
+
+
+@datasets_app.command("vectors")
+@handle_errors
+def vectors(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write images.parquet and texts.parquet (the `hnsel ingest` format) into.")],
+    paired: Annotated[int, typer.Option("--paired", help="Paired images (each with --captions captions).")] = 1000,
+    unpaired: Annotated[int, typer.Option("--unpaired", help="Unpaired images: the pool a selection picks from.")] = 20000,
+    captions: Annotated[int, typer.Option("--captions", help="Captions per paired image.")] = 3,
+    dim: Annotated[int, typer.Option("--dim", help="Vector dimension.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same files.")] = 0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Write a synthetic embedding pool (fine categories, a modality gap; no images, no model) to ingest with `hnsel ingest`."""
+    summary = api.generate_vectors(out_dir, paired, unpaired, captions_per_image=captions, dim=dim, seed=seed)
+    if json_output:
+        print_json(summary)
+        return
+    console.print(f"{summary['paired']:,} paired and {summary['unpaired']:,} unpaired images, {summary['captions']:,} captions, dim {summary['dim']}; "
+                  f"ingest with: hnsel ingest --images {summary['images']} --texts {summary['texts']}", highlight=False, markup=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
-from ..tables import iter_jsonl, read_csv_rows, write_text_atomic
+from ..tables import check_input_file, iter_jsonl, read_csv_rows, write_text_atomic
 
 __all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "write_label_studio"]
 
@@ -60,9 +60,7 @@ def write_label_studio(path: Path, tasks: list[dict], modality: str) -> tuple[Pa
 
 def read_annotations(path: str | os.PathLike) -> tuple[str, list[Annotation]]:
     """(modality, rows) of an annotation file; the modality follows from its columns (``text_id``: text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("annotation file not found", path=path)
+    path = check_input_file(path, "annotation file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         rows = list(_csv_rows(path))
@@ -75,11 +73,25 @@ def read_annotations(path: str | os.PathLike) -> tuple[str, list[Annotation]]:
     if not rows:
         raise InputError("no rows; the file is empty", path=path)
     modality = "text" if "text_id" in rows[0][1] else "image"
-    return modality, [_row(path, number, row, modality) for number, row in rows]
+    return modality, [a for number, row in rows for a in _row_annotations(path, number, row, modality)]
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    return read_csv_rows(path)  # UTF-8 with or without a byte-order mark
+    # UTF-8 with or without a byte-order mark; cells escaped against spreadsheet formulas (``annotate export``) read back exactly
+    return read_csv_rows(path, unescape=True)
+
+
+def _row_annotations(path: Path, number: int, row: dict, modality: str) -> list[Annotation]:
+    """A row's annotations: one, or one per caption when a JSON row gives a list of captions (never its text ``['a', 'b']``)."""
+    caption = row.get("caption")
+    if modality == "text" or caption is None or isinstance(caption, str):
+        return [_row(path, number, row, modality)]
+    if not isinstance(caption, list) or not caption or not all(isinstance(c, str) for c in caption):
+        raise InputError(f"caption is {_shape(caption)}{' of other values than texts' if isinstance(caption, list) and caption else ''}; "
+                         "give a text, or a non-empty list of texts for several captions", path=path, row=number)
+    if len(caption) > 1 and (row.get("caption_id") or row.get("vector") not in (None, "")):
+        raise InputError("a list of captions cannot share one caption_id or vector; give one row per caption", path=path, row=number)
+    return [_row(path, number, dict(row, caption=c), modality) for c in caption]
 
 
 _jsonl_rows = iter_jsonl
@@ -108,7 +120,7 @@ def _vector(value: Any, path: Path, number: int) -> tuple[float, ...] | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or an integer of more digits than Python converts
             raise InputError("vector is not a JSON list of numbers", path=path, row=number) from None
     if not isinstance(value, list) or not value or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise InputError("vector must be a non-empty list of numbers", path=path, row=number)
@@ -127,7 +139,7 @@ def _label_studio(path: Path) -> tuple[str, list[Annotation]]:
     """
     try:
         tasks = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of more digits than Python converts (4,300)
         raise InputError(f"not a Label Studio JSON export ({_one_line(exc)}); export JSON from Label Studio, UTF-8", path=path) from None
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise InputError("a Label Studio JSON export is a list of task objects", path=path)

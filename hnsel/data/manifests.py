@@ -87,6 +87,8 @@ class _Builder:
         self.text_ids: set[str] = set()
 
     def add(self, row: dict[str, Any], number: int) -> None:
+        if not isinstance(row.get("caption"), (str, int, float, type(None))):  # a JSON or Parquet list: each a caption
+            return self._add_each(row, number)
         rid, uri, caption = _text(row.get("id")), _text(row.get("uri")), _text(row.get("caption"))
         image_id, pool = _text(row.get("image_id")), _text(row.get("pool")).lower()
         if not rid:
@@ -103,6 +105,17 @@ class _Builder:
                 self.texts.append(TextRecord(rid, caption, None, pool or None))
         else:
             raise InputError(f"id {rid!r} has neither uri nor caption", path=self.path, row=number)
+
+    def _add_each(self, row: dict[str, Any], number: int) -> None:
+        """An image row whose caption is a list: one caption per item, as if the row were repeated; anything else is refused."""
+        captions = row["caption"]
+        if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
+            raise InputError(f"caption is {type(captions).__name__}; give a text, or a list of texts for several captions", path=self.path, row=number)
+        if not _text(row.get("uri")):
+            raise InputError("a caption row (no uri) holds one caption, its id being that caption's id: give one row per caption",
+                             path=self.path, row=number)
+        for caption in captions or [None]:
+            self.add(dict(row, caption=caption), number)
 
     def _resolve(self, uri: str) -> str:
         if is_remote(uri) or uri.startswith("file://") or os.path.isabs(uri):

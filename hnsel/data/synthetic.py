@@ -2,7 +2,8 @@
 
 Images of one fine category sit close together; captions sit near their image's fine category, offset
 by a shared modality gap, as CLIP embeddings do. Paired images carry several captions. Used by the
-demo before any model exists, by the tests, and by ``benchmarks/select_scale.py``.
+demo before any model exists (``hnsel datasets vectors``, ``make demo-vectors``), by the tests, and by
+``benchmarks/select_scale.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticPool", "make_pool", "write_pool"]
+from ..errors import InputError
+
+__all__ = ["SyntheticPool", "make_pool", "write_pool", "generate_vectors"]
 
 
 @dataclass
@@ -64,6 +67,22 @@ def write_pool(pool: SyntheticPool, outdir: str | Path) -> tuple[Path, Path]:
     pq.write_table(images, outdir / "images.parquet")
     pq.write_table(texts, outdir / "texts.parquet")
     return outdir / "images.parquet", outdir / "texts.parquet"
+
+
+def generate_vectors(out_dir: str | Path, n_paired: int = 1000, n_unpaired: int = 20000, captions_per_image: int = 3, dim: int = 128,
+                     seed: int = 0) -> dict:
+    """``make_pool`` written for ``hnsel ingest`` (``images.parquet``, ``texts.parquet`` in ``out_dir``); a summary."""
+    for name, value, least in (("--paired", n_paired, 1), ("--unpaired", n_unpaired, 1), ("--captions", captions_per_image, 1),
+                               ("--dim", dim, 2), ("--seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} must be an integer of at least {least}, got {value!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("is a file; name a folder to write images.parquet and texts.parquet into", path=out)
+    pool = make_pool(n_paired, n_unpaired, captions_per_image=captions_per_image, dim=dim, seed=seed)
+    images, texts = write_pool(pool, out)
+    return {"images": str(images), "texts": str(texts), "paired": n_paired, "unpaired": n_unpaired, "captions": len(pool.text_ids),
+            "dim": dim, "seed": seed}
 
 
 if __name__ == "__main__":  # python -m hnsel.data.synthetic OUTDIR [n_paired n_unpaired]

@@ -16,6 +16,7 @@ on the host. torch is imported only when this engine runs.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..errors import SelectionError
 from .base import SelectionProblem
 from .thresholds import anchor_chunks_with_thresholds, chance_stats, positive_similarities
 
-__all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "below_float32", "above_float32"]
+__all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "check_device_name", "below_float32", "above_float32"]
 
 ENGINES = ("milvus", "exact")
 TILE_BYTES = 8  # per tile element: the float32 similarity, two masks, slack
@@ -38,6 +39,15 @@ def _torch():
     except ImportError as exc:  # pragma: no cover - torch is a dependency of hnsel
         raise SelectionError("the exact engine needs torch; install it (pip install torch) or use the milvus engine") from exc
     return torch
+
+
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what ``resolve_device`` accepts
+
+
+def check_device_name(device: str | None) -> None:
+    """Refuse a device name the exact engine cannot use, before any work (and whichever engine runs): no torch import."""
+    if device is not None and not (isinstance(device, str) and DEVICE_NAMES.fullmatch(device)):
+        raise SelectionError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def resolve_device(device: str | None = None):

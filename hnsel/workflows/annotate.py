@@ -5,8 +5,9 @@ or Label Studio tasks with a labeling config. ``import_annotations`` reads the r
 every row is checked (known id, selected in a round, non-empty caption, vectors of the store's model)
 before anything is written, and a re-import of the same file writes nothing.
 
-Image modality: each caption becomes a paired text (id ``caption_id`` or ``{image_id}#{sha1(caption)[:16]}``,
-so several captions per image are kept and the same caption is never stored twice) and its image becomes
+Image modality: each caption becomes a paired text (id ``caption_id`` or ``derive_caption_id``'s
+``{image_id}#{sha1(caption)[:16]}``, so several captions per image are kept and the same caption is never stored
+twice; for an image id too long for that, a prefix of it and a SHA-256 of both) and its image becomes
 paired. Text modality: each picked caption names the image it describes; both become paired.
 """
 
@@ -26,11 +27,11 @@ from ..errors import InputError, ModelMismatchError, StoreError
 from ..store import Store, open_store
 from ..data.vector_files import unit_rows
 from ..tables import write_table
-from ..schema import KIND_OF, MODEL_META_KEY, text_problem
+from ..schema import ID_MAX_LENGTH, KIND_OF, MODEL_META_KEY, text_problem
 from .journal import begin_import, end_import
 from .rounds import round_log
 
-__all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport"]
+__all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport", "derive_caption_id"]
 
 
 
@@ -152,6 +153,19 @@ def _selected_images(store: Store, rows: list[Annotation], report: ImportReport)
     return found
 
 
+def derive_caption_id(image_id: str, caption: str) -> str:
+    """The id of a caption given without one: ``{image_id}#{sha1(caption)[:16]}``; when that would pass the id limit
+    (an image id near 512 bytes), ``{image_id's first bytes}#{sha256(image_id, caption)}``, which always fits. The same
+    (image, caption) always gives the same id, so a re-import writes nothing; the two forms never collide (16 against 64
+    hex digits after the last ``#``)."""
+    short = f"{image_id}#{hashlib.sha1(caption.encode('utf-8')).hexdigest()[:16]}"
+    if len(short.encode("utf-8")) <= ID_MAX_LENGTH:
+        return short
+    digest = hashlib.sha256(image_id.encode("utf-8") + b"\0" + caption.encode("utf-8")).hexdigest()
+    head = image_id.encode("utf-8")[:ID_MAX_LENGTH - len(digest) - 1].decode("utf-8", "ignore")  # whole characters only
+    return f"{head}#{digest}"
+
+
 def _caption_rows(rows: list[Annotation]) -> dict[str, Annotation]:
     """Caption id -> row; identical duplicates collapse, an id reused for another caption is refused."""
     out: dict[str, Annotation] = {}
@@ -161,7 +175,7 @@ def _caption_rows(rows: list[Annotation]) -> dict[str, Annotation]:
         problem = text_problem("text", a.caption)
         if problem:
             raise InputError(f"{a.where}: caption {problem.partition(' ')[2]}")
-        cid = a.caption_id or f"{a.image_id}#{hashlib.sha1(a.caption.encode('utf-8')).hexdigest()[:16]}"
+        cid = a.caption_id or derive_caption_id(a.image_id, a.caption)
         problem = text_problem("id", cid)
         if problem:
             raise InputError(f"{a.where}: caption id {problem.partition(' ')[2]}")

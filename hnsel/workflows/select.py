@@ -19,7 +19,7 @@ from ..schema import KIND_OF, ProgressFn
 from ..store import Store, build_problem, open_store
 from ..store.problem import require_collections, side_kinds
 from ..strategies import Selection, get_strategy
-from ..strategies.exact import ENGINES
+from ..strategies.exact import ENGINES, check_device_name
 from ..tables import check_table_path, write_table
 from .repair import repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
@@ -80,6 +80,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
         check_select_ray(chosen, config.store, ray, ray_workers)
     if engine not in ENGINES + ("auto",):
         raise SelectionError(f"--engine {engine!r}: use auto, milvus or exact")
+    check_device_name(device)  # refused whichever engine runs, before a round is recorded
     side_kinds(modality)
     if budget < 1:
         raise SelectionError(f"--budget must be at least 1, got {budget}")
