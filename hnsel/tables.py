@@ -161,8 +161,8 @@ def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
     if stat.S_ISREG(mode):
         return path
     kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    raise InputError(f"is {kind}, not a {what}; pass the {what} itself", path=path)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
+    raise InputError(f"is {kind}, not a regular file; pass the {what} itself", path=path)
 
 
 def _plain(value: Any) -> Any:

@@ -263,7 +263,9 @@ def test_selection_file_report_finds_its_round_reuses_thumbnails_and_leaves_the_
         raise AssertionError(f"decoded {uri} again")
 
     monkeypatch.setattr(thumbs_module, "open_image", refuse)
-    (out / "stale.txt").write_text("left by the old report")
+    (out / "stale.txt").write_text("left by the old report")  # an entry its marker lists: the report's own, so replaced
+    marker = json.loads((out / ".hnsel-report").read_text())
+    (out / ".hnsel-report").write_text(json.dumps(dict(marker, entries=marker["entries"] + ["stale.txt"])))
     res = runner.invoke(app, ["report", "--milvus-uri", store["uri"], "--round", "1", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "thumbs").iterdir()) == made  # copied from the previous report, none decoded

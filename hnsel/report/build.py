@@ -24,7 +24,7 @@ from ..config import HnselConfig
 from ..errors import HnselError, InputError, StoreError
 from ..schema import KINDS, ProgressFn
 from ..store import Store, open_store
-from ..tables import write_failed
+from ..tables import check_input_file, write_failed
 from ..workflows.rounds import list_rounds
 from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
 from .page import render_page
@@ -251,8 +251,10 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
     if top < 1 or map_points < 1:
         raise InputError("--evidence and --map-points must be at least 1")
     given, out = out, _check_out(out)
-    if selection is not None and not Path(selection).is_file():
-        raise InputError("no such selection file" if not Path(selection).exists() else "not a file", path=selection)
+    if selection is not None and not Path(selection).exists():
+        raise InputError("no such selection file", path=selection)
+    if selection is not None:
+        check_input_file(selection, "selection file")  # a folder, a FIFO or a device says what it is
     sim = _read_simulation(Path(simulation) if simulation is not None else None)
     if config.store.is_lite and not Path(config.store.uri).exists():
         raise StoreError(f"no Milvus Lite store at {config.store.uri}; pass the --milvus-uri the selection was made in")

@@ -89,7 +89,9 @@ def _number(value: Any, cast, path: Path, row: int, name: str):
 
 def load_selection(store: Store, path: str | Path) -> Picks:
     """Picks from a selection file; its round's log when the ids match a recorded round."""
-    path = check_input_file(path, "selection file")
+    if not Path(path).exists():
+        raise InputError("no such selection file", path=path)
+    path = check_input_file(path, "selection file")  # a folder, a FIFO or a device says what it is
     rows = _rows(path)
     if not rows:
         raise InputError("the selection file holds no picks", path=path)
