@@ -277,6 +277,7 @@ def test_ingest_says_what_a_path_that_is_not_a_file_is(lite, tmp_path):
                        ("none.jsonl", "file not found")):
         res = invoke(["ingest", *lite["flags"], "--images", tmp_path / name])
         one_line_error(res, f"{tmp_path / name}: {what}")
+    one_line_error(invoke(["ingest", *lite["flags"], "--images", "/dev/zero"]), "/dev/zero: is a device, not a regular file")
     one_line_error(invoke(["annotate", "import", *lite["flags"], tmp_path / "pipe.jsonl"]), "is a named pipe (FIFO), not a regular file")
 
 

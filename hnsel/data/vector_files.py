@@ -84,8 +84,10 @@ def _columns(rows: list[dict]) -> dict[str, list]:
 
 def iter_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[tuple[int, dict[str, list]]]:
     """(first row number, columns) per batch; row numbers count from 1 as a person would."""
-    check_input_file(vf.path)  # a folder, a FIFO or a device says what it is
+    if vf.path.exists():
+        check_input_file(vf.path)  # a folder, a FIFO or a device (/dev/zero) says what it is, whatever its name
     reader = _parquet_batches if vf.format == "parquet" else _jsonl_batches
+    check_input_file(vf.path)
     first = 1
     for columns in reader(vf.path, batch_rows):
         n = len(next(iter(columns.values()))) if columns else 0
