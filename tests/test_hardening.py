@@ -425,7 +425,10 @@ def test_report_selection_files_that_are_malformed_or_repeat_ids(lite, tmp_path)
 
 
 @pytest.mark.parametrize("doc", ['{"runs": 5}', '{"runs": [5]}', '{"runs": [{"strategy": "a", "rounds": [{"round": 0}]}]}', "[1, 2]",
-                                 '{"runs": [], "settings": 3}', '{"runs": [{"strategy": "a", "rounds": 1}]}', "9" * 5000])
+                                 '{"runs": [], "settings": 3}', '{"runs": [{"strategy": "a", "rounds": 1}]}', "9" * 5000,
+                                 '{"runs": [{"strategy": 5, "rounds": []}, {"strategy": "b", "rounds": []}]}',
+                                 '{"runs": [{"strategy": "a", "rounds": [{"round": 0, "paired": "ten", "metrics": {"rsum": 1, "i2t": {"r1": 1}, '
+                                 '"t2i": {"r1": 1}}, "select_seconds": 0, "train_seconds": 0}]}]}'])
 def test_report_simulation_results_that_are_malformed_are_one_line(tmp_path, doc):
     (tmp_path / "sim").mkdir()
     (tmp_path / "sim" / "results.json").write_text(doc, encoding="utf-8")

@@ -101,12 +101,23 @@ def _read_simulation(folder: Path | None) -> dict | None:
         from ..workflows.simulate import summarise  # imports torch: only when a simulation is asked for
 
         curves = summarise(runs)
+        _check_curves(curves)
     except FileNotFoundError:
         raise InputError("no results.json here: pass the --out folder of `hnsel simulate`", path=folder) from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:  # any shape summarise cannot read
         raise InputError(f"not a hnsel simulate results file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
                          "pass the --out folder of `hnsel simulate`", path=path) from None
     return {"settings": settings, "curves": curves, "path": str(path)}
+
+
+def _check_curves(curves: dict) -> None:
+    """What the page draws must be names and finite numbers (a hand-edited results.json may hold anything)."""
+    for label, rows in curves.items():
+        if not isinstance(label, str):
+            raise TypeError(f"strategy {label!r} is not a name")
+        for row in rows:
+            if not all(type(row[k]) in (int, float) and math.isfinite(row[k]) for k in ("paired", "rsum_mean", "rsum_std")):
+                raise TypeError(f"{label}, round {row['round']}: paired and rsum must be finite numbers")
 
 
 def _pick_rows(store: Store, picks: Picks) -> dict[str, dict]:
