@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .errors import HnselError, InputError
 
 __all__ = ["write_table", "write_text_atomic", "table_format", "check_table_path", "iter_jsonl", "read_csv_rows", "FORMATS",
-           "escape_cell", "unescape_cell", "check_unique_columns", "open_parquet", "check_input_file", "write_failed"]
+           "escape_cell", "unescape_cell", "check_unique_columns", "open_parquet", "check_input_file", "write_failed", "FULL_DISK"]
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -51,10 +51,13 @@ def _check_target(path: Path) -> None:
         raise InputError("is a folder; name a file to write (or another path)", path=path)
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a write into a full disk (or quota) raises
+
+
 def write_failed(path: str | os.PathLike, exc: OSError) -> HnselError:
     """The one-line error for a write to ``path`` that failed (the disk full, no permission): it names the target, never
     a temporary file, and says that the target was left as it was."""
-    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large"}.get(exc.errno or 0, exc.strerror or str(exc))
     return HnselError(f"{path}: cannot write it ({why}); nothing was written there (an older file is kept as it was); "
                       "free space or choose another place and run again")
 

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..config import HnselConfig
-from ..errors import HnselError, InputError, StoreError
+from ..errors import InputError, StoreError
 from ..schema import KINDS, ProgressFn
 from ..store import Store, open_store
-from ..tables import check_input_file, write_failed
+from ..tables import FULL_DISK, check_input_file, write_failed
 from ..workflows.rounds import list_rounds
 from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
 from .page import render_page
@@ -280,21 +280,20 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
             g = _gather(store, picks, top, map_points, seed, on_progress)
             data, images, texts = _page_data(picks, g)
             uris, text_rows = _labels(store, images, texts)
-        try:  # the write step: a full disk is one line naming --out; the older report (if any) stays as it was
-            thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
-            data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
-            data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
-            data["uri"] = uris
-            data["map"] = g["map"]
-            data["modality"] = picks.modality
-            data["strategy"] = (picks.log or {}).get("strategy")
-            (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
-            _write_marker(tmp)
-            _replace(tmp, out, given)
-        except HnselError:
+        thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
+        data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
+        data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
+        data["uri"] = uris
+        data["map"] = g["map"]
+        data["modality"] = picks.modality
+        data["strategy"] = (picks.log or {}).get("strategy")
+        (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
+        _write_marker(tmp)
+        _replace(tmp, out, given)
+    except OSError as exc:  # a full disk is one line naming --out; the older report (if any) stays as it was
+        if exc.errno not in FULL_DISK:
             raise
-        except OSError as exc:
-            raise write_failed(given, exc) from None
+        raise write_failed(given, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
