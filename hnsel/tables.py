@@ -57,7 +57,8 @@ FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what a write into a ful
 def write_failed(path: str | os.PathLike, exc: OSError) -> HnselError:
     """The one-line error for a write to ``path`` that failed (the disk full, no permission): it names the target, never
     a temporary file, and says that the target was left as it was."""
-    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large"}.get(exc.errno or 0, exc.strerror or str(exc))
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EFBIG: "the file is too large"}
+    why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     return HnselError(f"{path}: cannot write it ({why}); nothing was written there (an older file is kept as it was); "
                       "free space or choose another place and run again")
 

@@ -453,3 +453,13 @@ def test_make_demo_vectors_runs_its_commands_at_a_tiny_size(tmp_path):
     assert len(picks) == 7 and len({p["id"] for p in picks}) == 7
     status = api.status(load_config(env={}).with_overrides(uri=str(tmp_path / "vectors.db")))
     assert status["images"] == {"paired": 12, "unpaired": 90} and status["texts"]["paired"] == 36 and status["selected"] == 7
+
+
+def test_datasets_vectors_writes_the_ingest_format_and_refuses_bad_sizes(tmp_path):
+    res = invoke(["datasets", "vectors", tmp_path / "v", "--paired", 4, "--unpaired", 9, "--captions", 2, "--dim", 6, "--json"])
+    assert res.exit_code == 0, res.output
+    images, texts = pq.read_table(tmp_path / "v" / "images.parquet"), pq.read_table(tmp_path / "v" / "texts.parquet")
+    assert images.num_rows == 13 and texts.num_rows == 8 and len(images.column("vector")[0]) == 6
+    assert images.column("pool").to_pylist().count("paired") == 4 and set(texts.column("image_id").to_pylist()) <= set(images.column("id").to_pylist())
+    one_line_error(invoke(["datasets", "vectors", tmp_path / "w", "--paired", 0]), "--paired must be an integer of at least 1, got 0")
+    assert not (tmp_path / "w").exists()

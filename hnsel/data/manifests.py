@@ -110,7 +110,8 @@ class _Builder:
         """An image row whose caption is a list: one caption per item, as if the row were repeated; anything else is refused."""
         captions = row["caption"]
         if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
-            raise InputError(f"caption is {type(captions).__name__}; give a text, or a list of texts for several captions", path=self.path, row=number)
+            raise InputError(f"caption is {type(captions).__name__}; give a text, or a list of texts for several captions",
+                             path=self.path, row=number)
         if not _text(row.get("uri")):
             raise InputError("a caption row (no uri) holds one caption, its id being that caption's id: give one row per caption",
                              path=self.path, row=number)

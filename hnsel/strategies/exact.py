@@ -25,7 +25,8 @@ from ..errors import SelectionError
 from .base import SelectionProblem
 from .thresholds import anchor_chunks_with_thresholds, chance_stats, positive_similarities
 
-__all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "check_device_name", "below_float32", "above_float32"]
+__all__ = ["ENGINES", "exact_hardneg_scores", "exact_anchors", "score_candidates", "resolve_device", "check_device_name", "below_float32",
+           "above_float32"]
 
 ENGINES = ("milvus", "exact")
 TILE_BYTES = 8  # per tile element: the float32 similarity, two masks, slack
