@@ -14,6 +14,7 @@ from rich.text import Text
 from .. import api
 from ..schema import DEFAULT_PRETRAINED
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, progress_bar, show, show_progress
 
 
@@ -44,6 +45,7 @@ def embed(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
     ray_batch_size: Annotated[int, typer.Option("--ray-batch-size", help="Images per actor call and per write with --ray.", rich_help_panel="Ray")] = 256,
     ray_concurrency: Annotated[Optional[int], typer.Option("--ray-concurrency", help="Encoder actors with --ray (default: one per GPU; without GPUs, CPUs - 1).", rich_help_panel="Ray")] = None,
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
@@ -51,7 +53,7 @@ def embed(
     workers = _default_workers() if num_workers is None else num_workers
     common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
                   images_dir=images_dir, pool=pool, split=split, errors_path=errors, id_field=id_field, caption_field=caption_field,
-                  image_column=image_column)
+                  image_column=image_column, **column_options(id_column, uri_column, caption_column))
     cluster = ray_address if ray_address else ray
     if bulk is not None and cluster:
         fail("--bulk writes files on this machine; it does not combine with --ray (on a Milvus server, --ray upserts in batches from every worker)")

@@ -13,6 +13,7 @@ from .. import api
 from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from ..errors import ConfigError
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import (
     ConfigOpt,
     JsonOpt,
@@ -91,6 +92,7 @@ def train(
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes for feature extraction.")] = 0,
     probabilistic: Annotated[float, typer.Option("--probabilistic", help="Head mode: Gaussian heads (a mean and a variance per sample) trained with this "
                                                  "weight on a match loss beside --loss; embed then stores each sample's variance (docs/ascmr.md).")] = 0.0,
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Train on the paired set with early stopping on validation R-sum; write a checkpoint hnsel embed and eval load."""
@@ -102,6 +104,7 @@ def train(
             lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, split=None if split == "all" else split,
             val_split=val_split, val_fraction=val_fraction, lock=lock, images_dir=images_dir, cache_dir=cache_dir,
             device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch, probabilistic=probabilistic,
+            **column_options(id_column, uri_column, caption_column),
         )
     show(report.summary(), json_output, _print_report)
 

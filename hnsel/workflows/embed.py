@@ -115,9 +115,11 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
           encoder: Encoder | None = None, on_progress: ProgressFn | None = None, id_field: str | None = None,
           caption_field: str | None = None, image_column: str | None = None, ray: bool | str = False, ray_batch_size: int = 256,
-          ray_concurrency: int | None = None) -> EmbedReport:
+          ray_concurrency: int | None = None, id_column: str | None = None, uri_column: str | None = None,
+          caption_column: str | None = None) -> EmbedReport:
     """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees.
 
+    Manifests: ``id_column``, ``uri_column`` and ``caption_column`` name a user's own columns (``data.manifests``).
     Shards: ``id_field`` (a JSON field of WebDataset samples, a Parquet column), ``caption_field`` and ``image_column``
     (Parquet column or WebDataset extension) say where a sample's parts are (``data.shards``). ``ray``: ``True`` (Ray's
     own discovery: ``RAY_ADDRESS``, a cluster started on this machine, else a local one) or an address runs the encoder
@@ -126,7 +128,8 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     """
     from ..store import open_store
 
-    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
+                     "uri_column": uri_column, "caption_column": caption_column}
     if ray is not False and ray is not None:
         from .ray_embed import check_embed_ray
 
@@ -313,9 +316,11 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
                images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
                errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
                on_progress: ProgressFn | None = None, id_field: str | None = None, caption_field: str | None = None,
-               image_column: str | None = None) -> EmbedReport:
+               image_column: str | None = None, id_column: str | None = None, uri_column: str | None = None,
+               caption_column: str | None = None) -> EmbedReport:
     """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
-    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
+                     "uri_column": uri_column, "caption_column": caption_column}
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
                                         errors_path, encoder, shard_options)
     out = Path(out_dir)

@@ -92,8 +92,8 @@ def paired_from_store(config: HnselConfig, pool: str = "paired", *, fields: tupl
     return paired, extra
 
 
-def _source_sets(source, images_dir, split: str | None, val_split: str | None) -> tuple[Paired, Paired | None]:
-    dataset = load_source(source, images_dir=images_dir)
+def _source_sets(source, images_dir, split: str | None, val_split: str | None, columns: dict | None = None) -> tuple[Paired, Paired | None]:
+    dataset = load_source(source, images_dir=images_dir, **(columns or {}))
     splits = {r.split for r in dataset.images if r.split}
     if split is None or not splits:
         return paired_from_dataset(dataset, str(source)), None
@@ -164,6 +164,9 @@ def train(
     on_progress: ProgressFn | None = None,
     on_epoch: EpochFn | None = None,
     probabilistic: float = 0.0,
+    id_column: str | None = None,
+    uri_column: str | None = None,
+    caption_column: str | None = None,
 ) -> TrainReport:
     """Train on the paired set and write the checkpoint, its config and its curve into ``out``.
 
@@ -175,7 +178,8 @@ def train(
     if store:
         train_part, val = paired_from_store(config)[0], None
     else:
-        train_part, val = _source_sets(source, images_dir, split, val_split)
+        columns = {"id_column": id_column, "uri_column": uri_column, "caption_column": caption_column}
+        train_part, val = _source_sets(source, images_dir, split, val_split, columns)
     encoder = load_encoder(model_name, pretrained, device)
     base = dataclasses.replace(encoder, image_head=None, text_head=None)
     towers_locked = base.model_info.get("head_dim") is not None  # local towers (LiT): only the heads learn
@@ -335,6 +339,9 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int = 0,
     on_progress: ProgressFn | None = None,
+    id_column: str | None = None,
+    uri_column: str | None = None,
+    caption_column: str | None = None,
 ) -> EvalReport:
     """Recall@1/5/10 both ways and R-sum of a model on a source split, or of the store's ``pool`` vectors."""
     if (source is None) == (not store):
@@ -345,7 +352,8 @@ def evaluate(
         metrics = evaluate_recall(np.asarray(vectors["image_vectors"], np.float32), np.asarray(vectors["text_vectors"], np.float32),
                                   paired.text_image_index)
         return EvalReport(metrics, len(paired.image_ids), len(paired), paired.where, None, None, time.perf_counter() - start)
-    dataset = load_source(source, images_dir=images_dir, split=split)
+    dataset = load_source(source, images_dir=images_dir, split=split, id_column=id_column, uri_column=uri_column,
+                          caption_column=caption_column)
     paired = paired_from_dataset(dataset, f"split {split!r} of {source}" if split else str(source))
     encoder = load_encoder(model_name, pretrained, device)
     images, texts, _ = backbone_features(encoder, paired.uris, paired.texts, cache_dir=cache_dir, batch_size=batch_size,

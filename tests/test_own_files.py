@@ -1,0 +1,100 @@
+"""A user's own files: manifest column mapping (--id-column, --uri-column, --caption-column) and the same photo
+under a second id (content digest), through the readers, the embed workflow and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from _embed_helpers import write_images
+
+from hnsel.data import load_source, read_folder
+from hnsel.errors import InputError
+
+NAMES = ["a.jpg", "b.jpg", "sub/c.jpg", "d.jpg"]
+OWN_ROWS = [  # a user's file: filename,caption; b twice (two captions), d without a caption
+    {"filename": "a.jpg", "caption": "a dog on grass"},
+    {"filename": "b.jpg", "caption": "two children"},
+    {"filename": "b.jpg", "caption": "kids playing"},
+    {"filename": "sub/c.jpg", "caption": "a red boat"},
+    {"filename": "d.jpg", "caption": ""},
+]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".csv":
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    write_images(tmp_path / "images", NAMES)
+    return tmp_path / "images"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_uri_column_without_id_column_gives_the_folder_ids(tmp_path, photos, suffix):
+    path = write_rows(tmp_path / f"captions{suffix}", OWN_ROWS)
+    ds = load_source(path, images_dir=photos, uri_column="filename")
+    by_id = {r.id: r for r in ds.images}
+    assert set(by_id) == {r.id for r in read_folder(photos).images} == set(NAMES)
+    assert by_id["b.jpg"].captions == ("two children", "kids playing")
+    assert by_id["b.jpg"].caption_ids == ("b.jpg#0", "b.jpg#1")
+    assert by_id["sub/c.jpg"].uri == str(photos / "sub" / "c.jpg")
+    assert {i: r.pool for i, r in by_id.items()} == {"a.jpg": "paired", "b.jpg": "paired", "sub/c.jpg": "paired", "d.jpg": "unpaired"}
+
+
+def test_id_and_caption_columns_are_mapped(tmp_path, photos):
+    rows = [{"photo_id": "P 1", "file": "a.jpg", "text": "one"}, {"photo_id": "P 1", "file": "a.jpg", "text": "two"},
+            {"photo_id": "p2", "file": "b.jpg", "text": None}]
+    ds = load_source(write_rows(tmp_path / "own.jsonl", rows), images_dir=photos, id_column="photo_id", uri_column="file",
+                     caption_column="text")
+    assert [(r.id, r.captions, r.pool) for r in ds.images] == [("P 1", ("one", "two"), "paired"), ("p2", (), "unpaired")]
+
+
+def test_a_file_outside_the_images_folder_keeps_its_uri_as_id(tmp_path, photos):
+    write_images(tmp_path / "other", ["x.jpg"])
+    rows = [{"filename": str(tmp_path / "other" / "x.jpg"), "caption": "far away"}, {"filename": "a.jpg", "caption": "near"}]
+    ds = load_source(write_rows(tmp_path / "c.csv", rows), images_dir=photos, uri_column="filename")
+    assert [r.id for r in ds.images] == [str(tmp_path / "other" / "x.jpg"), "a.jpg"]
+
+
+def test_split_column_feeds_split_aware_commands(tmp_path, photos):
+    rows = [dict(r, split="test" if r["filename"] == "a.jpg" else "train") for r in OWN_ROWS]
+    ds = load_source(write_rows(tmp_path / "s.csv", rows), images_dir=photos, uri_column="filename", split="test")
+    assert [r.id for r in ds.images] == ["a.jpg"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, r"no 'uri' column of image paths \(its columns: filename, caption\); name it with --uri-column, e.g. --uri-column filename, "
+         r"and --id-column for the ids"),
+    ({"uri_column": "file"}, r"--uri-column 'file': the manifest has no such column \(its columns: filename, caption\)"),
+    ({"uri_column": "filename", "caption_column": "text"}, r"--caption-column 'text': the manifest has no such column"),
+    ({"uri_column": "filename", "id_column": "photo"}, r"--id-column 'photo': the manifest has no such column"),
+])
+def test_column_errors_name_the_columns_and_the_flags(tmp_path, photos, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        load_source(write_rows(tmp_path / "captions.csv", OWN_ROWS), images_dir=photos, **kwargs)
+
+
+def test_without_id_column_a_row_needs_an_image(tmp_path, photos):
+    rows = [*OWN_ROWS[:2], {"filename": "", "caption": "a caption of nothing"}]
+    with pytest.raises(InputError, match=r"row 3: no image path in column 'filename'; without an id column"):
+        load_source(write_rows(tmp_path / "captions.csv", rows), images_dir=photos, uri_column="filename")
+
+
+def test_column_flags_refused_for_other_sources(photos):
+    with pytest.raises(InputError, match=r"--uri-column apply to .csv/.jsonl/.parquet manifests, not to a folder"):
+        load_source(photos, uri_column="filename")
