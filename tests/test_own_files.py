@@ -98,3 +98,94 @@ def test_without_id_column_a_row_needs_an_image(tmp_path, photos):
 def test_column_flags_refused_for_other_sources(photos):
     with pytest.raises(InputError, match=r"--uri-column apply to .csv/.jsonl/.parquet manifests, not to a folder"):
         load_source(photos, uri_column="filename")
+
+
+# --- embed: the same photo under a second id; a manifest captioning a folder's images ----------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    from _embed_helpers import write_tiny_config
+
+    return str(write_tiny_config(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_config):
+    from hnsel.model.encoder import load_encoder
+
+    return load_encoder(tiny_config, "none", "cpu")
+
+
+def _config(tmp_path):
+    from hnsel.config import HnselConfig, StoreConfig
+
+    return HnselConfig(store=StoreConfig(uri=str(tmp_path / "hnsel.db")))
+
+
+def _counts(config) -> dict:
+    from hnsel.workflows.ingest import status
+
+    info = status(config)
+    return {"images": info["images"], "texts": info["texts"]}
+
+
+def test_folder_then_own_manifest_pairs_the_same_ids(tmp_path, photos, encoder):
+    from hnsel.workflows.embed import embed
+
+    config = _config(tmp_path)
+    first = embed(config, photos, encoder=encoder)
+    assert first.images_embedded == 4 and _counts(config)["images"] == {"paired": 0, "unpaired": 4}
+    csv_path = write_rows(tmp_path / "captions.csv", OWN_ROWS)
+    second = embed(config, csv_path, encoder=encoder, images_dir=photos, uri_column="filename")
+    assert (second.images_embedded, second.images_skipped, second.images_paired) == (0, 4, 3)
+    assert _counts(config) == {"images": {"paired": 3, "unpaired": 1}, "texts": {"paired": 4, "unpaired": 0}}
+    again = embed(config, csv_path, encoder=encoder, images_dir=photos, uri_column="filename")  # nothing left to do
+    assert (again.images_embedded, again.images_paired, again.texts_embedded) == (0, 0, 0)
+
+
+def test_same_file_under_another_id_is_refused_and_nothing_written(tmp_path, photos, encoder):
+    from hnsel.workflows.embed import embed
+
+    config = _config(tmp_path)
+    embed(config, photos, encoder=encoder)
+    rows = [{"id": f"photo-{i}", "uri": name, "caption": f"caption {i}"} for i, name in enumerate(NAMES)]
+    manifest = write_rows(tmp_path / "renamed.csv", rows)
+    with pytest.raises(InputError, match=r"image 'photo-0' \(.*a\.jpg\) is the same file as image 'a.jpg', already stored under id "
+                                         r"'a.jpg' \(4 such images\); nothing was embedded.*--allow-duplicates"):
+        embed(config, manifest, encoder=encoder, images_dir=photos)
+    assert _counts(config) == {"images": {"paired": 0, "unpaired": 4}, "texts": {"paired": 0, "unpaired": 0}}
+    report = embed(config, manifest, encoder=encoder, images_dir=photos, allow_duplicates=True)
+    assert report.images_embedded == 4 and [d["same_as"] for d in report.duplicates] == NAMES
+    assert _counts(config)["images"] == {"paired": 4, "unpaired": 4}
+
+
+def test_same_file_twice_in_one_source_is_refused(tmp_path, photos, encoder):
+    from hnsel.workflows.embed import embed
+
+    (photos / "copy-of-a.jpg").write_bytes((photos / "a.jpg").read_bytes())
+    config = _config(tmp_path)
+    with pytest.raises(InputError, match=r"image 'copy-of-a.jpg' .* is the same file as image 'a.jpg', also listed in this source"):
+        embed(config, photos, encoder=encoder)
+    assert _counts(config)["images"] == {"paired": 0, "unpaired": 0}
+
+
+def test_cli_own_csv_with_filename_column(tmp_path, photos, tiny_config):
+    from typer.testing import CliRunner
+
+    from hnsel.cli import app
+
+    csv_path = write_rows(tmp_path / "captions.csv", OWN_ROWS)
+    base = ["--model-name", tiny_config, "--pretrained", "none", "--device", "cpu", "--num-workers", "0", "--milvus-uri", str(tmp_path / "h.db")]
+    runner = CliRunner()
+    refused = runner.invoke(app, ["embed", str(csv_path), "--images-dir", str(photos), *base])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "its columns: filename, caption" in refused.output and "--uri-column filename" in refused.output
+    done = runner.invoke(app, ["embed", str(csv_path), "--images-dir", str(photos), "--uri-column", "filename", *base, "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert (summary["images_embedded"], summary["texts_embedded"]) == (4, 4)
+    status = json.loads(runner.invoke(app, ["status", "--milvus-uri", str(tmp_path / "h.db"), "--json"]).stdout)
+    assert status["images"] == {"paired": 3, "unpaired": 1} and status["texts"]["paired"] == 4
+    renamed = write_rows(tmp_path / "renamed.csv", [{"name": "x", "file": "a.jpg"}])
+    dup = runner.invoke(app, ["embed", str(renamed), "--images-dir", str(photos), "--id-column", "name", "--uri-column", "file", *base])
+    assert dup.exit_code == 1 and "the same file as image 'a.jpg'" in dup.output and len(dup.output.strip().splitlines()) == 1
