@@ -21,6 +21,7 @@ from ._common import (
     TokenOpt,
     UriOpt,
     console,
+    err_console,
     get_config,
     handle_errors,
     progress_session,
@@ -106,6 +107,8 @@ def train(
             device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch, probabilistic=probabilistic,
             **column_options(id_column, uri_column, caption_column),
         )
+    if report.warning:  # on stderr, with --json too
+        err_console.print(f"warning: {report.warning}", highlight=False, markup=False, soft_wrap=True)
     show(report.summary(), json_output, _print_report)
 
 
@@ -123,4 +126,5 @@ def _print_report(summary: dict) -> None:
     if f:
         console.print(f"backbone features: {f.get('computed_images', 0)} images and {f.get('computed_texts', 0)} captions computed "
                       f"({summary['feature_seconds']:.1f}s), the rest from the cache", highlight=False)
-    console.print(f"checkpoint (best epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False, markup=False)
+    console.print(summary["kept_because"], highlight=False, markup=False)
+    console.print(f"checkpoint (epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False, markup=False)

@@ -29,7 +29,7 @@ from ..model.metrics import evaluate_recall
 from ..model.features import backbone_features, backbone_id
 from ..schema import DEFAULT_CACHE_DIR
 from ..model.losses import parse_loss
-from ..model.train import EpochFn, apply_heads, train_heads
+from ..model.train import MIN_VAL_IMAGES, EpochFn, apply_heads, can_select, holdout_size, train_heads
 from ..tables import write_text_atomic
 from ..schema import ProgressFn
 
@@ -115,8 +115,10 @@ class TrainReport:
     n_texts: int
     n_val_images: int | None
     curve: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch whose weights the checkpoint holds (the best, or the last: ``kept_because``)
     best_val_rsum: float | None = None
+    kept_because: str = ""  # one line: which epoch was kept and why
+    warning: str | None = None  # one line when validation was too small to choose an epoch
     features: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -211,12 +213,25 @@ def _features(base, paired: Paired, report: TrainReport, **kwargs) -> tuple[np.n
     return images, texts
 
 
-def _finish(report: TrainReport, curve: list[dict]) -> None:
+def _finish(report: TrainReport, curve: list[dict], n_val: int, settings: dict) -> None:
+    """The kept epoch (``fit`` marks it), and one line saying why; a warning when validation could not choose."""
     report.curve = curve
-    scored = [c for c in curve if c["val_rsum"] is not None]
-    best = max(scored, key=lambda c: c["val_rsum"]) if scored else curve[-1]
-    report.best_epoch, report.best_val_rsum = best["epoch"], best["val_rsum"]
+    kept = next((c for c in curve if c.get("kept")), curve[-1])
+    report.best_epoch, report.best_val_rsum = kept["epoch"], kept["val_rsum"]
     report.train_seconds = sum(c["seconds"] for c in curve)
+    last = curve[-1]["epoch"]
+    if can_select(n_val):
+        stopped = f"; stopped after {settings['patience']} epoch(s) without a better one" if last < settings["epochs"] else ""
+        report.kept_because = f"kept epoch {kept['epoch']}: the best validation R-sum ({kept['val_rsum']:.1f} on {n_val} images){stopped}"
+        return
+    report.kept_because = f"kept epoch {kept['epoch']}, the last: every epoch ran, with no validation able to choose one"
+    if n_val == 0:
+        report.kept_because = (f"kept epoch {kept['epoch']}, the last: there is no validation set (no --val-split, and --val-fraction "
+                               f"{settings['val_fraction']:g} of the images rounds to none), so every epoch ran")
+    else:
+        report.warning = (f"validation has only {n_val} image(s), too few to choose an epoch (at least {MIN_VAL_IMAGES}: below that R@10 "
+                          f"is 100 whatever the weights, and on 1 image even the untrained model scores 600); trained every epoch and kept "
+                          f"the last (epoch {kept['epoch']}); give a --val-split or a larger --val-fraction to stop early")
 
 
 def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dict, report: TrainReport, *, cache_dir,
@@ -235,15 +250,16 @@ def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dic
                                epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-3, weight_decay=s["weight_decay"] or 0.0,
                                seed=s["seed"], val=val_arrays, val_fraction=s["val_fraction"], patience=s["patience"], on_epoch=on_epoch,
                                probabilistic=s.get("probabilistic", 0.0))
-    _finish(report, curve)
+    n_val = len(val.image_ids) if val is not None else holdout_size(len(train_part.image_ids), s["val_fraction"])
+    _finish(report, curve, n_val, s)
     save_checkpoint(report.checkpoint, base.model, base.model_info["model_name"], pretrained=base.model_info["base_pretrained"],
                     heads=heads, extra={"backbone": backbone_id(base), "train": settings, "curve": curve})
 
 
 def _holdout(paired: Paired, fraction: float, seed: int) -> tuple[Paired, Paired | None]:
     rng = np.random.default_rng([seed, 1])
-    n_val = int(round(fraction * len(paired.image_ids)))
-    if n_val < 1 or n_val >= len(paired.image_ids):
+    n_val = holdout_size(len(paired.image_ids), fraction)
+    if not n_val:
         return paired, None
     is_val = np.zeros(len(paired.image_ids), bool)
     is_val[rng.choice(len(is_val), n_val, replace=False)] = True
@@ -291,8 +307,9 @@ def _run_full(base, train_part: Paired, val: Paired | None, spec, settings: dict
     curve = train_full(base, load_images, train_part.texts, train_part.text_image_index, loss=spec, label_feats=label_feats,
                        lock=s["lock"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-5,
                        weight_decay=0.1 if s["weight_decay"] is None else s["weight_decay"], seed=s["seed"],
-                       validate=validate if val is not None else None, patience=s["patience"], on_epoch=on_epoch)
-    _finish(report, curve)
+                       validate=validate if val is not None else None, patience=s["patience"], on_epoch=on_epoch,
+                       select=val is not None and can_select(len(val.image_ids)))
+    _finish(report, curve, len(val.image_ids) if val is not None else 0, s)
     report.n_images, report.n_texts = len(train_part.image_ids), len(train_part)
     report.n_val_images = len(val.image_ids) if val is not None else None
     save_checkpoint(report.checkpoint, base.model.eval(), base.model_info["model_name"], pretrained=base.model_info["base_pretrained"],
