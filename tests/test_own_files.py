@@ -189,3 +189,26 @@ def test_cli_own_csv_with_filename_column(tmp_path, photos, tiny_config):
     renamed = write_rows(tmp_path / "renamed.csv", [{"name": "x", "file": "a.jpg"}])
     dup = runner.invoke(app, ["embed", str(renamed), "--images-dir", str(photos), "--id-column", "name", "--uri-column", "file", *base])
     assert dup.exit_code == 1 and "the same file as image 'a.jpg'" in dup.output and len(dup.output.strip().splitlines()) == 1
+
+
+def test_eval_and_simulate_read_the_own_file_through_the_same_flags(tmp_path, photos, tiny_config):
+    from typer.testing import CliRunner
+
+    from hnsel.cli import app
+
+    csv_path = write_rows(tmp_path / "captions.csv", OWN_ROWS)
+    model = ["--model-name", tiny_config, "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", str(csv_path), "--images-dir", str(photos), "--uri-column", "filename", "--split", "all", *model, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rsum"] >= 0
+    refused = runner.invoke(app, ["eval", str(csv_path), "--images-dir", str(photos), "--split", "all", *model])
+    assert refused.exit_code == 1 and "--uri-column filename" in refused.stderr
+    trained = runner.invoke(app, ["train", str(csv_path), "--images-dir", str(photos), "--uri-column", "filename", "--split", "all",
+                                  "--epochs", "1", "--batch-size", "2", "--val-fraction", "0", "--out", str(tmp_path / "m"), *model, "--json"])
+    assert trained.exit_code == 0, trained.output
+    assert (json.loads(trained.stdout)["n_images"], json.loads(trained.stdout)["n_texts"]) == (3, 4)  # d.jpg has no caption
+    # simulate reads the same mapping; this file has no split column, so it stops at the splits, not at the columns
+    sim = runner.invoke(app, ["simulate", str(csv_path), "--out", str(tmp_path / "sim"), "--images-dir", str(photos), "--uri-column", "filename",
+                              "--model-name", tiny_config])
+    assert sim.exit_code == 1 and "must be two splits of the source (it has none)" in sim.stderr
