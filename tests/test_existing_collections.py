@@ -87,7 +87,7 @@ def test_unmapped_pools_are_named_with_the_values_the_field_holds(existing):
 def test_mapped_pools_select_and_rounds_stay_in_hnsels_meta(existing, pools):
     config = _config(*existing, **pools)
     info = api.status(config)
-    assert (info["images"], info["texts"], info["warnings"]) == ({"paired": N_LABELED, "unpaired": N_UNLABELED}, {"paired": N_LABELED, "unpaired": 0}, [])
+    assert (info["images"], info["texts"], info.get("warnings")) == ({"paired": N_LABELED, "unpaired": N_UNLABELED}, {"paired": N_LABELED, "unpaired": 0}, None)
     first = api.select(config, budget=10, strategy="hardneg", seed=0, record=True)
     second = api.select(config, budget=10, strategy="hardneg", seed=0, record=True)
     assert (first.round, second.round) == (1, 2) and not set(first.selection.ids) & set(second.selection.ids)

@@ -97,7 +97,9 @@ def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
                 selected += store.count(kind, store.where(kind, min_round=0))
         out["dim"] = store.dim
         out["selected"] = selected + sum(len(picked_in_meta(store, kind)) for kind in KINDS if store.has(kind) and store.rounds_in_meta(kind))
-        out["warnings"] = [why for kind in KINDS if (why := pool_mismatch(store, kind))]
+        warnings = [why for kind in KINDS if (why := pool_mismatch(store, kind))]
+        if warnings:  # only when a pool mapping matches nothing
+            out["warnings"] = warnings
         if rounds:
             out["rounds"] = list_rounds(store)
             out["unfinished"] = unfinished(store)
