@@ -137,7 +137,7 @@ def test_folder_then_own_manifest_pairs_the_same_ids(tmp_path, photos, encoder):
     assert first.images_embedded == 4 and _counts(config)["images"] == {"paired": 0, "unpaired": 4}
     csv_path = write_rows(tmp_path / "captions.csv", OWN_ROWS)
     second = embed(config, csv_path, encoder=encoder, images_dir=photos, uri_column="filename")
-    assert (second.images_embedded, second.images_skipped, second.images_paired) == (0, 4, 3)
+    assert (second.images_embedded, second.images_skipped, second.images_paired, second.texts_embedded) == (0, 4, 3, 4)
     assert _counts(config) == {"images": {"paired": 3, "unpaired": 1}, "texts": {"paired": 4, "unpaired": 0}}
     again = embed(config, csv_path, encoder=encoder, images_dir=photos, uri_column="filename")  # nothing left to do
     assert (again.images_embedded, again.images_paired, again.texts_embedded) == (0, 0, 0)

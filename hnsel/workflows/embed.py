@@ -171,7 +171,9 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
                 _run(dataset, encoder, _StoreSink(store), report, batch_size, num_workers, on_progress,
                      skip=None if overwrite else store.existing_ids)
                 if isinstance(dataset, Dataset):
-                    report.images_paired = pair_stored(store, dataset, encoder, batch_size) if not overwrite else 0
+                    if not overwrite:
+                        report.images_paired, captions = pair_stored(store, dataset, encoder, batch_size)
+                        report.texts_embedded += captions
                     record_stored_digests(store, digests)
         finally:
             report.seconds = time.perf_counter() - start

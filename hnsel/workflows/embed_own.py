@@ -84,8 +84,9 @@ def record_stored_digests(store: Store, digests: dict[str, str]) -> int:
     return record_digests(store, {digests[i]: i for i in ids if i in stored})
 
 
-def pair_stored(store: Store, dataset: Dataset, encoder: Any, batch_size: int) -> int:
-    """Captions for images stored unpaired that ``dataset`` pairs: captions written, then the images moved to paired."""
+def pair_stored(store: Store, dataset: Dataset, encoder: Any, batch_size: int) -> tuple[int, int]:
+    """Captions for images stored unpaired that ``dataset`` pairs: captions written, then the images moved to paired.
+    Returns (images paired, captions written)."""
     paired = {r.id: r for r in dataset.images if r.pool == "paired" and r.captions}
     ids = list(paired)
     todo: list[ImageRecord] = []
@@ -101,4 +102,4 @@ def pair_stored(store: Store, dataset: Dataset, encoder: Any, batch_size: int) -
         store.upsert("texts", data)
     if todo:
         store.update("images", [r.id for r in todo], {"pool": "paired"})
-    return len(todo)
+    return len(todo), len(captions)
