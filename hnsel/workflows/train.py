@@ -224,7 +224,8 @@ def _finish(report: TrainReport, curve: list[dict], n_val: int, settings: dict) 
         stopped = f"; stopped after {settings['patience']} epoch(s) without a better one" if last < settings["epochs"] else ""
         report.kept_because = f"kept epoch {kept['epoch']}: the best validation R-sum ({kept['val_rsum']:.1f} on {n_val} images){stopped}"
         return
-    report.kept_because = f"kept epoch {kept['epoch']}, the last: every epoch ran, with no validation able to choose one"
+    report.kept_because = (f"kept epoch {kept['epoch']}, the last: validation ({n_val} image(s)) is too small to choose an epoch, "
+                           "so every epoch ran")
     if n_val == 0:
         report.kept_because = (f"kept epoch {kept['epoch']}, the last: there is no validation set (no --val-split, and --val-fraction "
                                f"{settings['val_fraction']:g} of the images rounds to none), so every epoch ran")
