@@ -212,3 +212,18 @@ def test_eval_and_simulate_read_the_own_file_through_the_same_flags(tmp_path, ph
     sim = runner.invoke(app, ["simulate", str(csv_path), "--out", str(tmp_path / "sim"), "--images-dir", str(photos), "--uri-column", "filename",
                               "--model-name", tiny_config])
     assert sim.exit_code == 1 and "must be two splits of the source (it has none)" in sim.stderr
+
+
+def test_an_image_stored_before_digests_were_kept_is_found_by_its_path(tmp_path, photos, encoder):
+    from hnsel.store import open_store
+    from hnsel.store.digests import DIGESTS
+    from hnsel.workflows.embed import embed
+
+    config = _config(tmp_path)
+    embed(config, photos, encoder=encoder)
+    with open_store(config.store) as store:  # as a store embedded by an earlier hnsel: no digests
+        store.client.drop_collection(store.name(DIGESTS))
+    (tmp_path / "elsewhere").mkdir()
+    rows = [{"id": "first", "uri": str(photos / "a.jpg"), "caption": "x"}]
+    with pytest.raises(InputError, match=r"image 'first' .* is the same file as image 'a.jpg', already stored"):
+        embed(config, write_rows(tmp_path / "elsewhere" / "m.csv", rows), encoder=encoder)

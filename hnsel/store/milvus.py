@@ -168,7 +168,7 @@ class Store:
         return f"({expr})" if expr else f"{f.pool} == {quote(f.pool_value(pool))}"
 
     def where(self, kind: str, *, pool: str | None = None, round: int | None = None, min_round: int | None = None,
-              below_round: int | None = None, image_ids: Sequence[str] | None = None) -> str:
+              below_round: int | None = None, image_ids: Sequence[str] | None = None, uris: Sequence[str] | None = None) -> str:
         """A filter expression of ``kind``'s rows: every condition given must hold (``""``: all rows). The only
         place hnsel writes a filter; strings enter through ``quote``, numbers as ints."""
         f = self.fields(kind)
@@ -183,6 +183,8 @@ class Store:
             terms.append(f"{f.round} < {int(below_round)}")
         if image_ids is not None:
             terms.append(in_filter(f.image_id, list(image_ids)))
+        if uris is not None:
+            terms.append(in_filter(f.uri, list(uris)))
         return " and ".join(terms)
 
     def excluding(self, kind: str, filter: str, ids: Sequence[str]) -> str:

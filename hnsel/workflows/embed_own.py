@@ -53,16 +53,21 @@ def image_digests(images: list[ImageRecord], workers: int = 4) -> dict[str, str]
 
 def check_duplicates(store: Store | None, dataset: Dataset, allow: bool = False) -> tuple[dict[str, str], list[dict]]:
     """(image id -> digest, duplicates): each duplicate ``{"id", "uri", "same_as", "stored"}``. Without ``allow`` the
-    first one is an ``InputError`` naming both ids. ``store`` None (bulk files): only the source itself is checked."""
+    first one is an ``InputError`` naming both ids. ``store`` None (bulk files): only the source itself is checked.
+    Images stored before digests were kept are found by their uri (the same file path under another id)."""
     digests = image_digests(dataset.images)
     first: dict[str, str] = {}
     duplicates = []
     owners = digest_owners(store, list(set(digests.values()))) if store is not None else {}
     uris = {r.id: r.uri or "" for r in dataset.images}
-    for rid, digest in digests.items():
-        owner, stored = owners.get(digest), True
+    by_uri = _stored_by_uri(store, [u for u in uris.values() if u]) if store is not None else {}
+    for record in dataset.images:
+        rid, digest = record.id, digests.get(record.id)
+        owner, stored = owners.get(digest) if digest else None, True
         if owner is None or owner == rid:
-            owner, stored = first.setdefault(digest, rid), False
+            owner = by_uri.get(uris[rid])
+        if owner is None or owner == rid:
+            owner, stored = (first.setdefault(digest, rid) if digest else rid), False
         if owner != rid:
             duplicates.append({"id": rid, "uri": uris[rid], "same_as": owner, "stored": stored})
     if duplicates and not allow:
@@ -73,6 +78,18 @@ def check_duplicates(store: Store | None, dataset: Dataset, allow: bool = False)
                          "nothing was embedded: give it the same id (a manifest without --id-column names an image by its path relative "
                          "to --images-dir, as a folder does), or pass --allow-duplicates to store it twice", path=dataset.source or None)
     return digests, duplicates
+
+
+def _stored_by_uri(store: Store, uris: list[str]) -> dict[str, str]:
+    """uri -> id of a stored image with that uri (local paths are stored absolute, as the readers resolve them)."""
+    if not store.has("images") or not store.has_field("images", "uri"):
+        return {}
+    out: dict[str, str] = {}
+    for start in range(0, len(uris), 500):
+        for batch in store.iter_rows("images", store.where("images", uris=uris[start:start + 500]), ("id", "uri")):
+            for row in batch:
+                out.setdefault(row["uri"], row["id"])
+    return out
 
 
 def record_stored_digests(store: Store, digests: dict[str, str]) -> int:
