@@ -19,7 +19,9 @@ Example ``hnsel.toml``::
     id = "photo_id"
     vector = "clip_vec"
     pool = "split"
-    read_only = true
+    paired = "labeled"        # the pool field's value of each pool (default: paired / unpaired)
+    unpaired = "unlabeled"    # or a filter expression per pool: paired_filter = 'split in ["train", "val"]'
+    read_only = true          # rounds are then kept in hnsel's own {namespace}_meta collection
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ class CollectionConfig:
     round: str = "round"
     uncertainty: str = "uncertainty"
     read_only: bool = False
+    # How the pool field's values name the pools: a value per pool, or a filter expression per pool (which wins;
+    # a collection whose pools are filters cannot have its pools written, so annotations are refused there).
+    paired: str = "paired"
+    unpaired: str = "unpaired"
+    paired_filter: str = ""
+    unpaired_filter: str = ""
+
+    def pool_value(self, pool: str) -> str:
+        """The stored value of a canonical pool ("paired" / "unpaired")."""
+        return self.paired if pool == "paired" else self.unpaired if pool == "unpaired" else pool
+
+    def canonical_pool(self, value: str) -> str:
+        """The canonical pool of a stored value (a value no pool maps to is returned as it is)."""
+        return "paired" if value == self.paired else "unpaired" if value == self.unpaired else value
+
+    def pool_filter_of(self, pool: str) -> str:
+        return self.paired_filter if pool == "paired" else self.unpaired_filter if pool == "unpaired" else ""
 
 
 # HNSW's build parameters when ``index_params`` is empty. At efConstruction 100 a clustered pool's graph left some images
@@ -164,6 +183,11 @@ def _collection(raw: Mapping[str, Any], where: str) -> CollectionConfig:
     if isinstance(raw, CollectionConfig):
         return raw
     check_types(CollectionConfig, raw, where)
+    for key in ("paired", "unpaired"):
+        if key in raw and not raw[key]:
+            raise ConfigError(f"{where}: {key} = \"\": give the pool field's value of the {key} pool")
+    if raw.get("paired", "paired") == raw.get("unpaired", "unpaired"):
+        raise ConfigError(f"{where}: paired and unpaired both map to {raw.get('paired')!r}; give each pool its own value")
     return CollectionConfig(**raw)
 
 

@@ -67,7 +67,7 @@ def test_manifest_pool_column_and_flag(tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_manifest_missing_column_fails_at_once(tmp_path, suffix):
     rows = [{"id": "a", "path": "a.png"}]
-    with pytest.raises(InputError, match=r"manifest\..*lacks column\(s\) \['uri'\]"):
+    with pytest.raises(InputError, match=r"manifest\..*no 'uri' column .*\(its columns: id, path\).*--uri-column path"):
         load_source(write_manifest(tmp_path, suffix, rows))
 
 

@@ -85,13 +85,18 @@ def test_every_strategy_never_offers_a_pick_twice(tmp_path, pool_files):
         api.select(config, budget=91 - len(seen), strategy="coreset", record=True)
 
 
-def test_read_only_store_selects_without_writing(tmp_path, pool_files):
+def test_read_only_store_keeps_its_rounds_in_the_meta_collection(tmp_path, pool_files):
     config = loaded(str(tmp_path / "h.db"), "mapped", pool_files)
     mapped = dataclasses.replace(config, store=dataclasses.replace(
         config.store, images=CollectionConfig(collection_name="mapped_images", read_only=True)))
     result = api.select(mapped, budget=5, strategy="coreset", record=True)
-    assert result.round is None and "read_only" in result.note
-    assert set(rounds_of(config).values()) == {-1}
-    assert api.status(mapped, rounds=True)["rounds"] == []
+    assert result.round == 1 and result.note is None
+    assert set(rounds_of(config).values()) == {-1}  # no row of the read_only collection was written
+    rounds = api.status(mapped, rounds=True)["rounds"]
+    assert [(r["round"], r["size"], r["pending"], r["state"]) for r in rounds] == [(1, 5, 5, "recorded")]
     again = api.select(mapped, budget=5, strategy="coreset", record=True)
-    assert list(again.selection.ids) == list(result.selection.ids)  # nothing was recorded, so the same picks come back
+    assert again.round == 2 and not set(again.selection.ids) & set(result.selection.ids)  # never offered twice
+    assert api.status(mapped)["selected"] == 10
+    assert api.release(mapped, 1) == {"round": 1, "released": 5, "annotated": 0}
+    third = api.select(mapped, budget=85, strategy="random", seed=0)  # 90 - round 2's 5: round 1's picks are back
+    assert set(result.selection.ids) <= set(third.selection.ids)

@@ -222,3 +222,41 @@ def test_cli_eval_json_and_bad_flags(trained, scenes):
     assert bad.exit_code == 1 and "hinge" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, ["train", "--store", str(scenes)])
     assert bad.exit_code == 1 and "not both" in bad.output
+
+
+# --- small paired sets: a validation set too small to choose an epoch ---------------------------------------------------
+
+def test_a_tiny_validation_set_cannot_keep_the_untrained_epoch():
+    from hnsel.model.train import MIN_VAL_IMAGES
+
+    images, texts, index = synthetic(60)
+    val = (images[:1], texts[:3], index[:3])  # one held-out image: every model scores R-sum 600 on it
+    train_part = (images[10:], texts[30:], index[30:] - 10)
+    heads, curve = train_heads(*train_part, val=val, epochs=4, batch_size=32, lr=1e-2, seed=0, patience=1)
+    assert curve[0]["val_rsum"] == 600 and len(curve) == 5  # no early stop on a flat 600
+    assert [c.get("kept", False) for c in curve] == [False, False, False, False, True]
+    enough = (images[:MIN_VAL_IMAGES], texts[:3 * MIN_VAL_IMAGES], index[:3 * MIN_VAL_IMAGES])
+    _, curve = train_heads(*train_part, val=enough, epochs=4, batch_size=32, lr=1e-2, seed=0, patience=1)
+    kept = [c for c in curve if c.get("kept")]
+    assert len(kept) == 1 and kept[0]["val_rsum"] == max(c["val_rsum"] for c in curve)
+
+
+def test_train_on_ten_paired_images_warns_and_says_which_epoch_it_kept(tmp_path, model_config):
+    from typer.testing import CliRunner
+
+    from hnsel.cli import app
+
+    out = tmp_path / "scenes"
+    generate_scenes(out, n=10, seed=1, image_size=64, captions=2)  # --split all: the 10 of every split, 1 held out
+    common = ["--model-name", model_config, "--pretrained", "none", "--device", "cpu", "--split", "all", "--epochs", "3",
+              "--cache-dir", str(tmp_path / "cache"), "--milvus-uri", str(tmp_path / "h.db")]
+    result = CliRunner().invoke(app, ["train", str(out / "dataset_scenes.json"), "--out", str(tmp_path / "m"), *common, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_images"] == 10 and summary["best_epoch"] == 3 and [c["epoch"] for c in summary["curve"]] == [0, 1, 2, 3]
+    assert summary["warning"].startswith("validation has only 1 image(s), too few to choose an epoch")
+    assert "kept the last (epoch 3)" in summary["warning"] and summary["kept_because"].startswith("kept epoch 3, the last")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("warning: validation has only 1 image(s)")
+    result = CliRunner().invoke(app, ["train", str(out / "dataset_scenes.json"), "--out", str(tmp_path / "m2"), *common, "--val-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    assert "kept epoch 3, the last: there is no validation set" in result.stdout and "checkpoint (epoch 3)" in result.stdout

@@ -14,6 +14,7 @@ from rich.text import Text
 from .. import api
 from ..schema import DEFAULT_PRETRAINED
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, progress_bar, show, show_progress
 
 
@@ -44,6 +45,9 @@ def embed(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
     ray_batch_size: Annotated[int, typer.Option("--ray-batch-size", help="Images per actor call and per write with --ray.", rich_help_panel="Ray")] = 256,
     ray_concurrency: Annotated[Optional[int], typer.Option("--ray-concurrency", help="Encoder actors with --ray (default: one per GPU; without GPUs, CPUs - 1).", rich_help_panel="Ray")] = None,
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
+    allow_duplicates: Annotated[bool, typer.Option("--allow-duplicates", help="Store a file whose content is already stored (or listed) under "
+                                                   "another id anyway, and list it (default: refuse, naming both ids).")] = False,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
@@ -51,7 +55,7 @@ def embed(
     workers = _default_workers() if num_workers is None else num_workers
     common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
                   images_dir=images_dir, pool=pool, split=split, errors_path=errors, id_field=id_field, caption_field=caption_field,
-                  image_column=image_column)
+                  image_column=image_column, **column_options(id_column, uri_column, caption_column), allow_duplicates=allow_duplicates)
     cluster = ray_address if ray_address else ray
     if bulk is not None and cluster:
         fail("--bulk writes files on this machine; it does not combine with --ray (on a Milvus server, --ray upserts in batches from every worker)")
@@ -82,6 +86,12 @@ def _print_report(summary: dict) -> None:
                       f"cluster {r['cpus']:g} CPUs / {r['gpus']:g} GPUs; writes by the {r['writes']})", highlight=False, markup=False)
     else:
         console.print(f"{summary['images_per_second']:.1f} images/s over {seconds:.1f}s ({load_share:.0%} waiting for image decoding)", highlight=False)
+    if summary["images_paired"]:
+        console.print(f"{summary['images_paired']} stored unpaired image(s) got their captions and are paired now", highlight=False)
+    for d in summary["duplicates"][:20]:
+        where = "stored" if d["stored"] else "listed"
+        console.print(f"warning: image {d['id']!r} is the same file as image {d['same_as']!r} ({where}); stored twice (--allow-duplicates)",
+                      highlight=False, markup=False)
     if summary["captions_dropped"]:
         console.print(f"{summary['captions_dropped']} captions of unpaired images were not embedded", highlight=False)
     if summary["failures"]:

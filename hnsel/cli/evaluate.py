@@ -11,6 +11,7 @@ from rich.table import Table
 from .. import api
 from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
@@ -28,6 +29,7 @@ def eval_(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes.")] = 0,
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Recall@1, @5, @10 for image-to-text and text-to-image, and R-sum (every caption of an image is a match)."""
@@ -35,7 +37,8 @@ def eval_(
     with progress_bar(show_progress(json_output)) as on_progress:
         report = api.evaluate(cfg, source, store=store, split=None if split == "all" else split, pool=pool, model_name=model_name,
                               pretrained=pretrained, images_dir=images_dir, cache_dir=cache_dir, device=device,
-                              batch_size=batch_size, num_workers=num_workers, on_progress=on_progress)
+                              batch_size=batch_size, num_workers=num_workers, on_progress=on_progress,
+                              **column_options(id_column, uri_column, caption_column))
     if json_output:
         print_json(report.metrics)
         return

@@ -11,6 +11,7 @@ from rich.table import Table
 from .. import api
 from ..schema import DEFAULT_CACHE_DIR
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import ConfigOpt, JsonOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
@@ -48,6 +49,7 @@ def simulate(
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Folder the source's image paths are relative to.")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache.")] = DEFAULT_CACHE_DIR,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Simulate active learning with an oracle: train, select, reveal captions, evaluate; per strategy and seed."""
@@ -57,7 +59,7 @@ def simulate(
                               init=init, rounds=rounds, budget=budget, split=split, test_split=test_split, model_name=model_name,
                               pretrained=pretrained, loss=loss, head=head, epochs=epochs, batch_size=batch_size, lr=lr,
                               milvus_uri=milvus_uri, images_dir=images_dir, cache_dir=cache_dir, device=device, on_progress=on_progress,
-                              probabilistic=probabilistic)
+                              probabilistic=probabilistic, **column_options(id_column, uri_column, caption_column))
     summary = report.summary()
     if json_output:
         print_json(summary)

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .. import api
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, err_console, get_config, handle_errors, print_json, progress_bar, show_progress
 
 
 @app.command()
@@ -48,6 +48,8 @@ def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt 
         table.add_row(kind, str(info[kind]["paired"]), str(info[kind]["unpaired"]))
     console.print(table)
     console.print(f"dimension: {info['dim']}   selected (carry a round): {info['selected']}")
+    for warning in info.get("warnings", []):
+        err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     from .rounds import print_unfinished, rounds_table
 
     if info["rounds"]:

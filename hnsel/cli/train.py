@@ -13,6 +13,7 @@ from .. import api
 from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from ..errors import ConfigError
 from . import app
+from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import (
     ConfigOpt,
     JsonOpt,
@@ -20,6 +21,7 @@ from ._common import (
     TokenOpt,
     UriOpt,
     console,
+    err_console,
     get_config,
     handle_errors,
     progress_session,
@@ -91,6 +93,7 @@ def train(
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes for feature extraction.")] = 0,
     probabilistic: Annotated[float, typer.Option("--probabilistic", help="Head mode: Gaussian heads (a mean and a variance per sample) trained with this "
                                                  "weight on a match loss beside --loss; embed then stores each sample's variance (docs/ascmr.md).")] = 0.0,
+    id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Train on the paired set with early stopping on validation R-sum; write a checkpoint hnsel embed and eval load."""
@@ -102,7 +105,10 @@ def train(
             lr=lr, weight_decay=weight_decay, seed=seed, patience=patience, split=None if split == "all" else split,
             val_split=val_split, val_fraction=val_fraction, lock=lock, images_dir=images_dir, cache_dir=cache_dir,
             device=device, num_workers=num_workers, on_progress=on_progress, on_epoch=on_epoch, probabilistic=probabilistic,
+            **column_options(id_column, uri_column, caption_column),
         )
+    if report.warning:  # on stderr, with --json too
+        err_console.print(f"warning: {report.warning}", highlight=False, markup=False, soft_wrap=True)
     show(report.summary(), json_output, _print_report)
 
 
@@ -120,4 +126,5 @@ def _print_report(summary: dict) -> None:
     if f:
         console.print(f"backbone features: {f.get('computed_images', 0)} images and {f.get('computed_texts', 0)} captions computed "
                       f"({summary['feature_seconds']:.1f}s), the rest from the cache", highlight=False)
-    console.print(f"checkpoint (best epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False, markup=False)
+    console.print(summary["kept_because"], highlight=False, markup=False)
+    console.print(f"checkpoint (epoch {summary['best_epoch']}): {summary['checkpoint']}", highlight=False, markup=False)

@@ -22,7 +22,7 @@ from ..errors import InputError
 from .records import Dataset, ImageRecord
 from .coco_karpathy import json_kind, read_coco, read_json, read_karpathy
 from .images import IMAGE_EXTENSIONS
-from .manifests import MANIFEST_SUFFIXES, read_manifest
+from .manifests import MANIFEST_SUFFIXES, ManifestColumns, read_manifest
 from .shards import SHARD_FORMATS, ShardSource, detect_shards, open_shards
 from ..schema import POOLS
 
@@ -69,18 +69,23 @@ def read_folder(path: str | os.PathLike) -> Dataset:
 
 
 def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None = None, pool: str | None = None,
-                split: str | None = None) -> Dataset:
-    """Read ``source`` (format detected), keep one ``split`` if asked, and decide every record's pool."""
+                split: str | None = None, *, id_column: str | None = None, uri_column: str | None = None,
+                caption_column: str | None = None) -> Dataset:
+    """Read ``source`` (format detected), keep one ``split`` if asked, and decide every record's pool. ``*_column``:
+    a manifest's own column names (``manifests.read_manifest``); refused for other sources."""
     if pool is not None and pool not in POOLS:
         raise InputError(f"--pool {pool!r} is not 'paired' or 'unpaired'")
     kind, doc = _detect(source)
+    columns = ManifestColumns(id_column, uri_column, caption_column)
     if kind in SHARD_FORMATS:
         raise InputError(f"{kind} shards are streamed by `hnsel embed` only; this needs an image folder, a manifest or a COCO/Karpathy .json",
                          path=source)
+    if columns.given() and kind != "manifest":
+        raise InputError(f"{', '.join(columns.given())} apply to .csv/.jsonl/.parquet manifests, not to a {kind}", path=source)
     if kind == "folder":
         dataset = read_folder(source)
     elif kind == "manifest":
-        dataset = read_manifest(source, images_dir)
+        dataset = read_manifest(source, images_dir, id_column=id_column, uri_column=uri_column, caption_column=caption_column)
     else:
         dataset = (read_coco if kind == "coco" else read_karpathy)(source, images_dir, doc=doc)
     dataset = dataclasses.replace(dataset, format=kind)
@@ -93,16 +98,22 @@ def load_source(source: str | os.PathLike, images_dir: str | os.PathLike | None 
 
 
 def open_source(source: str | os.PathLike, images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None, *,
-                id_field: str | None = None, caption_field: str | None = None, image_column: str | None = None) -> Dataset | ShardSource:
+                id_field: str | None = None, caption_field: str | None = None, image_column: str | None = None, id_column: str | None = None,
+                uri_column: str | None = None, caption_column: str | None = None) -> Dataset | ShardSource:
     """``load_source`` for files and folders; for shards (WebDataset, Parquet with image bytes) a checked ``ShardSource``
-    to stream. The shard options are refused for other sources, and ``images_dir``/``split`` for shards."""
+    to stream. The shard options are refused for other sources, the manifest columns and ``images_dir``/``split`` for shards."""
     kind = detect_format(source, image_column)
     shard_flags = {"--id-field": id_field, "--caption-field": caption_field, "--image-column": image_column}
+    columns = ManifestColumns(id_column, uri_column, caption_column)
     if kind not in SHARD_FORMATS:
         given = [flag for flag, value in shard_flags.items() if value]
         if given:
             raise InputError(f"{', '.join(given)} apply to WebDataset shards and Parquet files with image bytes, not to a {kind}", path=source)
-        return load_source(source, images_dir=images_dir, pool=pool, split=split)
+        return load_source(source, images_dir=images_dir, pool=pool, split=split, id_column=id_column, uri_column=uri_column,
+                           caption_column=caption_column)
+    if columns.given():
+        raise InputError(f"{', '.join(columns.given())} apply to manifests of image paths; {kind} shards hold their images: use "
+                         "--id-field, --caption-field and --image-column", path=source)
     for flag, value in (("--images-dir", images_dir), ("--split", split)):
         if value is not None:
             raise InputError(f"{flag} does not apply to {kind} shards (their images are inside them)", path=source)

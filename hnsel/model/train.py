@@ -8,7 +8,10 @@ model (optionally with one tower locked, LiT-style) with the same loop.
 One epoch is one pass over the captions in a seeded random order, cut into batches of ``batch_size``
 captions; a batch's images are the distinct images of its captions (an image with two captions in the
 batch appears once, owning both). After every epoch the validation R-sum is measured; training stops
-after ``patience`` epochs without a better one, and the best epoch's weights are returned.
+after ``patience`` epochs without a better one, and the best epoch's weights are returned. A validation set of
+fewer than ``MIN_VAL_IMAGES`` images cannot choose an epoch (on one image every model scores R-sum 600, so the
+untrained epoch 0 would always win; below 10 images R@10 is 100 whatever the weights): then, as without one,
+every epoch runs and the last is kept. The kept curve entry carries ``"kept": True``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ from .heads import HEAD_KINDS, ProjectionHead
 from .losses import LossSpec, caption_labels, parse_loss
 from .probabilistic import MatchCalibration, probabilistic_loss, uncertainty
 
-__all__ = ["train_heads", "apply_heads", "head_uncertainty", "split_validation", "train_full", "fit", "check_paired"]
+__all__ = ["train_heads", "apply_heads", "head_uncertainty", "split_validation", "train_full", "fit", "check_paired", "holdout_size",
+           "can_select", "MIN_VAL_IMAGES"]
 
 EpochFn = Callable[[dict], None]  # called with each curve entry as it is made
 
 
 INIT_VARIANCE = 0.1  # a probabilistic head's initial summed variance (docs/ascmr.md)
+MIN_VAL_IMAGES = 10  # fewer validation images cannot choose an epoch: R@10 is 100 whatever the weights
+
+
+def holdout_size(n_images: int, fraction: float) -> int:
+    """Images ``split_validation`` holds out of ``n_images``: ``round(fraction * n)``, 0 when that is none or all."""
+    n_val = int(round(fraction * n_images))
+    return n_val if 1 <= n_val < n_images else 0
+
+
+def can_select(n_val_images: int) -> bool:
+    """Whether a validation set of this many images can choose the epoch to keep."""
+    return n_val_images >= MIN_VAL_IMAGES
 
 
 def check_paired(image_feats: np.ndarray, text_feats: np.ndarray, text_image_index: np.ndarray, what: str = "paired set") -> None:
@@ -55,8 +71,8 @@ def split_validation(image_feats, text_feats, text_image_index, fraction: float,
     """
     index = np.asarray(text_image_index)
     n_img = len(image_feats)
-    n_val = int(round(fraction * n_img))
-    if n_val < 1 or n_val >= n_img:
+    n_val = holdout_size(n_img, fraction)
+    if not n_val:
         return (image_feats, text_feats, index), None
     is_val = np.zeros(n_img, dtype=bool)
     is_val[rng.choice(n_img, size=n_val, replace=False)] = True
@@ -107,13 +123,16 @@ def fit(
     rng: np.random.Generator,
     on_epoch: EpochFn | None = None,
     extra: Callable[[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    select: bool = True,
 ) -> list[dict]:
-    """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve. ``extra(images, captions,
-    pos, img, txt)``: a term added to each batch's loss (the probabilistic heads' match loss)."""
+    """The shared loop; leaves the best epoch's weights in ``modules``, returns the curve, the kept entry marked
+    ``"kept": True``. ``extra(images, captions, pos, img, txt)``: a term added to each batch's loss (the probabilistic
+    heads' match loss). ``select`` False: ``validate`` is measured for the curve but chooses nothing: every epoch runs
+    and the last is kept."""
     index = np.asarray(text_image_index)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     curve = [_entry(0, None, validate, time.perf_counter())]
-    best, best_state, stale = curve[0]["val_rsum"], _state(modules), 0
+    best, best_state, stale, kept = curve[0]["val_rsum"], _state(modules), 0, 0
     _report(on_epoch, curve[0], epochs)
     for epoch in range(1, epochs + 1):
         started, total, seen = time.perf_counter(), 0.0, 0
@@ -132,15 +151,16 @@ def fit(
             m.eval()
         curve.append(_entry(epoch, total / max(seen, 1), validate, started))
         _report(on_epoch, curve[-1], epochs)
-        rsum = curve[-1]["val_rsum"]
+        rsum = curve[-1]["val_rsum"] if select else None
         if rsum is None or best is None or rsum > best:
-            best, best_state, stale = rsum, _state(modules), 0
+            best, best_state, stale, kept = rsum, _state(modules), 0, epoch
         else:
             stale += 1
             if stale >= patience:
                 break
     for m, s in zip(modules, best_state):
         m.load_state_dict(s)
+    curve[kept]["kept"] = True
     return curve
 
 
@@ -295,7 +315,7 @@ def _train_heads(image_feats, text_feats, text_image_index, *, loss, loss_params
     curve = fit(embed, params, modules, index, loss=spec, labels=labels,
                 validate=(lambda: _val_rsum(heads, val)) if val is not None else None,
                 epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                patience=patience, rng=rng, on_epoch=on_epoch, extra=extra)
+                patience=patience, rng=rng, on_epoch=on_epoch, extra=extra, select=val is not None and can_select(len(val[0])))
     if probabilistic > 0:
         for h in heads.values():
             h.spec["match"] = match.match_parameters()
@@ -340,12 +360,14 @@ def train_full(
     validate: Callable[[], float] | None = None,
     patience: int = 3,
     on_epoch: EpochFn | None = None,
+    select: bool = True,
 ) -> list[dict]:
     """Fine-tune ``encoder.model`` in place on (images, captions) pairs; returns the curve.
 
     ``load_images(image_indices)`` returns the preprocessed image tensors (m, 3, H, W);
     ``lock`` = ``"image"`` or ``"text"`` freezes that tower (LiT-style); ``label_feats`` are the fixed
-    text features the ``kendall`` loss needs; ``validate()`` returns an R-sum with the current weights.
+    text features the ``kendall`` loss needs; ``validate()`` returns an R-sum with the current weights; ``select``
+    False (a validation set too small to choose, ``can_select``): every epoch runs and the last is kept.
     """
     spec = loss if isinstance(loss, LossSpec) else parse_loss(loss, **(loss_params or {}))
     if spec.needs_labels and label_feats is None:
@@ -363,7 +385,7 @@ def train_full(
     labels = _label_fn(torch.from_numpy(_unit(label_feats)), index, int(index.max()) + 1) if spec.needs_labels else None
     return fit(embed, tower_params, [model], index, loss=spec, labels=labels, validate=validate, epochs=epochs,
                batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-               rng=np.random.default_rng(seed), on_epoch=on_epoch)
+               rng=np.random.default_rng(seed), on_epoch=on_epoch, select=select)
 
 
 def _tower_params(model: torch.nn.Module, lock: str | None) -> list[torch.nn.Parameter]:

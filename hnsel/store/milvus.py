@@ -149,17 +149,32 @@ class Store:
         return getattr(self.config, kind)
 
     def pool_filter(self, kind: str, pool: str, unselected: bool = False) -> str:
-        """The filter of one pool; ``unselected``: only samples no round has picked (when the collection has rounds)."""
+        """The filter of one pool; ``unselected``: only samples no round has picked (by their round field, or for
+        rounds kept in the meta collection, by the picks kept there: ``pools.picked_in_meta``)."""
+        if unselected and self.rounds_in_meta(kind):
+            from .pools import picked_in_meta
+
+            return self.excluding(kind, self.where(kind, pool=pool), picked_in_meta(self, kind))
         return self.where(kind, pool=pool, round=-1 if unselected and self.has_field(kind, "round") else None)
 
+    def rounds_in_meta(self, kind: str) -> bool:
+        """Whether ``kind``'s rounds are kept in the meta collection: a read_only collection, or one without a round field."""
+        return self.read_only(kind) or (self.has(kind) and not self.has_field(kind, "round"))
+
+    def _pool_term(self, kind: str, pool: str) -> str:
+        """One pool as ``hnsel.toml`` maps it: its filter expression, else the pool field equal to its value."""
+        f = self.fields(kind)
+        expr = f.pool_filter_of(pool)
+        return f"({expr})" if expr else f"{f.pool} == {quote(f.pool_value(pool))}"
+
     def where(self, kind: str, *, pool: str | None = None, round: int | None = None, min_round: int | None = None,
-              below_round: int | None = None, image_ids: Sequence[str] | None = None) -> str:
+              below_round: int | None = None, image_ids: Sequence[str] | None = None, uris: Sequence[str] | None = None) -> str:
         """A filter expression of ``kind``'s rows: every condition given must hold (``""``: all rows). The only
         place hnsel writes a filter; strings enter through ``quote``, numbers as ints."""
         f = self.fields(kind)
         terms = []
         if pool is not None:
-            terms.append(f"{f.pool} == {quote(pool)}")
+            terms.append(self._pool_term(kind, pool))
         if round is not None:
             terms.append(f"{f.round} == {int(round)}")
         if min_round is not None:
@@ -168,6 +183,8 @@ class Store:
             terms.append(f"{f.round} < {int(below_round)}")
         if image_ids is not None:
             terms.append(in_filter(f.image_id, list(image_ids)))
+        if uris is not None:
+            terms.append(in_filter(f.uri, list(uris)))
         return " and ".join(terms)
 
     def excluding(self, kind: str, filter: str, ids: Sequence[str]) -> str:
@@ -334,6 +351,8 @@ class Store:
             if c in columns:
                 columns[c] = [float(x) for x in columns[c]]
         f = self.fields(kind)
+        if "pool" in columns:
+            columns["pool"] = self._stored_pools(kind, columns["pool"])
         row_bytes = vectors.shape[1] * 4 + sum(len(i) for i in ids) // len(ids) + 256
         step = max(1, self.config.insert_batch_bytes // row_bytes)
         for start in range(0, len(ids), step):
@@ -352,6 +371,8 @@ class Store:
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
         f = self.fields(kind)
+        if "pool" in values:
+            values = dict(values, pool=self._stored_pools(kind, [values["pool"]])[0])
         wanted = [getattr(f, c) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if self.has_field(kind, c)]
         changed = 0
         for start in range(0, len(ids), 1000):
@@ -362,6 +383,23 @@ class Store:
                 self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
             changed += len(rows)
         return changed
+
+    def _stored_pools(self, kind: str, pools: Sequence[str]) -> list[str]:
+        """Canonical pools as the collection stores them (``hnsel.toml``'s values); pools given by filters cannot be written."""
+        f = self.fields(kind)
+        if f.paired_filter or f.unpaired_filter:
+            raise StoreError(f"collection {self.name(kind)}: its pools are filter expressions in hnsel.toml, so hnsel cannot write a "
+                             "sample's pool; map pool values (paired = \"...\", unpaired = \"...\") or set read_only")
+        return [f.pool_value(p) for p in pools]
+
+    def _canonical_rows(self, kind: str, rows: list[dict]) -> list[dict]:
+        """Rows (canonical names) with the pool field's values read back as "paired" / "unpaired"."""
+        f = self.fields(kind)
+        if (f.paired, f.unpaired) == ("paired", "unpaired") or not rows or "pool" not in rows[0]:
+            return rows
+        for row in rows:
+            row["pool"] = f.canonical_pool(row["pool"])
+        return rows
 
     def set_round(self, kind: str, ids: Sequence[str], round_: int) -> int:
         """Mark samples with a round number (-1 releases them)."""
@@ -380,7 +418,7 @@ class Store:
                                 output_fields=names, consistency_level=self._consistency()))
         if canonical:
             rename = {getattr(f, c): c for c in output_fields}
-            out = [{rename.get(k, k): v for k, v in row.items()} for row in out]
+            out = self._canonical_rows(kind, [{rename.get(k, k): v for k, v in row.items()} for row in out])
         return out
 
     def get_rounds(self, kind: str, ids: Sequence[str]) -> dict[str, int]:
@@ -421,7 +459,7 @@ class Store:
                 return
             rows.sort(key=lambda row: row[f.id])
             last = rows[-1][f.id]
-            yield [{rename[k]: v for k, v in row.items() if k in rename} for row in rows]
+            yield self._canonical_rows(kind, [{rename[k]: v for k, v in row.items() if k in rename} for row in rows])
             # A short page is not the end: in iterator mode a server returns fewer than ``limit`` rows when a page
             # spans segments (at 1M rows it stopped the listing at 138,000 of 1,000,000); only an empty page is.
 

@@ -16,6 +16,7 @@ from ..schema import KINDS, MATCH_META_KEY, MODALITIES, ProgressFn
 from ..strategies import AnchorChunk, SelectionProblem
 from ..strategies.base import positions, sorter_for
 from .milvus import MAX_TOPK, Store
+from .pools import pool_mismatch
 
 __all__ = ["build_problem", "MilvusIndex", "StoreVectors", "side_kinds", "require_collections"]
 
@@ -144,6 +145,10 @@ def build_problem(store: Store, modality: str, on_progress: ProgressFn | None = 
 
     started = time.perf_counter()
     candidate_ids, candidate_uncertainty = _candidates(store, side)
+    if not len(candidate_ids):  # a pool mapping that matches nothing says so, instead of "the unpaired pool is empty"
+        why = pool_mismatch(store, side)
+        if why:
+            raise SelectionError(why)
     n_anchors = store.count(anchor_kind, store.pool_filter(anchor_kind, "paired"))
     listed = time.perf_counter() - started
     return SelectionProblem(candidate_ids=candidate_ids, index=index, anchors=_anchor_stream(store, modality), n_anchors=n_anchors,

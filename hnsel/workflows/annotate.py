@@ -29,7 +29,7 @@ from ..data.vector_files import unit_rows
 from ..tables import write_table
 from ..schema import ID_MAX_LENGTH, KIND_OF, MODEL_META_KEY, text_problem
 from .journal import begin_import, end_import
-from .rounds import round_log
+from .rounds import round_log, round_picks
 
 __all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport", "derive_caption_id"]
 
@@ -55,10 +55,17 @@ def export_round(config: HnselConfig, number: int, format: str = "csv", out: str
     with open_store(config.store) as store:
         log = round_log(store, number)
         modality, kind = log["modality"], log["kind"]
-        expr = store.where(kind, round=number, pool=None if include_annotated else "unpaired")
         extra = ("uri",) if kind == "images" else ("text",)
         extra = tuple(c for c in extra if store.has_field(kind, c))
-        rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
+        if store.rounds_in_meta(kind):  # a read_only collection's round: its picks are kept in the meta collection
+            picked = (round_picks(store, number) or {"ids": []})["ids"]
+            f = store.fields(kind)
+            by_pool = not include_annotated and store.has_field(kind, "pool") and not (f.paired_filter or f.unpaired_filter)
+            rows = sorted((r for r in store.get(kind, picked, ("id", *(("pool",) if by_pool else ()), *extra))
+                           if not by_pool or r["pool"] == "unpaired"), key=lambda r: r["id"])
+        else:
+            expr = store.where(kind, round=number, pool=None if include_annotated else "unpaired")
+            rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
     if format == "label-studio":
         tasks = [{"data": ({"image": r.get("uri", ""), "image_id": r["id"]} if modality == "image" else {"text": r.get("text", ""), "text_id": r["id"]})
                   | {"round": number}} for r in rows]

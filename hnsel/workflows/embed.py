@@ -30,6 +30,7 @@ from ..model.encoder import Encoder, load_encoder
 from ..schema import DEFAULT_PRETRAINED
 from ..errors import InputError
 from ..store.bulk import BulkSink
+from .embed_own import check_duplicates, pair_stored, record_stored_digests
 from ..tables import check_table_path, write_table
 from ..schema import MATCH_META_KEY, MODEL_META_KEY, ProgressFn
 
@@ -47,6 +48,8 @@ class EmbedReport:
     texts_embedded: int = 0
     texts_skipped: int = 0
     captions_dropped: int = 0  # captions of images put in the unpaired pool
+    images_paired: int = 0  # images stored unpaired that this source captioned (embed_own.pair_stored)
+    duplicates: list[dict] = field(default_factory=list)  # same file as another id, stored with --allow-duplicates
     failures: list[dict] = field(default_factory=list)  # {"id", "uri", "reason"}
     errors_path: str | None = None
     bulk_files: dict[str, list[str]] | None = None
@@ -115,9 +118,13 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
           pool: str | None = None, split: str | None = None, overwrite: bool = False, errors_path: str | os.PathLike | None = None,
           encoder: Encoder | None = None, on_progress: ProgressFn | None = None, id_field: str | None = None,
           caption_field: str | None = None, image_column: str | None = None, ray: bool | str = False, ray_batch_size: int = 256,
-          ray_concurrency: int | None = None) -> EmbedReport:
+          ray_concurrency: int | None = None, id_column: str | None = None, uri_column: str | None = None,
+          caption_column: str | None = None, allow_duplicates: bool = False) -> EmbedReport:
     """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees.
 
+    Manifests: ``id_column``, ``uri_column`` and ``caption_column`` name a user's own columns (``data.manifests``). A file
+    stored under another id is refused unless ``allow_duplicates``; images stored unpaired that the source captions are
+    paired (``embed_own``).
     Shards: ``id_field`` (a JSON field of WebDataset samples, a Parquet column), ``caption_field`` and ``image_column``
     (Parquet column or WebDataset extension) say where a sample's parts are (``data.shards``). ``ray``: ``True`` (Ray's
     own discovery: ``RAY_ADDRESS``, a cluster started on this machine, else a local one) or an address runs the encoder
@@ -126,7 +133,8 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     """
     from ..store import open_store
 
-    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
+                     "uri_column": uri_column, "caption_column": caption_column}
     if ray is not False and ray is not None:
         from .ray_embed import check_embed_ray
 
@@ -140,6 +148,9 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
             if store.read_only(kind):
                 raise InputError(f"collection {store.name(kind)} is configured read_only in hnsel.toml; hnsel embed writes to it: "
                                  "embed into another --namespace", path=source)
+        digests = {}
+        if isinstance(dataset, Dataset):  # before anything is written
+            digests, report.duplicates = check_duplicates(store, dataset, allow_duplicates)
         cluster = None
         if ray is not False and ray is not None:
             from .ray_cluster import connect
@@ -159,6 +170,11 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
             else:
                 _run(dataset, encoder, _StoreSink(store), report, batch_size, num_workers, on_progress,
                      skip=None if overwrite else store.existing_ids)
+                if isinstance(dataset, Dataset):
+                    if not overwrite:
+                        report.images_paired, captions = pair_stored(store, dataset, encoder, batch_size)
+                        report.texts_embedded += captions
+                    record_stored_digests(store, digests)
         finally:
             report.seconds = time.perf_counter() - start
             _write_errors(report, errors_path)
@@ -313,11 +329,15 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
                images_dir: str | os.PathLike | None = None, pool: str | None = None, split: str | None = None,
                errors_path: str | os.PathLike | None = None, encoder: Encoder | None = None,
                on_progress: ProgressFn | None = None, id_field: str | None = None, caption_field: str | None = None,
-               image_column: str | None = None) -> EmbedReport:
+               image_column: str | None = None, id_column: str | None = None, uri_column: str | None = None,
+               caption_column: str | None = None, allow_duplicates: bool = False) -> EmbedReport:
     """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
-    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column}
+    shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
+                     "uri_column": uri_column, "caption_column": caption_column}
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
                                         errors_path, encoder, shard_options)
+    if isinstance(dataset, Dataset):
+        report.duplicates = check_duplicates(None, dataset, allow_duplicates)[1]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from ..schema import KINDS, POOLS, ProgressFn
 from ..store import Store, open_store
 from ..data.vector_files import FileSummary, VectorFile, normalised_batches, validate_file
 from .repair import unfinished
+from ..store.pools import picked_in_meta, pool_mismatch
 from .rounds import list_rounds
 
 __all__ = ["ingest", "IngestReport", "status"]
@@ -95,7 +96,10 @@ def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
             if store.has(kind) and store.has_field(kind, "round"):
                 selected += store.count(kind, store.where(kind, min_round=0))
         out["dim"] = store.dim
-        out["selected"] = selected
+        out["selected"] = selected + sum(len(picked_in_meta(store, kind)) for kind in KINDS if store.has(kind) and store.rounds_in_meta(kind))
+        warnings = [why for kind in KINDS if (why := pool_mismatch(store, kind))]
+        if warnings:  # only when a pool mapping matches nothing
+            out["warnings"] = warnings
         if rounds:
             out["rounds"] = list_rounds(store)
             out["unfinished"] = unfinished(store)

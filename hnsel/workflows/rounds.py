@@ -14,6 +14,11 @@ and two rounds never share a number, a log or a pick. ``record_round`` then keep
 the state ``recording``, marks the rows, and sets ``recorded``. A round left ``reserved`` or ``recording`` by a
 process that stopped is finished from its kept picks (when they are complete) or rolled back by ``repair_round``,
 which ``hnsel round repair`` and the next recording ``hnsel select`` run.
+
+A collection hnsel must not write (``read_only``) or one without a round field keeps its rounds in the meta
+collection alone (``Store.rounds_in_meta``): the log and the picks are kept as for any round, no row is marked, and
+the candidate filter leaves out the picks of every round not released (``store.pools``). Releasing such a round gives
+all its picks back (annotations cannot be imported into a read_only collection).
 """
 
 from __future__ import annotations
@@ -67,12 +72,8 @@ def round_log(store: Store, number: int) -> dict:
 
 
 def recordable(store: Store, modality: str) -> str | None:
-    """None when a selection of ``modality`` can be recorded, else why not (one line)."""
-    kind = KIND_OF[modality]
-    if store.read_only(kind):
-        return f"collection {store.name(kind)} is read_only in hnsel.toml: the round was not recorded (its picks may be offered again)"
-    if not store.has_field(kind, "round"):
-        return f"collection {store.name(kind)} has no round field: the round was not recorded"
+    """None when a selection of ``modality`` can be recorded, else why not (one line). Every selection can be now: a
+    collection that cannot carry round marks has its rounds kept in the meta collection (module docstring)."""
     return None
 
 
@@ -140,7 +141,8 @@ def record_round(store: Store, lease: Lease, selection: Any) -> int:
     lease.update(strategy=selection.strategy, params=dict(selection.params), size=int(len(selection)),
                  candidates=int(selection.stats.get("candidates", 0)), picks_sha256=picks_hash(selection.ids),
                  first_ids=[str(x) for x in selection.ids[:5]], stats=_small(selection.stats), state="recording")
-    store.set_round(kind, [str(x) for x in selection.ids], number)
+    if not store.rounds_in_meta(kind):
+        store.set_round(kind, [str(x) for x in selection.ids], number)
     lease.stop()
     lease.update(state="recorded")
     return number
@@ -158,8 +160,11 @@ def abandon_round(store: Store, lease: Lease) -> None:
 
 def _roll_back(store: Store, log: dict) -> int:
     number, kind = int(log["round"]), log["kind"]
-    ids = [r["id"] for batch in store.iter_rows(kind, store.where(kind, round=number), ("id",)) for r in batch] if store.has(kind) else []
-    released = store.set_round(kind, ids, -1)
+    if store.rounds_in_meta(kind):
+        released = len((round_picks(store, number) or {"ids": []})["ids"])
+    else:
+        ids = [r["id"] for batch in store.iter_rows(kind, store.where(kind, round=number), ("id",)) for r in batch] if store.has(kind) else []
+        released = store.set_round(kind, ids, -1)
     store.delete_meta([k for k in store.meta_keys(f"{PICKS_PREFIX}{number:04d}/", strong=True)])
     store.delete_meta([round_key(number)])
     return released
@@ -180,9 +185,11 @@ def repair_round(store: Store, log: dict) -> str:
         return (f"round {number} was left {log.get('state')} by {describe_owner(log)}, which stopped: rolled back "
                 f"({released} marked samples returned to the pool); run hnsel select again")
     kind = log["kind"]
-    rounds = store.get_rounds(kind, picks["ids"])
-    todo = [i for i in picks["ids"] if rounds.get(i) == -1]
-    store.set_round(kind, todo, number)
+    todo = []
+    if not store.rounds_in_meta(kind):
+        rounds = store.get_rounds(kind, picks["ids"])
+        todo = [i for i in picks["ids"] if rounds.get(i) == -1]
+        store.set_round(kind, todo, number)
     store.set_meta(round_key(number), dict(log, state="recorded"))
     return (f"round {number} was left recording by {describe_owner(log)}, which stopped: finished "
             f"({len(todo)} of its {len(picks['ids'])} picks marked now)")
@@ -229,7 +236,11 @@ def round_picks(store: Store, number: int) -> dict[str, list] | None:
     return out if part else None
 
 
-def _counts(store: Store, kind: str, number: int) -> dict[str, int]:
+def _counts(store: Store, kind: str, number: int, log: dict | None = None) -> dict[str, int]:
+    """Annotated (paired) and pending (unpaired) picks of a round; kept in meta: nothing annotated, pending unless released."""
+    if store.rounds_in_meta(kind):
+        pending = 0 if log is None or log.get("state") == "released" else int(log.get("size") or 0)
+        return {"paired": 0, "unpaired": pending}
     return {pool: store.count(kind, store.where(kind, round=number, pool=pool)) for pool in POOLS}
 
 
@@ -239,7 +250,7 @@ def list_rounds(store: Store) -> list[dict]:
     for key in store.meta_keys(ROUND_PREFIX):
         log = store.get_meta(key)
         kind = log.get("kind", KIND_OF.get(log.get("modality", "image"), "images"))
-        counts = _counts(store, kind, log["round"]) if store.has(kind) and store.has_field(kind, "round") else {"paired": 0, "unpaired": 0}
+        counts = _counts(store, kind, log["round"], log) if store.has(kind) else {"paired": 0, "unpaired": 0}
         unfinished = log.get("state") in UNFINISHED
         out.append({"round": log["round"], "modality": log.get("modality"), "strategy": log.get("strategy"), "params": log.get("params", {}),
                     "seed": log.get("seed"), "size": log.get("size"), "annotated": counts["paired"], "pending": counts["unpaired"],
@@ -251,7 +262,7 @@ def list_rounds(store: Store) -> list[dict]:
 def show_round(config: HnselConfig, number: int) -> dict:
     with open_store(config.store) as store:
         log = round_log(store, number)
-        counts = _counts(store, log["kind"], number)
+        counts = _counts(store, log["kind"], number, log)
         config_ = dict(log.get("config") or {})
         if isinstance(config_.get("store"), dict) and "uri" in config_["store"]:  # logs written before URIs were recorded without userinfo
             config_["store"] = dict(config_["store"], uri=redact_uri(config_["store"]["uri"]))
@@ -266,9 +277,10 @@ def release(config: HnselConfig, number: int) -> dict:
         if log.get("state") in UNFINISHED:
             raise StoreError(f"round {number} is still {log['state']} ({describe_owner(log)}); wait for it, or run `hnsel round repair` "
                              "if that process stopped, then release")
-        why = recordable(store, log["modality"])
-        if why:
-            raise StoreError(why.replace("the round was not recorded", "nothing can be released"))
+        if store.rounds_in_meta(kind):  # no marks to clear: the round stops excluding its picks
+            released = int(log.get("size") or 0) if log.get("state") != "released" else 0
+            store.set_meta(round_key(number), dict(log, released=int(log.get("released", 0)) + released, state="released"))
+            return {"round": number, "released": released, "annotated": 0}
         expr = store.where(kind, round=number, pool="unpaired")
         ids = [row["id"] for batch in store.iter_rows(kind, expr, ("id",)) for row in batch]
         released = store.set_round(kind, ids, -1)

@@ -117,8 +117,8 @@ def _pool_of(dataset, split: str, source) -> tuple[Paired, list[str]]:
     return paired, caption_ids
 
 
-def _dataset(source, split: str, test_split: str, images_dir):
-    dataset = load_source(source, images_dir=images_dir)
+def _dataset(source, split: str, test_split: str, images_dir, columns: dict | None = None):
+    dataset = load_source(source, images_dir=images_dir, **(columns or {}))
     splits = sorted({r.split for r in dataset.images if r.split})
     if test_split not in splits or split not in splits or split == test_split:
         raise InputError(f"--split {split!r} and --test-split {test_split!r} must be two splits of the source (it has {splits or 'none'})",
@@ -273,7 +273,8 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
              test_split: str = "test", model_name: str | None = None, pretrained: str | None = DEFAULT_PRETRAINED, loss: str = "infonce",
              head: str = "linear", hidden: int = 1024, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
              milvus_uri: str | None = None, images_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-             device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None, probabilistic: float = 0.0) -> SimulateReport:
+             device: str = "auto", report: bool = True, on_progress: ProgressFn | None = None, probabilistic: float = 0.0,
+             id_column: str | None = None, uri_column: str | None = None, caption_column: str | None = None) -> SimulateReport:
     """Run (or resume) the simulation into ``out``; see the module docstring. ``budget`` None: 5 % of the pool.
     ``probabilistic`` > 0: the heads are Gaussian (docs/ascmr.md), trained with that weight on the match loss; their
     summed variances are stored beside the vectors and their calibrated match parameters in the store's meta record."""
@@ -283,7 +284,7 @@ def simulate(config: HnselConfig, source: str | os.PathLike, *, out: str | os.Pa
     if out.exists() and not out.is_dir():
         raise InputError("--out must be a folder", path=out)
     started = time.perf_counter()
-    dataset = _dataset(source, split, test_split, images_dir)
+    dataset = _dataset(source, split, test_split, images_dir, {"id_column": id_column, "uri_column": uri_column, "caption_column": caption_column})
     n_pool = sum(1 for r in dataset.images if r.split == split and r.captions)
     budget = max(1, int(round(0.05 * n_pool))) if budget is None else budget
     n_init = _check(init, rounds, budget, n_pool, seeds, specs)

@@ -29,7 +29,7 @@ from ..model.metrics import evaluate_recall
 from ..model.features import backbone_features, backbone_id
 from ..schema import DEFAULT_CACHE_DIR
 from ..model.losses import parse_loss
-from ..model.train import EpochFn, apply_heads, train_heads
+from ..model.train import MIN_VAL_IMAGES, EpochFn, apply_heads, can_select, holdout_size, train_heads
 from ..tables import write_text_atomic
 from ..schema import ProgressFn
 
@@ -92,8 +92,8 @@ def paired_from_store(config: HnselConfig, pool: str = "paired", *, fields: tupl
     return paired, extra
 
 
-def _source_sets(source, images_dir, split: str | None, val_split: str | None) -> tuple[Paired, Paired | None]:
-    dataset = load_source(source, images_dir=images_dir)
+def _source_sets(source, images_dir, split: str | None, val_split: str | None, columns: dict | None = None) -> tuple[Paired, Paired | None]:
+    dataset = load_source(source, images_dir=images_dir, **(columns or {}))
     splits = {r.split for r in dataset.images if r.split}
     if split is None or not splits:
         return paired_from_dataset(dataset, str(source)), None
@@ -115,8 +115,10 @@ class TrainReport:
     n_texts: int
     n_val_images: int | None
     curve: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch whose weights the checkpoint holds (the best, or the last: ``kept_because``)
     best_val_rsum: float | None = None
+    kept_because: str = ""  # one line: which epoch was kept and why
+    warning: str | None = None  # one line when validation was too small to choose an epoch
     features: dict = field(default_factory=dict)
     feature_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -164,6 +166,9 @@ def train(
     on_progress: ProgressFn | None = None,
     on_epoch: EpochFn | None = None,
     probabilistic: float = 0.0,
+    id_column: str | None = None,
+    uri_column: str | None = None,
+    caption_column: str | None = None,
 ) -> TrainReport:
     """Train on the paired set and write the checkpoint, its config and its curve into ``out``.
 
@@ -175,7 +180,8 @@ def train(
     if store:
         train_part, val = paired_from_store(config)[0], None
     else:
-        train_part, val = _source_sets(source, images_dir, split, val_split)
+        columns = {"id_column": id_column, "uri_column": uri_column, "caption_column": caption_column}
+        train_part, val = _source_sets(source, images_dir, split, val_split, columns)
     encoder = load_encoder(model_name, pretrained, device)
     base = dataclasses.replace(encoder, image_head=None, text_head=None)
     towers_locked = base.model_info.get("head_dim") is not None  # local towers (LiT): only the heads learn
@@ -207,12 +213,26 @@ def _features(base, paired: Paired, report: TrainReport, **kwargs) -> tuple[np.n
     return images, texts
 
 
-def _finish(report: TrainReport, curve: list[dict]) -> None:
+def _finish(report: TrainReport, curve: list[dict], n_val: int, settings: dict) -> None:
+    """The kept epoch (``fit`` marks it), and one line saying why; a warning when validation could not choose."""
     report.curve = curve
-    scored = [c for c in curve if c["val_rsum"] is not None]
-    best = max(scored, key=lambda c: c["val_rsum"]) if scored else curve[-1]
-    report.best_epoch, report.best_val_rsum = best["epoch"], best["val_rsum"]
+    kept = next((c for c in curve if c.get("kept")), curve[-1])
+    report.best_epoch, report.best_val_rsum = kept["epoch"], kept["val_rsum"]
     report.train_seconds = sum(c["seconds"] for c in curve)
+    last = curve[-1]["epoch"]
+    if can_select(n_val):
+        stopped = f"; stopped after {settings['patience']} epoch(s) without a better one" if last < settings["epochs"] else ""
+        report.kept_because = f"kept epoch {kept['epoch']}: the best validation R-sum ({kept['val_rsum']:.1f} on {n_val} images){stopped}"
+        return
+    report.kept_because = (f"kept epoch {kept['epoch']}, the last: validation ({n_val} image(s)) is too small to choose an epoch, "
+                           "so every epoch ran")
+    if n_val == 0:
+        report.kept_because = (f"kept epoch {kept['epoch']}, the last: there is no validation set (no --val-split, and --val-fraction "
+                               f"{settings['val_fraction']:g} of the images rounds to none), so every epoch ran")
+    else:
+        report.warning = (f"validation has only {n_val} image(s), too few to choose an epoch (at least {MIN_VAL_IMAGES}: below that R@10 "
+                          f"is 100 whatever the weights, and on 1 image even the untrained model scores 600); trained every epoch and kept "
+                          f"the last (epoch {kept['epoch']}); give a --val-split or a larger --val-fraction to stop early")
 
 
 def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dict, report: TrainReport, *, cache_dir,
@@ -231,15 +251,16 @@ def _run_heads(base, train_part: Paired, val: Paired | None, spec, settings: dic
                                epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-3, weight_decay=s["weight_decay"] or 0.0,
                                seed=s["seed"], val=val_arrays, val_fraction=s["val_fraction"], patience=s["patience"], on_epoch=on_epoch,
                                probabilistic=s.get("probabilistic", 0.0))
-    _finish(report, curve)
+    n_val = len(val.image_ids) if val is not None else holdout_size(len(train_part.image_ids), s["val_fraction"])
+    _finish(report, curve, n_val, s)
     save_checkpoint(report.checkpoint, base.model, base.model_info["model_name"], pretrained=base.model_info["base_pretrained"],
                     heads=heads, extra={"backbone": backbone_id(base), "train": settings, "curve": curve})
 
 
 def _holdout(paired: Paired, fraction: float, seed: int) -> tuple[Paired, Paired | None]:
     rng = np.random.default_rng([seed, 1])
-    n_val = int(round(fraction * len(paired.image_ids)))
-    if n_val < 1 or n_val >= len(paired.image_ids):
+    n_val = holdout_size(len(paired.image_ids), fraction)
+    if not n_val:
         return paired, None
     is_val = np.zeros(len(paired.image_ids), bool)
     is_val[rng.choice(len(is_val), n_val, replace=False)] = True
@@ -287,8 +308,9 @@ def _run_full(base, train_part: Paired, val: Paired | None, spec, settings: dict
     curve = train_full(base, load_images, train_part.texts, train_part.text_image_index, loss=spec, label_feats=label_feats,
                        lock=s["lock"], epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"] or 1e-5,
                        weight_decay=0.1 if s["weight_decay"] is None else s["weight_decay"], seed=s["seed"],
-                       validate=validate if val is not None else None, patience=s["patience"], on_epoch=on_epoch)
-    _finish(report, curve)
+                       validate=validate if val is not None else None, patience=s["patience"], on_epoch=on_epoch,
+                       select=val is not None and can_select(len(val.image_ids)))
+    _finish(report, curve, len(val.image_ids) if val is not None else 0, s)
     report.n_images, report.n_texts = len(train_part.image_ids), len(train_part)
     report.n_val_images = len(val.image_ids) if val is not None else None
     save_checkpoint(report.checkpoint, base.model.eval(), base.model_info["model_name"], pretrained=base.model_info["base_pretrained"],
@@ -335,6 +357,9 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int = 0,
     on_progress: ProgressFn | None = None,
+    id_column: str | None = None,
+    uri_column: str | None = None,
+    caption_column: str | None = None,
 ) -> EvalReport:
     """Recall@1/5/10 both ways and R-sum of a model on a source split, or of the store's ``pool`` vectors."""
     if (source is None) == (not store):
@@ -345,7 +370,8 @@ def evaluate(
         metrics = evaluate_recall(np.asarray(vectors["image_vectors"], np.float32), np.asarray(vectors["text_vectors"], np.float32),
                                   paired.text_image_index)
         return EvalReport(metrics, len(paired.image_ids), len(paired), paired.where, None, None, time.perf_counter() - start)
-    dataset = load_source(source, images_dir=images_dir, split=split)
+    dataset = load_source(source, images_dir=images_dir, split=split, id_column=id_column, uri_column=uri_column,
+                          caption_column=caption_column)
     paired = paired_from_dataset(dataset, f"split {split!r} of {source}" if split else str(source))
     encoder = load_encoder(model_name, pretrained, device)
     images, texts, _ = backbone_features(encoder, paired.uris, paired.texts, cache_dir=cache_dir, batch_size=batch_size,
