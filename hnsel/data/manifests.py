@@ -81,6 +81,11 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def _id(value: Any) -> str:
+    """An id as written (never stripped: ``cat`` and ``cat `` are two ids); None or NaN is no id."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 class _Builder:
     """Collects rows into records, checking ids, pools and references as it goes."""
 
@@ -92,8 +97,8 @@ class _Builder:
         self.text_ids: set[str] = set()
 
     def add(self, row: dict[str, Any], number: int) -> None:
-        rid, uri, caption = _text(row.get("id")), _text(row.get("uri")), _text(row.get("caption"))
-        image_id, pool = _text(row.get("image_id")), _text(row.get("pool")).lower()
+        rid, uri, caption = _id(row.get("id")), _text(row.get("uri")), _text(row.get("caption"))
+        image_id, pool = _id(row.get("image_id")), _text(row.get("pool")).lower()
         if not rid:
             raise InputError("empty id; every row needs an id", path=self.path, row=number)
         if pool and pool not in POOLS:

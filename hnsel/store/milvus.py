@@ -311,8 +311,10 @@ class Store:
     def upsert(self, kind: str, data: Mapping[str, Any]) -> int:
         """Insert or replace rows given as columns (canonical names); batched under the request cap.
 
-        A row's ``round`` and ``uncertainty`` are kept when the columns do not set them, so re-ingesting never forgets a
-        selection and pairing an image keeps its stored variance; a new row gets -1 (unselected; unknown).
+        A field the columns leave out, or give as None for a row, keeps the row's stored value: re-ingesting never
+        forgets a selection, a uri or a caption, and pairing an image keeps its stored variance; a new row gets the
+        default (round -1: unselected; uncertainty unknown; ``""``). Reading the kept values and writing the rows hold
+        the row lock (``leases.row_lock``), so a round marking the same rows meanwhile is never undone.
         """
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
@@ -321,18 +323,18 @@ class Store:
             return 0
         vectors = np.asarray(data["vector"], dtype=np.float32)
         columns = {c: list(data[c]) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if c in data and self.has_field(kind, c)}
-        defaults = {"round": -1, **{c: UNKNOWN_UNCERTAINTY for c in OPTIONAL_FLOAT_FIELDS}}
-        kept = [c for c in defaults if c not in columns and self.has_field(kind, c)]
-        if kept:  # one read for every kept field of the rows already stored
-            held = {r["id"]: r for r in self.get(kind, ids, ["id", *kept])}
-            for c in kept:
-                columns[c] = [held[i][c] if i in held else defaults[c] for i in ids]
-        for c in SCALAR_FIELDS[kind]:
-            if c not in columns and self.has_field(kind, c):
-                columns[c] = [""] * len(ids)
-        for c in OPTIONAL_FLOAT_FIELDS:
-            if c in columns:
-                columns[c] = [float(x) for x in columns[c]]
+        kept = [c for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS)
+                if self.has_field(kind, c) and (c not in columns or any(v is None for v in columns[c]))]
+        held = self.get(kind, ids, ["id", *kept]) if kept else []
+        if not held:  # new rows only: no round can mark a row that is not stored yet, so no lock is needed
+            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {}))
+        from .leases import row_lock
+
+        with row_lock(self):  # read again under the lock, Strong: the rows as every other process left them
+            held = self.get(kind, ids, ["id", *kept], strong=True)
+            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {r["id"]: r for r in held}))
+
+    def _write(self, kind: str, ids: list[str], vectors: np.ndarray, columns: dict[str, list]) -> int:
         f = self.fields(kind)
         row_bytes = vectors.shape[1] * 4 + sum(len(i) for i in ids) // len(ids) + 256
         step = max(1, self.config.insert_batch_bytes // row_bytes)
@@ -351,16 +353,19 @@ class Store:
         Rewrites whole rows: Milvus has no partial update."""
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
+        from .leases import row_lock
+
         f = self.fields(kind)
         wanted = [getattr(f, c) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if self.has_field(kind, c)]
         changed = 0
-        for start in range(0, len(ids), 1000):
-            rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
-            for row in rows:
-                row.update({getattr(f, c): v for c, v in values.items()})
-            if rows:
-                self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
-            changed += len(rows)
+        with row_lock(self):  # no other process rewrites these rows between the read and the write (a concurrent ingest)
+            for start in range(0, len(ids), 1000):
+                rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False, strong=True)
+                for row in rows:
+                    row.update({getattr(f, c): v for c, v in values.items()})
+                if rows:
+                    self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
+                changed += len(rows)
         return changed
 
     def set_round(self, kind: str, ids: Sequence[str], round_: int) -> int:
@@ -368,8 +373,9 @@ class Store:
         return self.update(kind, ids, {"round": int(round_)})
 
     # --- reads --------------------------------------------------------------------------------
-    def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True) -> list[dict]:
-        """Rows by id (missing ids are absent); ``output_fields`` in canonical names unless ``canonical=False``."""
+    def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True, strong: bool = False) -> list[dict]:
+        """Rows by id (missing ids are absent); ``output_fields`` in canonical names unless ``canonical=False``;
+        ``strong``: as every process left them (a read-modify-write under the row lock)."""
         if not ids or not self.has(kind):
             return []
         f = self.fields(kind)
@@ -377,7 +383,7 @@ class Store:
         out: list[dict] = []
         for chunk in _id_chunks(ids):  # a query by quoted ids: pymilvus's get() pastes ids into the filter unescaped
             out.extend(self.rpc(f"read ids from {self.name(kind)}", "query", self._load(kind), filter=in_filter(f.id, chunk),
-                                output_fields=names, consistency_level=self._consistency()))
+                                output_fields=names, consistency_level=self._consistency(strong)))
         if canonical:
             rename = {getattr(f, c): c for c in output_fields}
             out = [{rename.get(k, k): v for k, v in row.items()} for row in out]
@@ -452,6 +458,19 @@ class Store:
                           anns_field=f.vector, output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
                           consistency_level=self._consistency())
         return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]
+
+
+def _kept_columns(columns: dict[str, list], kept: Sequence[str], ids: Sequence[str], held: dict[str, dict]) -> dict[str, list]:
+    """``columns`` with each ``kept`` field filled where it is absent or None: the stored value, else the default."""
+    out = dict(columns)
+    for c in kept:
+        default = -1 if c == "round" else UNKNOWN_UNCERTAINTY if c in OPTIONAL_FLOAT_FIELDS else ""
+        given = columns.get(c) or [None] * len(ids)
+        out[c] = [v if v is not None else held.get(i, {}).get(c, default) for i, v in zip(ids, given)]
+    for c in OPTIONAL_FLOAT_FIELDS:
+        if c in out:
+            out[c] = [float(x) for x in out[c]]
+    return out
 
 
 def _finite(value: Any) -> Any:
