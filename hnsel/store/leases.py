@@ -33,7 +33,7 @@ from ..schema import CLAIM_PREFIX
 from .milvus import Store
 
 __all__ = ["HEARTBEAT_S", "LEASE_S", "CLAIM_PREFIX", "ROWS_CLAIM_PREFIX", "owner", "is_dead", "describe_owner", "Lease", "claim_number",
-           "row_lock"]
+           "row_lock", "holds_row_lock"]
 
 HEARTBEAT_S = 10.0
 LEASE_S = 90.0  # a heartbeat this old means the holder stopped (it refreshes every HEARTBEAT_S)
@@ -132,6 +132,11 @@ def claim_number(store: Store, first: Callable[[], int], key_of: Callable[[int],
 
 
 _held_rows: dict[tuple[int, int], list] = {}  # (id(store), thread) -> [its row-lock lease, depth]: re-entrant per thread
+
+
+def holds_row_lock(store: Store) -> bool:
+    """True when this thread holds the row lock on ``store`` (inside ``row_lock``)."""
+    return (id(store), threading.get_ident()) in _held_rows
 
 
 @contextmanager

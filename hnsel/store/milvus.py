@@ -325,11 +325,11 @@ class Store:
         columns = {c: list(data[c]) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if c in data and self.has_field(kind, c)}
         kept = [c for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS)
                 if self.has_field(kind, c) and (c not in columns or any(v is None for v in columns[c]))]
-        held = self.get(kind, ids, ["id", *kept]) if kept else []
-        if not held:  # new rows only: no round can mark a row that is not stored yet, so no lock is needed
-            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {}))
-        from .leases import row_lock
+        from .leases import holds_row_lock, row_lock
 
+        if not kept or (not holds_row_lock(self) and not self.get(kind, ids, ["id"])):
+            # every field given, or new rows only (no round can mark a row that is not stored yet): no read, no lock
+            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {}))
         with row_lock(self):  # read again under the lock, Strong: the rows as every other process left them
             held = self.get(kind, ids, ["id", *kept], strong=True)
             return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {r["id"]: r for r in held}))
