@@ -353,6 +353,8 @@ class Store:
         Rewrites whole rows: Milvus has no partial update."""
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
+        if not len(ids):
+            return 0
         from .leases import row_lock
 
         f = self.fields(kind)
