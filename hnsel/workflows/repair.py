@@ -14,7 +14,7 @@ from typing import Any
 from ..config import HnselConfig
 from ..errors import StoreError
 from ..schema import CLAIM_PREFIX, ROUND_PREFIX
-from ..store.leases import describe_owner, is_dead
+from ..store.leases import ROWS_CLAIM_PREFIX, describe_owner, is_dead
 from ..store import Store, open_store
 from .journal import repair_import, unfinished_imports, unfinished_ingests
 from .rounds import repair_round, restore_marks, unfinished_rounds
@@ -76,7 +76,8 @@ def repair_dead(store: Store, force: bool = False) -> list[str]:
         if force or record["dead"]:
             done.append(repair_import(store, key, record))
     claims = store.meta_keys(CLAIM_PREFIX, strong=True)
-    store.delete_meta([k for k in claims if force or is_dead(store.get_meta(k))])
+    # a row-lock claim is never forced: its holder beats while it lives, so a stopped one reads as dead within LEASE_S
+    store.delete_meta([k for k in claims if (force and not k.startswith(ROWS_CLAIM_PREFIX)) or is_dead(store.get_meta(k))])
     return done
 
 
