@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 __all__ = [
     "KINDS", "MODALITIES", "KIND_OF", "POOLS", "ID_MAX_LENGTH", "SCALAR_FIELDS", "OPTIONAL_FLOAT_FIELDS", "UNKNOWN_UNCERTAINTY",
     "FIELD_MAX_BYTES", "ProgressFn",
-    "MODEL_META_KEY", "MATCH_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "CLAIM_PREFIX",
+    "MODEL_META_KEY", "MATCH_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "INGEST_PREFIX", "CLAIM_PREFIX",
     "MODEL_IDENTITY_KEYS", "same_model", "describe_model", "text_problem",
     "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "DEVICES", "DEFAULT_CACHE_DIR",
 ]
@@ -40,6 +40,7 @@ MATCH_META_KEY = "match"  # probabilistic heads' calibrated match parameters {"s
 ROUND_PREFIX = "round/"  # round/0003: a round's log
 PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason
 IMPORT_PREFIX = "import/"  # an annotation import's journal
+INGEST_PREFIX = "ingest/"  # an ingest's journal (``hnsel ingest`` still writing)
 CLAIM_PREFIX = "claim/"  # a process's claim on a round number or an import
 
 ProgressFn = Callable[[str, int, Optional[int]], None]  # (task, completed, total or None)

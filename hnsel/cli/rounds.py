@@ -86,5 +86,7 @@ def repair(force: Annotated[bool, typer.Option("--force", help="Also repair work
     for line in result["running"]:
         console.print(f"[yellow]left as is[/yellow]: {escape(line)}; run repair again once it ends (--force if you know it stopped)",
                       highlight=False, soft_wrap=True)
-    if not result["repaired"] and not result["running"]:
+    for line in result.get("left", []):
+        console.print(f"[red]not repaired[/red]: {escape(line)}", highlight=False, soft_wrap=True)
+    if not result["repaired"] and not result["running"] and not result.get("left"):
         console.print("nothing to repair: every round and import is finished")

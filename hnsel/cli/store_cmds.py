@@ -19,12 +19,15 @@ from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console
 def ingest(
     images: Annotated[Optional[Path], typer.Option("--images", help="Parquet or JSONL: id, vector, pool (paired|unpaired), optional uri.")] = None,
     texts: Annotated[Optional[Path], typer.Option("--texts", help="Parquet or JSONL: id, vector, pool, image_id (for paired texts), optional text.")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="The model that computed the vectors: required when the store "
+                                                      "holds vectors of a model (hnsel embed), and it must be that model.")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
-    """Load precomputed image and caption vectors into Milvus (validated first; nothing is written if any row is bad)."""
+    """Load precomputed image and caption vectors into Milvus (validated first; nothing is written if any row is bad).
+    A column a file lacks (uri, text, image_id) leaves the stored values as they are."""
     cfg = get_config(config, milvus_uri, token, namespace)
     with progress_bar(show_progress(json_output)) as on_progress:
-        report = api.ingest(cfg, images=images, texts=texts, on_progress=on_progress)
+        report = api.ingest(cfg, images=images, texts=texts, on_progress=on_progress, model_name=model_name)
     if json_output:
         print_json({"images": report.images, "texts": report.texts, "dim": report.dim})
     else:

@@ -98,8 +98,15 @@ _jsonl_rows = iter_jsonl
 
 
 def _text(row: dict, key: str) -> str:
+    """A caption: edge whitespace dropped (it is prose, not a key)."""
     value = row.get(key)
     return "" if value is None else str(value).strip()
+
+
+def _id(row: dict, key: str) -> str:
+    """An id exactly as written: ids are opaque, so ``cat`` and ``cat `` (or ``img000\\r``) stay two ids."""
+    value = row.get(key)
+    return "" if value is None else str(value)
 
 
 def _row(path: Path, number: int, row: dict, modality: str) -> Annotation:
@@ -109,8 +116,8 @@ def _row(path: Path, number: int, row: dict, modality: str) -> Annotation:
     if missing:
         raise InputError(f"no {' or '.join(missing)} column; an annotation row needs {', '.join(need)}", path=path, row=number)
     if modality == "text":
-        return Annotation(where, image_id=_text(row, "image_id"), text_id=_text(row, "text_id"))
-    return Annotation(where, image_id=_text(row, "image_id"), caption=_text(row, "caption"), caption_id=_text(row, "caption_id"),
+        return Annotation(where, image_id=_id(row, "image_id"), text_id=_id(row, "text_id"))
+    return Annotation(where, image_id=_id(row, "image_id"), caption=_text(row, "caption"), caption_id=_id(row, "caption_id"),
                       vector=_vector(row.get("vector"), path, number))
 
 
@@ -156,14 +163,15 @@ def _label_studio(path: Path) -> tuple[str, list[Annotation]]:
             raise InputError(f"task {number} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)", path=path)
         for text in _task_texts(task, name, where):
             out.append(Annotation(where, image_id=text, text_id=str(data[key])) if modality == "text"
-                       else Annotation(where, image_id=str(data[key]), caption=text))
+                       else Annotation(where, image_id=str(data[key]), caption=text.strip()))
     if not out:
         raise InputError("no annotations in this export (every task is unannotated or cancelled)", path=path)
     return modality, out
 
 
 def _task_texts(task: dict, name: str, where: str) -> list[str]:
-    """The texts of ``name`` text areas in a task's annotations that were not cancelled."""
+    """The texts of ``name`` text areas in a task's annotations that were not cancelled, as typed (an image id is
+    never stripped; the caller strips captions)."""
     def refuse(what: str, value: Any) -> InputError:
         return InputError(f"{where}: {what} is {_shape(value)}; expected the Label Studio export shape (annotations: a list of "
                           "objects, result: a list, value.text: a list of strings); re-export the JSON from Label Studio")
@@ -192,7 +200,7 @@ def _task_texts(task: dict, name: str, where: str) -> list[str]:
             given = [given] if isinstance(given, str) else given  # one string is one text
             if not isinstance(given, list) or not all(isinstance(t, str) for t in given):
                 raise refuse("value.text", given)
-            texts.extend(t.strip() for t in given or [""])
+            texts.extend(given or [""])
     return texts
 
 

@@ -115,6 +115,11 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def _id(value: Any) -> str:
+    """An id as written (never stripped: ``cat`` and ``cat `` are two ids); None or NaN is no id."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 class _Builder:
     """Collects rows into records, checking ids, pools and references as it goes."""
 
@@ -127,7 +132,9 @@ class _Builder:
 
     def _cell(self, row: dict[str, Any], role: str) -> str:
         name = self.columns.get(role)
-        return _text(row.get(name)) if name else ""
+        if not name:
+            return ""
+        return _id(row.get(name)) if role in ("id", "image_id") else _text(row.get(name))
 
     def add(self, row: dict[str, Any], number: int) -> None:
         caption_column = self.columns.get("caption")

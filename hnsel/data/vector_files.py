@@ -191,10 +191,11 @@ def _check_row(vf: VectorFile, row: int, id_: Any, pool: Any, columns: dict, off
 
 
 def normalised_batches(vf: VectorFile, batch_rows: int = 8192) -> Iterator[dict[str, Any]]:
-    """The validated file as columns ready for ``Store.upsert`` (unit vectors, empty strings for absent fields)."""
+    """The validated file as columns ready for ``Store.upsert``: unit vectors, and None where a row has no optional
+    field (no such column, or null), so ``Store.upsert`` keeps the stored value of that row (``""`` for a new one)."""
     for first, columns in iter_batches(vf, batch_rows):
         n = len(columns["id"])
         data: dict[str, Any] = {"id": columns["id"], "vector": _vectors(vf, first, columns["vector"], None), "pool": columns["pool"]}
         for name in OPTIONAL[vf.kind]:
-            data[name] = [v or "" for v in columns.get(name, [None] * n)]
+            data[name] = list(columns.get(name, [None] * n))
         yield data

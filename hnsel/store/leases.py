@@ -11,6 +11,10 @@ the same number sees it taken.
 A holder's record names its host and process id and carries a ``heartbeat`` (Unix seconds) that a thread
 refreshes every ``HEARTBEAT_S`` seconds. The record of a process that is gone from this host, or whose heartbeat
 is older than ``LEASE_S``, belongs to a dead process: its work is finished or rolled back by ``repair``.
+
+``row_lock`` is a mutex built the same way (one claim under ``claim/rows/``, the only one a Strong read finds): every
+read-modify-write of stored rows (``Store.update``, which marks a round; ``Store.upsert`` of rows already stored,
+which keeps their round) holds it, so an ingest never writes back a round a concurrent select has just changed.
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from ..errors import StoreError
 from ..schema import CLAIM_PREFIX
 from .milvus import Store
 
-__all__ = ["HEARTBEAT_S", "LEASE_S", "CLAIM_PREFIX", "owner", "is_dead", "describe_owner", "Lease", "claim_number"]
+__all__ = ["HEARTBEAT_S", "LEASE_S", "CLAIM_PREFIX", "ROWS_CLAIM_PREFIX", "owner", "is_dead", "describe_owner", "Lease", "claim_number",
+           "row_lock", "holds_row_lock"]
 
 HEARTBEAT_S = 10.0
 LEASE_S = 90.0  # a heartbeat this old means the holder stopped (it refreshes every HEARTBEAT_S)
 CLAIM_ATTEMPTS = 12
+ROWS_CLAIM_PREFIX = f"{CLAIM_PREFIX}rows/"  # never a number's claim prefix (claim/0004/)
 
 
 def owner() -> dict[str, Any]:
@@ -122,3 +129,54 @@ def claim_number(store: Store, first: Callable[[], int], key_of: Callable[[int],
         time.sleep(random.uniform(0.0, 0.5) * min(attempt + 1, 4))  # apart, so the next try rarely overlaps
     raise StoreError(f"could not claim a {what} after {CLAIM_ATTEMPTS} tries: other hnsel processes are recording in namespace "
                      f"{store.config.namespace!r} at the same moment; run the command again")
+
+
+_held_rows: dict[tuple[int, int], list] = {}  # (id(store), thread) -> [its row-lock lease, depth]: re-entrant per thread
+
+
+def holds_row_lock(store: Store) -> bool:
+    """True when this thread holds the row lock on ``store`` (inside ``row_lock``)."""
+    return (id(store), threading.get_ident()) in _held_rows
+
+
+@contextmanager
+def row_lock(store: Store) -> Iterator[None]:
+    """Hold the namespace's row lock (see the module docstring); re-entrant in one thread on one ``Store``.
+
+    It waits while another live process holds it (an ingest holds it for its whole write); a claim left by a stopped
+    process is removed on the way. A lock is taken to read and write rows, never while waiting for something else.
+    """
+    key = (id(store), threading.get_ident())
+    entry = _held_rows.get(key)
+    if entry is not None:
+        entry[1] += 1
+        try:
+            yield
+        finally:
+            entry[1] -= 1
+        return
+    lease = _acquire_rows(store)
+    _held_rows[key] = [lease, 1]
+    try:
+        yield
+    finally:
+        del _held_rows[key]
+        lease.stop()
+        try:
+            store.delete_meta([lease.key])
+        except StoreError:  # its heartbeat has stopped: others see it as dead within LEASE_S
+            pass
+
+
+def _acquire_rows(store: Store) -> Lease:
+    attempt = 0
+    while True:
+        lease = Lease(store, f"{ROWS_CLAIM_PREFIX}{uuid.uuid4().hex}", {"what": "rows"})
+        lease.update()
+        rivals = [k for k in store.meta_keys(ROWS_CLAIM_PREFIX, strong=True) if k != lease.key]
+        if not rivals:
+            return lease.start()
+        store.delete_meta([lease.key])  # back off: of two claimants at once both may lose, never both win
+        store.delete_meta([k for k in rivals if is_dead(store.get_meta(k, strong=True))])
+        attempt += 1
+        time.sleep(random.uniform(0.05, 0.25) * min(attempt, 8))  # apart, so the next tries rarely overlap

@@ -328,8 +328,10 @@ class Store:
     def upsert(self, kind: str, data: Mapping[str, Any]) -> int:
         """Insert or replace rows given as columns (canonical names); batched under the request cap.
 
-        A row's ``round`` and ``uncertainty`` are kept when the columns do not set them, so re-ingesting never forgets a
-        selection and pairing an image keeps its stored variance; a new row gets -1 (unselected; unknown).
+        A field the columns leave out, or give as None for a row, keeps the row's stored value: re-ingesting never
+        forgets a selection, a uri or a caption, and pairing an image keeps its stored variance; a new row gets the
+        default (round -1: unselected; uncertainty unknown; ``""``). Reading the kept values and writing the rows hold
+        the row lock (``leases.row_lock``), so a round marking the same rows meanwhile is never undone.
         """
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
@@ -338,18 +340,18 @@ class Store:
             return 0
         vectors = np.asarray(data["vector"], dtype=np.float32)
         columns = {c: list(data[c]) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if c in data and self.has_field(kind, c)}
-        defaults = {"round": -1, **{c: UNKNOWN_UNCERTAINTY for c in OPTIONAL_FLOAT_FIELDS}}
-        kept = [c for c in defaults if c not in columns and self.has_field(kind, c)]
-        if kept:  # one read for every kept field of the rows already stored
-            held = {r["id"]: r for r in self.get(kind, ids, ["id", *kept])}
-            for c in kept:
-                columns[c] = [held[i][c] if i in held else defaults[c] for i in ids]
-        for c in SCALAR_FIELDS[kind]:
-            if c not in columns and self.has_field(kind, c):
-                columns[c] = [""] * len(ids)
-        for c in OPTIONAL_FLOAT_FIELDS:
-            if c in columns:
-                columns[c] = [float(x) for x in columns[c]]
+        kept = [c for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS)
+                if self.has_field(kind, c) and (c not in columns or any(v is None for v in columns[c]))]
+        from .leases import holds_row_lock, row_lock
+
+        if not kept or (not holds_row_lock(self) and not self.get(kind, ids, ["id"])):
+            # every field given, or new rows only (no round can mark a row that is not stored yet): no read, no lock
+            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {}))
+        with row_lock(self):  # read again under the lock, Strong: the rows as every other process left them
+            held = self.get(kind, ids, ["id", *kept], strong=True)
+            return self._write(kind, ids, vectors, _kept_columns(columns, kept, ids, {r["id"]: r for r in held}))
+
+    def _write(self, kind: str, ids: list[str], vectors: np.ndarray, columns: dict[str, list]) -> int:
         f = self.fields(kind)
         if "pool" in columns:
             columns["pool"] = self._stored_pools(kind, columns["pool"])
@@ -370,18 +372,23 @@ class Store:
         Rewrites whole rows: Milvus has no partial update."""
         if self.read_only(kind):
             raise StoreError(f"collection {self.name(kind)} is configured read_only in hnsel.toml; hnsel will not write to it")
+        if not len(ids):
+            return 0
+        from .leases import row_lock
+
         f = self.fields(kind)
         if "pool" in values:
             values = dict(values, pool=self._stored_pools(kind, [values["pool"]])[0])
         wanted = [getattr(f, c) for c in (*SCALAR_FIELDS[kind], *OPTIONAL_FLOAT_FIELDS) if self.has_field(kind, c)]
         changed = 0
-        for start in range(0, len(ids), 1000):
-            rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False)
-            for row in rows:
-                row.update({getattr(f, c): v for c, v in values.items()})
-            if rows:
-                self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
-            changed += len(rows)
+        with row_lock(self):  # no other process rewrites these rows between the read and the write (a concurrent ingest)
+            for start in range(0, len(ids), 1000):
+                rows = self.get(kind, ids[start:start + 1000], [f.id, f.vector, *wanted], canonical=False, strong=True)
+                for row in rows:
+                    row.update({getattr(f, c): v for c, v in values.items()})
+                if rows:
+                    self.rpc(f"write {len(rows)} rows to {self.name(kind)}", "upsert", self.name(kind), rows)
+                changed += len(rows)
         return changed
 
     def _stored_pools(self, kind: str, pools: Sequence[str]) -> list[str]:
@@ -406,8 +413,9 @@ class Store:
         return self.update(kind, ids, {"round": int(round_)})
 
     # --- reads --------------------------------------------------------------------------------
-    def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True) -> list[dict]:
-        """Rows by id (missing ids are absent); ``output_fields`` in canonical names unless ``canonical=False``."""
+    def get(self, kind: str, ids: Sequence[str], output_fields: Sequence[str], canonical: bool = True, strong: bool = False) -> list[dict]:
+        """Rows by id (missing ids are absent); ``output_fields`` in canonical names unless ``canonical=False``;
+        ``strong``: as every process left them (a read-modify-write under the row lock)."""
         if not ids or not self.has(kind):
             return []
         f = self.fields(kind)
@@ -415,7 +423,7 @@ class Store:
         out: list[dict] = []
         for chunk in _id_chunks(ids):  # a query by quoted ids: pymilvus's get() pastes ids into the filter unescaped
             out.extend(self.rpc(f"read ids from {self.name(kind)}", "query", self._load(kind), filter=in_filter(f.id, chunk),
-                                output_fields=names, consistency_level=self._consistency()))
+                                output_fields=names, consistency_level=self._consistency(strong)))
         if canonical:
             rename = {getattr(f, c): c for c in output_fields}
             out = self._canonical_rows(kind, [{rename.get(k, k): v for k, v in row.items()} for row in out])
@@ -490,6 +498,19 @@ class Store:
                           anns_field=f.vector, output_fields=[f.id], search_params={"metric_type": "COSINE", "params": params},
                           consistency_level=self._consistency())
         return [(np.asarray(list(hits.ids), dtype=object), np.asarray(list(hits.distances), dtype=np.float32)) for hits in result]
+
+
+def _kept_columns(columns: dict[str, list], kept: Sequence[str], ids: Sequence[str], held: dict[str, dict]) -> dict[str, list]:
+    """``columns`` with each ``kept`` field filled where it is absent or None: the stored value, else the default."""
+    out = dict(columns)
+    for c in kept:
+        default = -1 if c == "round" else UNKNOWN_UNCERTAINTY if c in OPTIONAL_FLOAT_FIELDS else ""
+        given = columns.get(c) or [None] * len(ids)
+        out[c] = [v if v is not None else held.get(i, {}).get(c, default) for i, v in zip(ids, given)]
+    for c in OPTIONAL_FLOAT_FIELDS:
+        if c in out:
+            out[c] = [float(x) for x in out[c]]
+    return out
 
 
 def _finite(value: Any) -> Any:

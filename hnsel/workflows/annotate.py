@@ -25,6 +25,7 @@ from ..data.annotator_files import EXPORT_FORMATS, Annotation, read_annotations,
 from ..config import HnselConfig
 from ..errors import InputError, ModelMismatchError, StoreError
 from ..store import Store, open_store
+from ..store.leases import row_lock
 from ..data.vector_files import unit_rows
 from ..tables import write_table
 from ..schema import ID_MAX_LENGTH, KIND_OF, MODEL_META_KEY, text_problem
@@ -124,10 +125,12 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
             texts, images = _plan_matches(store, rows, report)
         lease = begin_import(store, path, modality, texts, images) if texts or images else None
         try:
-            if texts:
-                store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round", "uncertainty")))
-            if images:
-                store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
+            with row_lock(store):  # the images as stored now (an ingest may have rewritten them since they were read), then paired
+                if texts:
+                    store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round", "uncertainty")))
+                fresh = store.get("images", [i["id"] for i in images], ["id", "vector", "pool", "uri", "round"], strong=True) if images else []
+                if fresh:
+                    store.upsert("images", _columns([dict(i, pool="paired") for i in fresh], ("id", "vector", "pool", "uri", "round")))
         except BaseException:
             if lease is not None:
                 lease.stop()  # the journal stays for repair_import; without heartbeats it reads as stopped

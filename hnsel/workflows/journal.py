@@ -1,8 +1,14 @@
-"""The import journal: what an ``hnsel annotate import`` was writing, so a stopped one can be finished or undone.
+"""The journals: what an ``hnsel annotate import`` or an ``hnsel ingest`` was writing, so a stopped one is seen,
+and finished or undone.
 
 ``begin_import`` holds an ``import/<id>`` lease and writes the plan (text ids with their image, image ids) before any
 row; ``end_import`` drops it once every row is written. ``unfinished_imports`` lists imports still ``importing``;
 ``repair_import`` finishes or rolls back one whose process stopped (``repair.repair_dead`` calls it).
+
+``begin_ingest`` holds an ``ingest/<id>`` lease naming the files (path, size, modification time) before the first row;
+``end_ingest`` drops it after the last, with the records of stopped ingests of the same files (this run wrote what they
+meant to). ``unfinished_ingests`` lists them: ``hnsel status`` shows them, ``hnsel select`` refuses a store holding one,
+``hnsel round repair`` finishes one from its unchanged files (``ingest.finish_ingest``).
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import json
 import os
 import uuid
 
-from ..schema import IMPORT_PREFIX
+from ..schema import IMPORT_PREFIX, INGEST_PREFIX
 from ..store import Store
 from ..store.leases import Lease, describe_owner, is_dead
 
-__all__ = ["begin_import", "end_import", "unfinished_imports", "repair_import"]
+__all__ = ["begin_import", "end_import", "unfinished_imports", "repair_import", "begin_ingest", "end_ingest", "unfinished_ingests",
+           "file_stamp"]
 
 JOURNAL_PIECE_CHARS = 30_000  # json.dumps of a piece at most doubles it: under the meta record's 65535
 
@@ -73,3 +80,34 @@ def repair_import(store: Store, key: str, record: dict) -> str:
         outcome = f"finished ({len(text_ids)} captions and {len(plan['images'])} images paired)"
     store.delete_meta([key] + [f"{key}/{n:05d}" for n in range(len(pieces))])
     return f"{where} {outcome}"
+
+
+def file_stamp(path: str | os.PathLike) -> list[int]:
+    """[size, modification time in ns] of a file: what tells whether a stopped ingest's file is still the one it read."""
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def begin_ingest(store: Store, files: dict[str, str], rows: dict[str, int], model_name: str | None = None) -> Lease:
+    """The held ``ingest/<id>`` record (state ``ingesting``): ``files`` (kind -> absolute path) with their stamps and
+    row counts, written before the first row."""
+    record = {"state": "ingesting", "files": dict(files), "stamps": {k: file_stamp(p) for k, p in files.items()}, "rows": dict(rows),
+              "model_name": model_name}
+    lease = Lease(store, f"{INGEST_PREFIX}{uuid.uuid4().hex[:16]}", record)
+    lease.update()
+    return lease.start()
+
+
+def end_ingest(store: Store, lease: Lease) -> list[str]:
+    """Every row is written: drop the record, and those of stopped ingests of the same files (returns their keys)."""
+    lease.stop()
+    files = set(lease.record["files"].items())
+    done = [k for k, r in unfinished_ingests(store) if k != lease.key and r["dead"] and set((r.get("files") or {}).items()) <= files]
+    store.delete_meta([lease.key, *done])
+    return done
+
+
+def unfinished_ingests(store: Store) -> list[tuple[str, dict]]:
+    """(key, record with ``dead``) of each ingest still ``ingesting``."""
+    records = [(k, store.get_meta(k)) for k in store.meta_keys(INGEST_PREFIX, strong=True)]  # Session reads after the Strong listing
+    return [(k, dict(r, dead=is_dead(r))) for k, r in records if r]

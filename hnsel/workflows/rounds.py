@@ -38,7 +38,7 @@ from ..schema import KIND_OF, PICKS_PREFIX, POOLS, ROUND_PREFIX
 
 __all__ = ["ROUND_PREFIX", "KIND_OF", "round_key", "picks_hash", "next_round", "round_log", "record_round", "list_rounds",
            "release", "show_round", "recordable", "PICKS_PREFIX", "record_picks", "round_picks", "reserve_round", "abandon_round",
-           "repair_round", "unfinished_rounds", "UNFINISHED"]
+           "repair_round", "unfinished_rounds", "UNFINISHED", "restore_marks"]
 
 PICKS_RECORD_CHARS = 60_000  # under Milvus's 65535-character VARCHAR
 UNFINISHED = ("reserved", "recording")  # states of a round whose recording has not ended (yet, or ever: repair_round)
@@ -193,6 +193,31 @@ def repair_round(store: Store, log: dict) -> str:
     store.set_meta(round_key(number), dict(log, state="recorded"))
     return (f"round {number} was left recording by {describe_owner(log)}, which stopped: finished "
             f"({len(todo)} of its {len(picks['ids'])} picks marked now)")
+
+
+def restore_marks(store: Store, log: dict | None) -> tuple[bool, str] | None:
+    """None when a finished round's rows carry every mark its log counts (size less released); else (done, one line): the
+    picks whose rows lost the mark (round -1; a write undid it) marked again, when the kept picks are whole and the
+    round released nothing; otherwise why they cannot be told from released ones."""
+    if not log or log.get("state") in UNFINISHED or not log.get("size"):
+        return None
+    number, kind = int(log["round"]), log["kind"]
+    if not store.has(kind) or not store.has_field(kind, "round"):
+        return None
+    expected = int(log["size"]) - int(log.get("released") or 0)
+    carried = store.count(kind, store.where(kind, round=number))
+    if carried >= expected:
+        return None
+    picks = round_picks(store, number)
+    if picks is None or log.get("released") or picks_hash(picks["ids"]) != log.get("picks_sha256"):
+        return False, (f"round {number}: its log says {expected} samples, its rows carry {carried}, and the lost marks cannot be told from "
+                       f"released ones; release the round (hnsel round release {number}) and select again")
+    rounds = store.get_rounds(kind, picks["ids"])
+    lost = [i for i in picks["ids"] if rounds.get(i) == -1]
+    if not lost:  # the unmarked picks were picked again by later rounds meanwhile: nothing left to restore
+        return None
+    store.set_round(kind, lost, number)
+    return True, f"round {number}: its log says {expected} samples but its rows carried {carried} (a write undid the marks): {len(lost)} marked again"
 
 
 def unfinished_rounds(store: Store) -> list[dict]:

@@ -21,7 +21,7 @@ from ..store.problem import require_collections, side_kinds
 from ..strategies import Selection, get_strategy
 from ..strategies.exact import ENGINES, check_device_name
 from ..tables import check_table_path, write_table
-from .repair import repair_dead
+from .repair import refuse_partial_ingest, repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
 
 __all__ = ["select", "SelectResult"]
@@ -88,6 +88,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
         check_table_path(out)  # a bad extension or a missing folder is refused before any work (and before a round is recorded)
     started = time.perf_counter()
     with open_store(config.store) as store:
+        refuse_partial_ingest(store)  # a half-written store would give answers about rows that are not all there
         lease, note, repaired = None, None, []
         if record:
             note = recordable(store, modality) if store.has(KIND_OF[modality]) else None
