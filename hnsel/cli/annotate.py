@@ -42,7 +42,7 @@ def export(
         return
     console.print(f"round {report.round} ({report.modality} modality): {report.rows} samples written to {', '.join(report.files)}", markup=False)
     for note in report.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @annotate_app.command("push")
@@ -61,9 +61,9 @@ def push(
         return
     verb = "created" if report.project_created else "reused"
     console.print(f"round {report.round}: {report.tasks_added} tasks added ({report.tasks_already} already there) to Label Studio project "
-                  f"{report.project_id} '{report.project_title}' ({verb}): {report.url}/projects/{report.project_id}", markup=False, highlight=False)
+                  f"{report.project_id} '{report.project_title}' ({verb}): {report.url}/projects/{report.project_id}", markup=False, highlight=False, soft_wrap=True)
     for path in report.storages_added:
-        console.print(f"local files storage added for {path}", markup=False, highlight=False)
+        console.print(f"local files storage added for {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @annotate_app.command("pull")
@@ -87,7 +87,7 @@ def pull(
         console.print(f"repaired: {line}", markup=False, highlight=False)
     console.print(f"Label Studio project {report.project_id} '{report.project_title}': {report.tasks_annotated} tasks annotated; "
                   f"{done.texts_written} captions written ({done.texts_unchanged} already there), {done.images_paired} images paired "
-                  f"({done.images_already_paired} already paired)", markup=False, highlight=False)
+                  f"({done.images_already_paired} already paired)", markup=False, highlight=False, soft_wrap=True)
 
 
 @annotate_app.command("import")

@@ -76,11 +76,16 @@ def push_round(config: HnselConfig, number: int, *, url: str | None = None, api_
                                       f"hnsel round {number} ({modality} modality) of namespace {config.store.namespace}")
     _check_config(found, modality)
     report = PushReport(number, modality, client.url, int(found["id"]), str(found.get("title", "")), created, 0, 0)
-    report.storages_added = _serve_folders(client, report.project_id, urls.storage_paths(), urls.document_root)
-    key = SAMPLE_KEY[modality]
-    held = {t["data"].get(key) for t in client.export_tasks(report.project_id, all_tasks=True) if isinstance(t.get("data"), dict)}
-    new = [t for t in tasks if t["data"][key] not in held]
-    report.tasks_added, report.tasks_already = client.import_tasks(report.project_id, new), len(tasks) - len(new)
+    try:
+        report.storages_added = _serve_folders(client, report.project_id, urls.storage_paths(), urls.document_root)
+        key = SAMPLE_KEY[modality]
+        held = {t["data"].get(key) for t in client.export_tasks(report.project_id, all_tasks=True) if isinstance(t.get("data"), dict)}
+        new = [t for t in tasks if t["data"][key] not in held]
+        report.tasks_added, report.tasks_already = client.import_tasks(report.project_id, new), len(tasks) - len(new)
+    except LabelStudioError:
+        if created:  # a refused push leaves no empty project behind
+            client.request("DELETE", f"/api/projects/{report.project_id}/")
+        raise
     return report
 
 
