@@ -106,7 +106,7 @@ class LabelStudio:
             raise LabelStudioError(f"{self.url}{path} did not answer JSON; is {self.url} a Label Studio server?") from None
 
     def _refused(self, method: str, path: str, exc: urllib.error.HTTPError) -> LabelStudioError:
-        detail = _one_line(exc.read()[:400].decode("utf-8", "replace"))
+        detail = _detail(exc.read())
         if exc.code == 401 or (exc.code == 403 and path.startswith("/api/current-user")):
             return LabelStudioError(f"Label Studio at {self.url} refused the API key ({exc.code}); copy the token from Account & Settings "
                                     "into --api-key or LABEL_STUDIO_API_KEY")
@@ -152,6 +152,19 @@ class LabelStudio:
         """The project's tasks in Label Studio's JSON export shape: those with annotations, or all of them."""
         return self.request("GET", f"/api/projects/{project_id}/export",
                             query={"exportType": "JSON", "download_all_tasks": "true" if all_tasks else "false"})
+
+
+def _detail(body: bytes) -> str:
+    """What Label Studio said: its validation messages, else its ``detail``, else the start of the body."""
+    try:
+        answer = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _one_line(body[:400].decode("utf-8", "replace"))
+    if isinstance(answer, dict) and answer.get("validation_errors"):
+        errors = answer["validation_errors"]
+        return _one_line("; ".join(f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" if k != "non_field_errors" else
+                                   " ".join(map(str, v)) for k, v in errors.items()) if isinstance(errors, dict) else errors)
+    return _one_line(answer.get("detail", answer) if isinstance(answer, dict) else answer)
 
 
 def _one_line(value: object) -> str:
