@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -123,6 +124,17 @@ def ls_call(url: str, method: str, path: str, body=None):
     with urllib.request.urlopen(request, timeout=120) as response:
         payload = response.read()
     return payload if path.startswith("/data/") else json.loads(payload or b"null")  # files as bytes; the API answers JSON
+
+
+def personal_token(url: str) -> str:
+    """The user's personal access token, made now (a server started by ``HNSEL_TEST_LABEL_STUDIO`` may hold one already,
+    which cannot be read back: then the legacy token)."""
+    try:
+        return ls_call(url, "POST", "/api/token/", {})["token"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 409 and os.environ.get("HNSEL_TEST_LABEL_STUDIO"):
+            return TOKEN
+        raise
 
 
 def annotate(url: str, task_id: int, *captions: str, cancelled: bool = False) -> None:
@@ -252,7 +264,8 @@ def test_push_pull_round_trip_against_a_real_label_studio(tmp_path, label_studio
     db = ("--milvus-uri", config.store.uri, "--namespace", config.store.namespace, "--url", url, "--api-key", TOKEN)
     code, out, err = cli("annotate", "push", "--round", 1, "--document-root", root, *db)
     assert code == 0 and "6 tasks added (0 already there)" in out and "(created)" in out and f"local files storage added for {folder}" in out, err
-    code, out, err = cli("annotate", "push", "--round", 1, "--document-root", root, "--json", *db)
+    # again, with a personal access token (a JWT refresh token: what Label Studio hands out unless legacy tokens are on)
+    code, out, err = cli("annotate", "push", "--round", 1, "--document-root", root, "--json", *db[:-1], personal_token(url))
     again = json.loads(out)
     assert (again["tasks_added"], again["tasks_already"], again["project_created"], again["storages_added"]) == (0, 6, False, [])
     assert again["project_title"] == f"hnsel {config.store.namespace} round 1"
@@ -316,3 +329,8 @@ def test_label_studio_refusals_are_one_line_and_write_nothing(tmp_path, label_st
                                          r"data.image_id is a number \(5\)"):
         api.pull_round(config, url=url, api_key=TOKEN, project=f"numbers {config.store.namespace}", encoder=FakeEncoder())
     assert snapshot(config) == before
+    # a round with nothing left to annotate makes no empty project
+    api.release(config, 1)
+    code, out, err = cli("annotate", "push", "--round", 1, "--document-root", root, "--api-key", TOKEN, *db)
+    assert code == 1 and "round 1 has no samples awaiting annotation, so no project was made" in err
+    assert not [p for p in ls_call(url, "GET", "/api/projects/?page_size=1000")["results"] if p["title"] == f"hnsel {config.store.namespace} round 1"]

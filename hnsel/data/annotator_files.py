@@ -148,6 +148,8 @@ def label_studio_annotations(tasks: Any, source: str) -> tuple[str, list[Annotat
     key, name = ("text_id", "image_id") if modality == "text" else ("image_id", "caption")
     out = []
     for number, task in enumerate(tasks, start=1):
+        if key not in task["data"]:
+            raise InputError(f"{source}, task {number} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)")
         where = f"{source}, task {number}" + (f" (Label Studio id {task['id']})" if isinstance(task.get("id"), int) else "")
         sample = _task_id(task["data"], key, where)
         for text in _task_texts(task, name, where):
@@ -157,8 +159,6 @@ def label_studio_annotations(tasks: Any, source: str) -> tuple[str, list[Annotat
 
 def _task_id(data: dict, key: str, where: str) -> str:
     """``data[key]`` as written by hnsel: a non-empty string, taken as it is (an id is never converted or trimmed)."""
-    if key not in data:
-        raise InputError(f"{where} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)")
     value = data[key]
     if not isinstance(value, str) or not value:
         shown = "an empty string" if value == "" else _shape(value) + ("" if value is None or isinstance(value, (dict, list)) else f" ({value!r})")

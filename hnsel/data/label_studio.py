@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import HnselError
 from .images import is_remote
 
-__all__ = ["LabelStudioError", "LabelStudio", "ImageUrls", "LOCAL_FILES_PATH", "DEFAULT_DOCUMENT_ROOT"]
+__all__ = ["LabelStudioError", "LabelStudio", "ImageUrls", "storage_covers", "LOCAL_FILES_PATH", "DEFAULT_DOCUMENT_ROOT"]
 
 LOCAL_FILES_PATH = "/data/local-files/?d="
 DEFAULT_DOCUMENT_ROOT = os.path.abspath(os.sep)  # Label Studio's own default for LOCAL_FILES_DOCUMENT_ROOT
@@ -168,7 +168,7 @@ def _detail(body: bytes) -> str:
 
 
 def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:300]
+    return " ".join(str(value).split())[:500]
 
 
 def storage_covers(storage_path: str, folder: str) -> bool:

@@ -71,6 +71,9 @@ def push_round(config: HnselConfig, number: int, *, url: str | None = None, api_
     client = connect(config, url, api_key)
     found = _find_project(client, project or project_title(config, number))
     created = found is None
+    if created and not tasks:
+        raise LabelStudioError(f"round {number} has no samples awaiting annotation, so no project was made; --include-annotated "
+                               "sends the annotated ones too")
     if created:
         found = client.create_project(_checked_title(project or project_title(config, number)), LABEL_CONFIGS[modality],
                                       f"hnsel round {number} ({modality} modality) of namespace {config.store.namespace}")
