@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -70,6 +71,13 @@ def _whoami(url: str) -> bool:
         return False
 
 
+def _serving_at(log: Path, asked: str) -> str:
+    """The URL the server says it serves: ``label-studio start`` moves to the next port when the one asked for was taken
+    meanwhile (by another process on a busy machine)."""
+    said = re.search(r"Starting development server at (http://[\d.]+:\d+)", log.read_text(errors="replace"))
+    return said.group(1) if said else asked
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -107,7 +115,7 @@ def label_studio(tmp_path_factory):
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base, start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
     try:
-        while not _whoami(url):
+        while not _whoami(url := _serving_at(log, url)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
                 why = f"exited with code {proc.returncode}" if proc.poll() is not None else f"did not answer within {START_TIMEOUT:.0f} s"
