@@ -342,3 +342,25 @@ def test_label_studio_refusals_are_one_line_and_write_nothing(tmp_path, label_st
     code, out, err = cli("annotate", "push", "--round", 1, "--document-root", root, "--api-key", TOKEN, *db)
     assert code == 1 and "round 1 has no samples awaiting annotation, so no project was made" in err
     assert not [p for p in ls_call(url, "GET", "/api/projects/?page_size=1000")["results"] if p["title"] == f"hnsel {config.store.namespace} round 1"]
+
+
+def test_a_text_round_goes_through_label_studio_too(tmp_path, label_studio):
+    """Text modality: each task shows a picked caption, the annotator types the id of the image it describes."""
+    url, root = label_studio
+    config, _, _ = photo_store(tmp_path, root, "texts")
+    extra = np.random.default_rng(3).normal(size=(12, DIM))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"q{i:02d}", "vector": v.tolist(), "pool": "unpaired", "text": f"query {i}"}) + "\n"
+                               for i, v in enumerate(extra)))
+    api.ingest(config, texts=queries)
+    picked = list(api.select(config, budget=3, strategy="random", modality="text", seed=0, record=True).selection.ids)
+    pushed = api.push_round(config, 2, url=url, api_key=TOKEN)
+    assert (pushed.modality, pushed.tasks_added, pushed.storages_added) == ("text", 3, [])
+    tasks = {t["data"]["text_id"]: t for t in ls_call(url, "GET", f"/api/projects/{pushed.project_id}/export?exportType=JSON&download_all_tasks=true")}
+    assert sorted(tasks) == sorted(picked) and tasks[picked[0]]["data"]["text"].startswith("query")
+    result = [{"from_name": "image_id", "to_name": "caption", "type": "textarea", "value": {"text": ["img03"]}}]
+    ls_call(url, "POST", f"/api/tasks/{tasks[picked[0]]['id']}/annotations", {"result": result})
+    pulled = api.pull_round(config, 2, url=url, api_key=TOKEN)
+    assert (pulled.imported.modality, pulled.imported.texts_written, pulled.tasks_annotated) == ("text", 1, 1)
+    with open_store(config.store) as store:
+        assert [(r["pool"], r["image_id"]) for r in store.get("texts", [picked[0]], ["pool", "image_id"])] == [("paired", "img03")]
