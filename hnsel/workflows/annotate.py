@@ -154,25 +154,20 @@ def import_rows(config: HnselConfig, source: str, modality: str, rows: list[Anno
             texts, images = _plan_captions(store, rows, report, encoder, load_encoder)
         else:
             texts, images = _plan_matches(store, rows, report)
-        _write(store, source, modality, texts, images)
+        lease = begin_import(store, source, modality, texts, images) if texts or images else None
+        try:
+            if texts:
+                store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round", "uncertainty")))
+            if images:
+                store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
+        except BaseException:
+            if lease is not None:
+                lease.stop()  # the journal stays for repair_import; without heartbeats it reads as stopped
+            raise
+        if lease is not None:
+            end_import(store, lease)
         report.texts_written, report.images_paired = len(texts), len(images)
     return report
-
-
-def _write(store: Store, source: str, modality: str, texts: list[dict], images: list[dict]) -> None:
-    """The planned rows, under the import journal (a stopped write is finished or undone by repair)."""
-    lease = begin_import(store, source, modality, texts, images) if texts or images else None
-    try:
-        if texts:
-            store.upsert("texts", _columns(texts, ("id", "vector", "pool", "image_id", "text", "round", "uncertainty")))
-        if images:
-            store.upsert("images", _columns(images, ("id", "vector", "pool", "uri", "round")))
-    except BaseException:
-        if lease is not None:
-            lease.stop()  # the journal stays for repair_import; without heartbeats it reads as stopped
-        raise
-    if lease is not None:
-        end_import(store, lease)
 
 
 def _columns(rows: list[dict], names: tuple[str, ...]) -> dict[str, list]:
