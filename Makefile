@@ -19,6 +19,18 @@ chromium:
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; \
 	fi
 
+# Label Studio (the server tests/test_label_studio.py starts): its own venv, as it pins Django, numpy and more below
+# what hnsel's venv holds. hnsel talks to it over HTTP only, so it never needs to import it.
+LS_VENV ?= .venv-ls
+LABEL_STUDIO_PIP ?= label-studio>=1.20,<2
+setup: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet '$(LABEL_STUDIO_PIP)'
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -23,6 +23,7 @@ _WHERE = {
     "repair": "workflows.repair",
     "export_round": "workflows.annotate", "ExportReport": "workflows.annotate",
     "import_annotations": "workflows.annotate", "ImportReport": "workflows.annotate",
+    "push_round": "workflows.label_studio", "PushReport": "workflows.label_studio", "pull_round": "workflows.label_studio", "PullReport": "workflows.label_studio",
     "simulate": "workflows.simulate", "SimulateReport": "workflows.simulate",
     "report": "report", "ReportResult": "report",
     "generate_scenes": "data.scenes", "generate_vectors": "data.synthetic",

@@ -22,6 +22,14 @@ Example ``hnsel.toml``::
     paired = "labeled"        # the pool field's value of each pool (default: paired / unpaired)
     unpaired = "unlabeled"    # or a filter expression per pool: paired_filter = 'split in ["train", "val"]'
     read_only = true          # rounds are then kept in hnsel's own {namespace}_meta collection
+
+    # hnsel annotate push|pull (flags, then LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY /
+    # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, then these):
+    [label_studio]
+    url = "http://localhost:8080"
+    api_key = "..."
+    document_root = "/data"   # Label Studio's LOCAL_FILES_DOCUMENT_ROOT
+    url_prefix = ""           # or images served by a web server of yours: prefix + path under document_root
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["CollectionConfig", "StoreConfig", "HnselConfig", "load_config", "DEFAULT_CONFIG_PATH", "HNSW_BUILD_DEFAULTS", "redact_uri"]
+__all__ = ["CollectionConfig", "StoreConfig", "LabelStudioConfig", "HnselConfig", "load_config", "DEFAULT_CONFIG_PATH", "HNSW_BUILD_DEFAULTS", "redact_uri"]
 
 DEFAULT_CONFIG_PATH = Path("hnsel.toml")
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
@@ -118,10 +126,21 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class LabelStudioConfig:
+    """``[label_studio]``: the server ``hnsel annotate push|pull`` talks to, and how it serves the images."""
+
+    url: str = ""
+    api_key: str = ""
+    document_root: str = ""
+    url_prefix: str = ""
+
+
+@dataclass(frozen=True)
 class HnselConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     seed: int = 0
     source: str = ""  # the file this came from, for messages
+    label_studio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
 
     def with_overrides(self, **store_overrides: Any) -> "HnselConfig":
         """Flags win over the file: ``None`` means the flag was not given."""
@@ -226,9 +245,9 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     elif explicit:
         raise ConfigError(f"{path}: config file not found")
     source = str(path) if path.exists() else ""
-    unknown = set(raw) - {"store", "seed"}
+    unknown = set(raw) - {"store", "seed", "label_studio"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; hnsel reads [store] and seed")
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; hnsel reads [store], [label_studio] and seed")
     if not isinstance(raw.get("store", {}), dict):
         raise ConfigError(f"{path}: store must be a table ([store] with uri = ...), got {raw['store']!r}; fix it in the file")
     store_raw = dict(raw.get("store", {}))
@@ -238,4 +257,20 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"{path}: seed must be an integer of 0 or more, got {seed!r}")
-    return HnselConfig(store=_store(store_raw, source), seed=seed, source=source)
+    return HnselConfig(store=_store(store_raw, source), seed=seed, source=source, label_studio=_label_studio(raw.get("label_studio", {}), path, env))
+
+
+LABEL_STUDIO_ENV = {"url": "LABEL_STUDIO_URL", "api_key": "LABEL_STUDIO_API_KEY", "document_root": "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"}
+
+
+def _label_studio(raw: Any, path: Path, env: Mapping[str, str]) -> LabelStudioConfig:
+    known = [f.name for f in dataclasses.fields(LabelStudioConfig)]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: [label_studio] must be a table with {', '.join(known)}")
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"{path} [label_studio]: unknown key(s) {sorted(unknown)}; known keys are {known}")
+    wrong = [k for k, v in raw.items() if not isinstance(v, str)]
+    if wrong:
+        raise ConfigError(f"{path} [label_studio]: {wrong[0]} must be a string, got {raw[wrong[0]]!r}")
+    return LabelStudioConfig(**(dict(raw) | {key: env[var] for key, var in LABEL_STUDIO_ENV.items() if env.get(var)}))

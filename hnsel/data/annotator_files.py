@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..errors import InputError
 from ..tables import check_input_file, iter_jsonl, read_csv_rows, write_text_atomic
 
-__all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "write_label_studio"]
+__all__ = ["EXPORT_FORMATS", "LABEL_CONFIGS", "Annotation", "read_annotations", "label_studio_annotations", "write_label_studio"]
 
 EXPORT_FORMATS = {"csv": ".csv", "jsonl": ".jsonl", "label-studio": ".json"}
 
@@ -138,35 +138,52 @@ def _vector(value: Any, path: Path, number: int) -> tuple[float, ...] | None:
 
 
 def _label_studio(path: Path) -> tuple[str, list[Annotation]]:
-    """Rows of a Label Studio JSON export: one per caption (image tasks) or per found image id (text tasks).
-
-    Only the shapes Label Studio writes are read: a list of task objects with a ``data`` object and an
-    ``annotations`` list of objects, each with a ``result`` list whose text areas hold ``value.text`` as a list of
-    strings (or one string). Anything else is refused naming the task, never guessed at.
-    """
+    """Rows of a Label Studio JSON export file (see ``label_studio_annotations``)."""
     try:
         tasks = json.loads(path.read_bytes().decode("utf-8-sig"))
     except ValueError as exc:  # not JSON, not UTF-8, or an integer of more digits than Python converts (4,300)
         raise InputError(f"not a Label Studio JSON export ({_one_line(exc)}); export JSON from Label Studio, UTF-8", path=path) from None
+    modality, out = label_studio_annotations(tasks, str(path))
+    if not out:
+        raise InputError("no annotations in this export (every task is unannotated or cancelled)", path=path)
+    return modality, out
+
+
+def label_studio_annotations(tasks: Any, source: str) -> tuple[str, list[Annotation]]:
+    """Rows of Label Studio's JSON export shape: one per caption (image tasks) or per found image id (text tasks).
+
+    Only the shapes Label Studio writes are read: a list of task objects with a ``data`` object holding the id hnsel
+    wrote (a string) and an ``annotations`` list of objects, each with a ``result`` list whose text areas hold
+    ``value.text`` as a list of strings (or one string). Anything else is refused naming the task, never guessed at.
+    ``source`` names the file or project in messages; a task with no annotation gives no row.
+    """
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise InputError("a Label Studio JSON export is a list of task objects", path=path)
+        raise InputError(f"{source}: a Label Studio JSON export is a list of task objects")
     for number, task in enumerate(tasks, start=1):
         if not isinstance(task.get("data"), dict):
-            raise InputError(f"task {number}: data is {_shape(task.get('data'))}, not an object; export the tasks hnsel wrote "
-                             "(hnsel annotate export --format label-studio)", path=path)
+            raise InputError(f"{source}: task {number}: data is {_shape(task.get('data'))}, not an object; export the tasks hnsel wrote "
+                             "(hnsel annotate export --format label-studio)")
     modality = "text" if any("text_id" in t["data"] for t in tasks) else "image"
     key, name = ("text_id", "image_id") if modality == "text" else ("image_id", "caption")
     out = []
     for number, task in enumerate(tasks, start=1):
-        data, where = task["data"], f"{path}, task {number}"
-        if key not in data:
-            raise InputError(f"task {number} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)", path=path)
+        if key not in task["data"]:
+            raise InputError(f"{source}, task {number} has no data.{key}; export the tasks hnsel wrote (hnsel annotate export --format label-studio)")
+        where = f"{source}, task {number}" + (f" (Label Studio id {task['id']})" if isinstance(task.get("id"), int) else "")
+        sample = _task_id(task["data"], key, where)
         for text in _task_texts(task, name, where):
-            out.append(Annotation(where, image_id=text, text_id=str(data[key])) if modality == "text"
-                       else Annotation(where, image_id=str(data[key]), caption=text.strip()))
-    if not out:
-        raise InputError("no annotations in this export (every task is unannotated or cancelled)", path=path)
+            out.append(Annotation(where, image_id=text, text_id=sample) if modality == "text" else Annotation(where, image_id=sample, caption=text.strip()))
     return modality, out
+
+
+def _task_id(data: dict, key: str, where: str) -> str:
+    """``data[key]`` as written by hnsel: a non-empty string, taken as it is (an id is never converted or trimmed)."""
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        shown = "an empty string" if value == "" else _shape(value) + ("" if value is None or isinstance(value, (dict, list)) else f" ({value!r})")
+        raise InputError(f"{where}: data.{key} is {shown}, not an id; ids are non-empty strings: put the id hnsel exported "
+                         "back in the task, as a JSON string")
+    return value
 
 
 def _task_texts(task: dict, name: str, where: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..data.annotator_files import EXPORT_FORMATS, Annotation, read_annotations, write_label_studio
+from ..data.label_studio import DEFAULT_DOCUMENT_ROOT, ImageUrls
 from ..config import HnselConfig
 from ..errors import InputError, ModelMismatchError, StoreError
 from ..store import Store, open_store
@@ -32,7 +33,8 @@ from ..schema import ID_MAX_LENGTH, KIND_OF, MODEL_META_KEY, text_problem
 from .journal import begin_import, end_import
 from .rounds import round_log, round_picks
 
-__all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport", "derive_caption_id"]
+__all__ = ["export_round", "ExportReport", "import_annotations", "import_rows", "ImportReport", "round_samples", "label_studio_tasks",
+           "image_urls", "derive_caption_id"]
 
 
 
@@ -43,16 +45,41 @@ class ExportReport:
     format: str
     rows: int
     files: list[str]
+    notes: list[str] = field(default_factory=list)  # what the receiving tool needs (Label Studio's local-files settings)
 
 
 def export_round(config: HnselConfig, number: int, format: str = "csv", out: str | os.PathLike | None = None,
-                 include_annotated: bool = False) -> ExportReport:
-    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``)."""
+                 include_annotated: bool = False, *, document_root: str | None = None, url_prefix: str | None = None) -> ExportReport:
+    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``).
+
+    Label Studio tasks name each image by a URL it can serve (``ImageUrls``): local files under ``document_root``
+    (default ``config.label_studio``'s, else ``/``) through its local-files storage, or ``url_prefix``.
+    """
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format {format!r}: use one of {', '.join(EXPORT_FORMATS)}")
     path = Path(out) if out is not None else Path(f"round-{number:04d}{EXPORT_FORMATS[format]}")
     if path.suffix.lower() != EXPORT_FORMATS[format]:
         raise InputError(f"--format {format} writes a {EXPORT_FORMATS[format]} file; name it so or pick the matching --format", path=path)
+    modality, rows = round_samples(config, number, include_annotated)
+    notes: list[str] = []
+    if format == "label-studio":
+        urls = image_urls(config, document_root, url_prefix)
+        files = [str(p) for p in write_label_studio(path, label_studio_tasks(number, modality, rows, urls), modality)]
+        if urls.folders:
+            notes.append(f"Label Studio shows these images when it runs with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+                         f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={urls.document_root}, and the project has a Local Files storage "
+                         f"(not synced) for {', '.join(urls.storage_paths())}; hnsel annotate push sets this up for you")
+    elif modality == "image":
+        files = [str(write_table(path, {"round": [number] * len(rows), "image_id": [r["id"] for r in rows],
+                                        "uri": [r.get("uri", "") for r in rows], "caption": [""] * len(rows)}))]
+    else:
+        files = [str(write_table(path, {"round": [number] * len(rows), "text_id": [r["id"] for r in rows],
+                                        "text": [r.get("text", "") for r in rows], "image_id": [""] * len(rows)}))]
+    return ExportReport(number, modality, format, len(rows), files, notes)
+
+
+def round_samples(config: HnselConfig, number: int, include_annotated: bool = False) -> tuple[str, list[dict]]:
+    """(modality, rows sorted by id with ``id`` and ``uri`` or ``text``) of round ``number``'s samples awaiting annotation."""
     with open_store(config.store) as store:
         log = round_log(store, number)
         modality, kind = log["modality"], log["kind"]
@@ -67,17 +94,22 @@ def export_round(config: HnselConfig, number: int, format: str = "csv", out: str
         else:
             expr = store.where(kind, round=number, pool=None if include_annotated else "unpaired")
             rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
-    if format == "label-studio":
-        tasks = [{"data": ({"image": r.get("uri", ""), "image_id": r["id"]} if modality == "image" else {"text": r.get("text", ""), "text_id": r["id"]})
-                  | {"round": number}} for r in rows]
-        files = [str(p) for p in write_label_studio(path, tasks, modality)]
-    elif modality == "image":
-        files = [str(write_table(path, {"round": [number] * len(rows), "image_id": [r["id"] for r in rows],
-                                        "uri": [r.get("uri", "") for r in rows], "caption": [""] * len(rows)}))]
-    else:
-        files = [str(write_table(path, {"round": [number] * len(rows), "text_id": [r["id"] for r in rows],
-                                        "text": [r.get("text", "") for r in rows], "image_id": [""] * len(rows)}))]
-    return ExportReport(number, modality, format, len(rows), files)
+    return modality, rows
+
+
+def image_urls(config: HnselConfig, document_root: str | None = None, url_prefix: str | None = None) -> ImageUrls:
+    """The uri -> URL mapping of Label Studio tasks: the arguments, then ``config.label_studio`` (hnsel.toml, or
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``, the variable Label Studio itself reads), then Label Studio's default ``/``."""
+    settings = config.label_studio
+    root = document_root or settings.document_root or DEFAULT_DOCUMENT_ROOT
+    return ImageUrls(document_root=os.path.abspath(root), url_prefix=url_prefix or settings.url_prefix)
+
+
+def label_studio_tasks(number: int, modality: str, rows: list[dict], urls: ImageUrls) -> list[dict]:
+    """One task per sample: ``data`` holds the id (a string, read back by import) and the image URL or caption."""
+    if modality == "image":
+        return [{"data": {"image": urls(r["id"], r.get("uri", "")), "image_id": r["id"], "round": number}} for r in rows]
+    return [{"data": {"text": r.get("text", ""), "text_id": r["id"], "round": number}} for r in rows]
 
 
 @dataclass
@@ -103,6 +135,13 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
     ``encoder`` embeds the captions (it must match the store's ``model`` record); without one, the model the store's
     record names is loaded (``model_name``/``pretrained`` override the record's), and rows giving a ``vector`` need none.
     """
+    modality, rows = read_annotations(path)
+    return import_rows(config, str(path), modality, rows, encoder=encoder, model_name=model_name, pretrained=pretrained, device=device)
+
+
+def import_rows(config: HnselConfig, source: str, modality: str, rows: list[Annotation], *, encoder: Any = None,
+                model_name: str | None = None, pretrained: str | None = None, device: str = "auto") -> ImportReport:
+    """``import_annotations`` of rows already read (``source`` names where they came from: a file, a Label Studio project)."""
     from .repair import repair_dead
 
     def load_encoder(record: dict) -> Any:
@@ -110,8 +149,7 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
 
         return load(model_name or record.get("model_name"), pretrained or record.get("pretrained"), device)
 
-    modality, rows = read_annotations(path)
-    report = ImportReport(str(path), modality, len(rows))
+    report = ImportReport(source, modality, len(rows))
     with open_store(config.store) as store:
         for kind in KIND_OF.values():
             if not store.has(kind):
@@ -119,11 +157,13 @@ def import_annotations(config: HnselConfig, path: str | os.PathLike, *, encoder:
             if store.read_only(kind):
                 raise StoreError(f"collection {store.name(kind)} is read_only in hnsel.toml; annotations cannot be imported into it")
         report.repaired = repair_dead(store)
+        if not rows:
+            return report
         if modality == "image":
             texts, images = _plan_captions(store, rows, report, encoder, load_encoder)
         else:
             texts, images = _plan_matches(store, rows, report)
-        lease = begin_import(store, path, modality, texts, images) if texts or images else None
+        lease = begin_import(store, source, modality, texts, images) if texts or images else None
         try:
             with row_lock(store):  # the images as stored now (an ingest may have rewritten them since they were read), then paired
                 if texts:
