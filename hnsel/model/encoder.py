@@ -115,8 +115,17 @@ class Encoder:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             return fn(inputs.to(self.device, non_blocking=True)).float()
 
+    def project(self, modality: str, features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw tower features (``image_features`` / ``text_features``, e.g. read from the feature cache) -> what
+        ``image_batch`` / ``text_batch`` return for the same inputs: only the heads run."""
+        head = {"image": self.image_head, "text": self.text_head}[modality]
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
+        return self._project(features, head)
+
     def _run(self, fn: Callable, inputs: torch.Tensor, head: ProjectionHead | None) -> tuple[np.ndarray, np.ndarray | None]:
-        features = self._features(fn, inputs)
+        return self._project(self._features(fn, inputs), head)
+
+    def _project(self, features: torch.Tensor, head: ProjectionHead | None) -> tuple[np.ndarray, np.ndarray | None]:
         spread = None
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             if head is not None and head.probabilistic:

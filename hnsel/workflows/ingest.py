@@ -8,13 +8,14 @@ from typing import Any
 
 from ..config import HnselConfig
 from ..errors import InputError
-from ..schema import KINDS, POOLS, ProgressFn
+from ..schema import KINDS, MODEL_META_KEY, POOLS, REEMBED_META_KEY, ProgressFn
 from ..store import Store, open_store
+from ..store.leases import describe_owner, is_dead
 from ..data.vector_files import FileSummary, VectorFile, normalised_batches, validate_file
 from .repair import unfinished
 from .rounds import list_rounds
 
-__all__ = ["ingest", "IngestReport", "status"]
+__all__ = ["ingest", "IngestReport", "status", "model_summary"]
 
 
 @dataclass
@@ -84,6 +85,17 @@ def ingest(config: HnselConfig, images: str | Path | None = None, texts: str | P
         return report
 
 
+def model_summary(record: dict | None) -> dict | None:
+    """What ``hnsel status`` says of the store's model record: name, weights (a checkpoint's path) and the digest that
+    identifies them, heads, dimension; None for a store without a record (vectors ingested from files)."""
+    if not record:
+        return None
+    weights = str(record.get("weights") or "")
+    return {"model_name": record.get("model_name"), "pretrained": record.get("pretrained"), "dim": record.get("dim"),
+            "checkpoint_sha256": weights.partition(":")[2] if weights.startswith("sha256:") else None, "weights": weights or None,
+            "base_pretrained": record.get("base_pretrained"), "heads_sha256": record.get("heads_sha256")}
+
+
 def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
     """Counts per collection and pool, the vector dimension, and how many samples carry a round;
     with ``rounds``, also one summary per logged round (``rounds.list_rounds``)."""
@@ -96,6 +108,11 @@ def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
                 selected += store.count(kind, store.where(kind, min_round=0))
         out["dim"] = store.dim
         out["selected"] = selected
+        out["model"] = model_summary(store.get_meta(MODEL_META_KEY))
+        out["collections"] = {kind: store.name(kind) for kind in KINDS}
+        pending = store.get_meta(REEMBED_META_KEY)
+        out["reembed"] = None if pending is None else {"model": model_summary(pending.get("model")), "collections": pending.get("collections"),
+                                                       "stopped": is_dead(pending), "holder": describe_owner(pending)}
         if rounds:
             out["rounds"] = list_rounds(store)
             out["unfinished"] = unfinished(store)
