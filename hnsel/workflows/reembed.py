@@ -88,11 +88,22 @@ def reembed(config: HnselConfig, *, pretrained: str, model_name: str | None = No
                 for kind in ("texts", "images"):
                     _fill(store, new, kind, encoder, cache, report, first, batch_size, num_workers, on_progress)
             _switch(store, target, encoder, report)
+        except BaseException:
+            lease.stop()
+            _mark_stopped(store, lease.record)  # a rerun (this process too) resumes it at once
+            raise
         finally:
             lease.stop()
         report.dropped = _drop_leftovers(store, keep=set(report.collections.values()))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _mark_stopped(store: Store, record: dict) -> None:
+    try:
+        store.set_meta(REEMBED_META_KEY, dict(record, owner=dict(record["owner"], heartbeat=0)))
+    except Exception:  # the store is gone too: the heartbeat ages out (LEASE_S)
+        pass
 
 
 def _check_store(store: Store) -> None:
@@ -153,7 +164,8 @@ def _fill(store: Store, new: Store, kind: str, encoder: Encoder, cache: FeatureC
     seen: set[str] = set()
     failures: list[tuple[str, str, str]] = []
     total = store.count(kind)
-    for batch in store.iter_rows(kind, "", ("id", *fields), batch_size=1024):
+    page = max(8, min(4096, 8 * batch_size))  # rows written per step: a kill loses at most one page's work
+    for batch in store.iter_rows(kind, "", ("id", *fields), batch_size=page):
         ids = [r["id"] for r in batch]
         seen.update(ids)
         held = {r["id"]: r for r in new.get(kind, ids, ["id", "vector", *fields, *extra])}
