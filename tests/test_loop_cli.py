@@ -2,8 +2,8 @@
 
 A slice of flickr8k-dev (../shared/data/flickr8k-dev) stands in for the user's photos, with a captions file for some of
 them, and the built-in offline towers (``--model-name effnet-lite0-minilm``): embed -> select -> annotate export ->
-(annotators caption) -> annotate import -> train -> reembed -> select round 2 -> report. No id is picked twice and the
-round ledger survives the move to the new model.
+(annotators caption) -> annotate import -> train -> reembed -> select round 2 -> export and import its captions -> report.
+No id is picked twice and the round ledger survives the move to the new model.
 
 The user's files are written by ``_own_files`` in today's manifest format (id, uri, caption: a row per caption, an
 uncaptioned row for a photo without one); ``EMBED_FORMAT`` holds the embed flags that read them, the one place to change
@@ -93,6 +93,9 @@ def test_two_rounds_on_own_photos_through_the_cli(tmp_path):
     _hnsel(tmp_path, "reembed", "--pretrained", "model/checkpoint.pt", "--num-workers", "0")
     # round 2 on the new model's vectors
     _hnsel(tmp_path, "select", "--budget", str(BUDGET), "--out", "round2.csv")
+    _hnsel(tmp_path, "annotate", "export", "--round", "2", "--out", "todo2.csv")
+    _annotate(tmp_path / "todo2.csv", tmp_path / "done2.csv", flickr)
+    _hnsel(tmp_path, "annotate", "import", "done2.csv")  # the store's record now names the checkpoint: it loads from there
     _hnsel(tmp_path, "report", "--out", "report")
 
     first, second = _ids(tmp_path / "round1.csv", "id"), _ids(tmp_path / "round2.csv", "id")
@@ -100,13 +103,13 @@ def test_two_rounds_on_own_photos_through_the_cli(tmp_path):
     assert set(first) == set(_ids(tmp_path / "todo.csv", "image_id"))
     assert not set(first) & {p["filename"] for p in photos[:N_CAPTIONED]}  # candidates were the uncaptioned photos
     status = json.loads(_hnsel(tmp_path, "status", "--json"))
-    assert status["images"] == {"paired": N_CAPTIONED + BUDGET, "unpaired": N_PHOTOS - N_CAPTIONED - BUDGET}
-    assert status["texts"]["paired"] == 2 * N_CAPTIONED + BUDGET
+    assert status["images"] == {"paired": N_CAPTIONED + 2 * BUDGET, "unpaired": N_PHOTOS - N_CAPTIONED - 2 * BUDGET}
+    assert status["texts"]["paired"] == 2 * N_CAPTIONED + 2 * BUDGET
     assert status["collections"] == {"images": "hnsel_images__m1", "texts": "hnsel_texts__m1"} and status["reembed"] is None
     model = status["model"]
     checkpoint = (tmp_path / "model" / "checkpoint.pt").resolve()
     assert model["model_name"] == "effnet-lite0-minilm" and model["pretrained"] == str(checkpoint)
     assert model["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     ledger = {r["round"]: (r["size"], r["annotated"], r["pending"]) for r in status["rounds"]}
-    assert ledger == {1: (BUDGET, BUDGET, 0), 2: (BUDGET, 0, BUDGET)}
+    assert ledger == {1: (BUDGET, BUDGET, 0), 2: (BUDGET, BUDGET, 0)}
     assert (tmp_path / "report" / "index.html").is_file()
