@@ -272,3 +272,34 @@ def test_sigkill_during_reembed_leaves_the_old_space_and_a_rerun_finishes(tmp_pa
     texts = sorted(after["rows"]["texts"])
     want = new.encode_texts([after["rows"]["texts"][i]["text"] for i in texts])
     np.testing.assert_allclose([after["rows"]["texts"][i]["vector"] for i in texts], want, atol=1e-4)
+
+
+def test_a_crash_between_the_switch_and_the_cleanup_is_finished_by_a_rerun(tmp_path, tiny, monkeypatch):
+    """Stopped after the one write that switches (the re-embed record and the old pair still there): the store already
+    serves the new space, and a rerun only finishes the cleanup."""
+    from hnsel.store.milvus import Store
+
+    config = HnselConfig(store=StoreConfig(uri=str(tmp_path / "s.db")))
+    api.embed(config, _manifest(tmp_path, 2, 4), model_name=tiny, pretrained="none", device="cpu", num_workers=0)
+    api.select(config, budget=2, strategy="random", record=True)
+    before, ledger = _rows(config), _ledger(config)
+    checkpoint = _perturbed_checkpoint(tiny, tmp_path / "new.pt", seed=7)
+    real = Store.delete_meta
+
+    def crash(self, keys):
+        if list(keys) == [REEMBED_META_KEY]:
+            raise KeyboardInterrupt  # the process stops right after the switch
+        return real(self, keys)
+
+    monkeypatch.setattr(Store, "delete_meta", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.reembed(config, pretrained=checkpoint, device="cpu", cache_dir=None)
+    monkeypatch.setattr(Store, "delete_meta", real)
+    status = api.status(config)
+    assert status["collections"] == {"images": "hnsel_images__m1", "texts": "hnsel_texts__m1"} and status["reembed"]["stopped"]
+    with open_store(config.store) as store:
+        assert {"hnsel_images", "hnsel_texts"} <= set(store.list_collections())
+    report = api.reembed(config, pretrained=checkpoint, device="cpu", cache_dir=None)
+    assert report.resumed and report.images_embedded == 0 and report.images_resumed == 6
+    assert sorted(report.dropped) == ["hnsel_images", "hnsel_texts"]
+    assert _scalars(_rows(config)) == _scalars(before) and _ledger(config) == ledger and api.status(config)["reembed"] is None
