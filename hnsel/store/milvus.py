@@ -159,8 +159,10 @@ class Store:
         """Configured collection name -> the collection holding the current embedding space (read once per Store)."""
         if self._space is None:
             self._space = {}
-            record = self.get_meta(SPACE_META_KEY, strong=True)
-            self._space = dict((record or {}).get("collections") or {})
+            if self.has("meta"):  # a Strong read that leaves the next data read Strong too (``_consistency``)
+                rows = self.rpc("read the meta collection", "query", self._load("meta"), filter=in_filter("id", [SPACE_META_KEY]),
+                                output_fields=["value"], consistency_level="Strong")
+                self._space = dict((json.loads(rows[0]["value"]) if rows else {}).get("collections") or {})
         return self._space
 
     def view(self, names: Mapping[str, str]) -> "Store":
