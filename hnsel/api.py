@@ -17,6 +17,7 @@ _WHERE = {
     "ingest": "workflows.ingest", "IngestReport": "workflows.ingest", "status": "workflows.ingest",
     "select": "workflows.select", "SelectResult": "workflows.select",
     "build_problem": "store.problem",
+    "reembed": "workflows.reembed", "ReembedReport": "workflows.reembed",
     "embed": "workflows.embed", "EmbedReport": "workflows.embed", "check_model": "workflows.embed", "write_bulk": "workflows.embed",
     "train": "workflows.train", "TrainReport": "workflows.train", "evaluate": "workflows.train", "EvalReport": "workflows.train",
     "release": "workflows.rounds", "show_round": "workflows.rounds",

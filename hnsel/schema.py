@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 __all__ = [
     "KINDS", "MODALITIES", "KIND_OF", "POOLS", "ID_MAX_LENGTH", "SCALAR_FIELDS", "OPTIONAL_FLOAT_FIELDS", "UNKNOWN_UNCERTAINTY",
     "FIELD_MAX_BYTES", "ProgressFn",
-    "MODEL_META_KEY", "MATCH_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "INGEST_PREFIX", "CLAIM_PREFIX",
+    "MODEL_META_KEY", "MATCH_META_KEY", "SPACE_META_KEY", "REEMBED_META_KEY", "ROUND_PREFIX", "PICKS_PREFIX", "IMPORT_PREFIX", "INGEST_PREFIX", "CLAIM_PREFIX",
     "MODEL_IDENTITY_KEYS", "same_model", "describe_model", "text_problem",
     "DEFAULT_MODEL_NAME", "DEFAULT_PRETRAINED", "DEVICES", "DEFAULT_CACHE_DIR",
 ]
@@ -37,6 +37,8 @@ FIELD_MAX_BYTES = {"id": ID_MAX_LENGTH, **{name: n for kind in KINDS for name, n
 MODEL_META_KEY = "model"  # the model that embedded the store's vectors (an ``Encoder.model_info`` record)
 MODEL_IDENTITY_KEYS = ("model_name", "config_sha256", "weights", "heads_sha256", "dim")  # equal keys: the same embedding space
 MATCH_META_KEY = "match"  # probabilistic heads' calibrated match parameters {"scale", "shift"} (docs/ascmr.md)
+SPACE_META_KEY = "space"  # {"collections": {configured name: collection in use}, "generation"}: switched by ``hnsel reembed``
+REEMBED_META_KEY = "reembed"  # an unfinished ``hnsel reembed``: its target model and the collections it fills
 ROUND_PREFIX = "round/"  # round/0003: a round's log
 PICKS_PREFIX = "picks/"  # picks/0003/00000...: a round's picks in order, with score, violations and reason
 IMPORT_PREFIX = "import/"  # an annotation import's journal

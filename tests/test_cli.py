@@ -63,7 +63,8 @@ def test_ingest_select_status_json(tmp_path, vectors):
     assert json.loads(res.stdout) == {"images": 95, "texts": 30, "dim": 8}
     res = invoke(["status", "--milvus-uri", db, "--json"])
     assert json.loads(res.stdout) == {"images": {"paired": 15, "unpaired": 80}, "texts": {"paired": 30, "unpaired": 0}, "dim": 8, "selected": 0,
-                                      "rounds": [], "unfinished": []}
+                                      "rounds": [], "unfinished": [], "model": None, "reembed": None,
+                                      "collections": {"images": "hnsel_images", "texts": "hnsel_texts"}}
     out = tmp_path / "picks.csv"
     res = invoke(["select", "--milvus-uri", db, "--budget", 10, "--out", out, "--json", "--seed", 4])
     assert res.exit_code == 0, res.output

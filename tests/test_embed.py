@@ -163,7 +163,7 @@ def test_bad_models_fail_fast_with_one_line(tmp_path, tiny_config):
 
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 to fail without network")
 def test_known_tag_without_weights_names_the_tag():
-    with pytest.raises(HnselError, match="cannot load pretrained 'openai' for ViT-B-32.*--pretrained /path"):
+    with pytest.raises(HnselError, match="cannot download the pretrained 'openai' weights of ViT-B-32.*--model-name effnet-lite0-minilm.*--pretrained /path"):
         load_encoder("ViT-B-32", "openai", "cpu")
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import api
-from ..schema import DEFAULT_PRETRAINED
+from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from . import app
 from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, progress_bar, show, show_progress
@@ -30,8 +30,8 @@ def embed(
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Image folder for JSON sources and relative manifest URIs (default: the file's folder).")] = None,
     pool: Annotated[Optional[str], typer.Option("--pool", help="paired or unpaired for every image (default: manifest's pool column, else paired when captioned).")] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Embed one split of a Karpathy source (train, val, test, restval).")] = None,
-    model_name: Annotated[Optional[str], typer.Option("--model-name", help="open_clip model name or JSON config path (default: the checkpoint's model, else ViT-B-32).")] = None,
-    pretrained: Annotated[str, typer.Option("--pretrained", help="open_clip tag, local checkpoint path (open_clip or hnsel), or 'none' for random weights.")] = DEFAULT_PRETRAINED,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="Built-in model (effnet-lite0-minilm: offline, no download), open_clip model name or JSON config path (default: the checkpoint's model, else the store's model, else ViT-B-32).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help=f"open_clip tag, local checkpoint path (open_clip or hnsel), or 'none' for random weights (default: the store's model record, else {DEFAULT_PRETRAINED}; a built-in tower model's own weights).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps. Mixed precision on cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass and per write.")] = 64,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Image-decoding processes (default: cores - 1, at most 4; 0 decodes in this process).")] = None,
@@ -48,6 +48,7 @@ def embed(
     id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     allow_duplicates: Annotated[bool, typer.Option("--allow-duplicates", help="Store a file whose content is already stored (or listed) under "
                                                    "another id anyway, and list it (default: refuse, naming both ids).")] = False,
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache hnsel train writes: a checkpoint with heads over frozen towers runs only its heads on the images found there.")] = DEFAULT_CACHE_DIR,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
@@ -64,7 +65,7 @@ def embed(
             report = api.write_bulk(cfg, source, bulk, on_progress=on_progress, **common)
         else:
             report = api.embed(cfg, source, overwrite=overwrite, on_progress=on_progress, ray=cluster, ray_batch_size=ray_batch_size,
-                               ray_concurrency=ray_concurrency, **common)
+                               ray_concurrency=ray_concurrency, cache_dir=cache_dir, **common)
     show(report.summary(), json_output, _print_report)
 
 
@@ -92,6 +93,8 @@ def _print_report(summary: dict) -> None:
         where = "stored" if d["stored"] else "listed"
         console.print(f"warning: image {d['id']!r} is the same file as image {d['same_as']!r} ({where}); stored twice (--allow-duplicates)",
                       highlight=False, markup=False)
+    if summary.get("image_features_cached"):
+        console.print(f"{summary['image_features_cached']} images from the feature cache (only the heads ran)", highlight=False)
     if summary["captions_dropped"]:
         console.print(f"{summary['captions_dropped']} captions of unpaired images were not embedded", highlight=False)
     if summary["failures"]:
@@ -106,3 +109,37 @@ def _print_report(summary: dict) -> None:
     if summary["bulk_files"]:
         for kind, files in summary["bulk_files"].items():
             console.print(f"{kind}: {len(files)} Parquet file(s) for bulk_import, e.g. {files[0] if files else '-'}", highlight=False, markup=False)
+
+
+@app.command()
+@handle_errors
+def reembed(
+    pretrained: Annotated[str, typer.Option("--pretrained", help="The new weights: a checkpoint of hnsel train (OUT/checkpoint.pt), an open_clip tag, or 'none'.")],
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model of --pretrained (default: the checkpoint's own model).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or captions per forward pass.")] = 64,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Image-decoding processes (default: cores - 1, at most 4).")] = None,
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache (hnsel train's): features found there skip the towers; new ones are added.")] = DEFAULT_CACHE_DIR,
+    config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+) -> None:
+    """Re-embed every stored image and caption with a new model and switch both collections at once, keeping every round,
+    annotation and release (a kill leaves the old space in use; run it again to resume)."""
+    cfg = get_config(config, milvus_uri, token, namespace)
+    workers = _default_workers() if num_workers is None else num_workers
+    with progress_bar(show_progress(json_output), rate=True) as on_progress:
+        report = api.reembed(cfg, pretrained=pretrained, model_name=model_name, device=device, batch_size=batch_size, num_workers=workers,
+                             cache_dir=cache_dir, on_progress=on_progress)
+    show(report.summary(), json_output, _print_reembed)
+
+
+def _print_reembed(summary: dict) -> None:
+    model = summary["model"]
+    name = f"{model['model_name']} / {model['pretrained']}"
+    if not summary["switched"]:
+        console.print(Text(f"the store already holds {name}: nothing to re-embed"))
+        return
+    console.print(Text(f"re-embedded {summary['images_embedded']} images and {summary['texts_embedded']} captions with {name} "
+                       f"in {summary['seconds']:.1f}s ({summary['image_features_cached']} images and {summary['text_features_cached']} "
+                       f"captions from the feature cache; {summary['images_resumed']} images and {summary['texts_resumed']} captions "
+                       "kept from an interrupted run)"))
+    console.print(Text(f"now in use: {', '.join(summary['collections'].values())}; rounds, annotations and picks kept"))

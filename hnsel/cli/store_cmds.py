@@ -53,8 +53,23 @@ def status(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt 
     console.print(f"dimension: {info['dim']}   selected (carry a round): {info['selected']}")
     for warning in info.get("warnings", []):
         err_console.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
+    console.print(Text(f"model: {describe_model_summary(info['model'])}"))
+    if info.get("reembed"):
+        pending = info["reembed"]
+        state = "stopped" if pending["stopped"] else f"running ({pending['holder']})"
+        console.print(Text(f"re-embed to {describe_model_summary(pending['model'])}: unfinished, {state}; the old space is in use "
+                           f"(run hnsel reembed --pretrained {(pending['model'] or {}).get('pretrained')} to finish)"))
     from .rounds import print_unfinished, rounds_table
 
     if info["rounds"]:
         console.print(rounds_table(info["rounds"]))
     print_unfinished(info["unfinished"])
+
+
+def describe_model_summary(model: dict | None) -> str:
+    """``effnet-lite0-minilm / /path/checkpoint.pt (checkpoint sha256 1a2b3c4d5e6f, dim 256)``."""
+    if not model:
+        return "none recorded (vectors ingested from files)"
+    digest = f"checkpoint sha256 {model['checkpoint_sha256'][:12]}, " if model.get("checkpoint_sha256") else ""
+    heads = " + untrained heads" if model.get("heads_sha256") and not model.get("checkpoint_sha256") else ""
+    return f"{model['model_name']} / {model['pretrained']}{heads} ({digest}dim {model['dim']})"

@@ -2,12 +2,14 @@
 
 ``load_encoder(model_name, pretrained, device)`` accepts
 
-- ``model_name``: any ``open_clip.list_models()`` name, or the path of a JSON model config (it is
-  registered with ``open_clip.add_model_config`` under the file's stem);
+- ``model_name``: a built-in model (``effnet-lite0-minilm``, ``hnsel-small``: ``hnsel/configs``, ``model.builtin``),
+  any ``open_clip.list_models()`` name, or the path of a JSON model config (it is registered with
+  ``open_clip.add_model_config`` under the file's stem);
 - ``pretrained``: an open_clip tag (``openai``, ``laion2b_s34b_b79k``...), ``none`` (random weights,
   seeded so that two loads give the same model), the path of a plain open_clip state-dict file, or
   the path of an hnsel checkpoint (written by ``save_checkpoint``; it carries its model config and
-  optional projection heads, so ``model_name`` may then be omitted).
+  optional projection heads, so ``model_name`` may then be omitted). A tower model (``hnsel`` section) has no
+  open_clip tags: the default tag ``openai`` means ``none`` for it (its towers' own weights, untrained heads).
 
 ``Encoder.model_info`` identifies the embedding space (model, config hash, weights); the store
 records it and ``same_model`` refuses to mix two spaces.
@@ -15,6 +17,7 @@ records it and ``same_model`` refuses to mix two spaces.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -29,6 +32,7 @@ import torch
 
 from ..errors import HnselError, InputError, ModelMismatchError
 from ..schema import DEFAULT_MODEL_NAME, DEFAULT_PRETRAINED, DEVICES
+from .builtin import OFFLINE_MODEL, builtin_config, builtin_name, is_tower_config, list_builtin_models, upgrade_config
 from .heads import ProjectionHead, build_head
 from .probabilistic import uncertainty
 from . import towers
@@ -44,6 +48,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "hnsel-checkpoint"
 CHECKPOINT_VERSION = 1
 _INIT_SEED = 0  # random ("none") weights are drawn from this seed: same model every load
+_WRITTEN: dict[str, dict] = {}  # registered name -> its config as written (hnsel section, package: paths): what checkpoints keep
 
 
 @dataclass
@@ -110,8 +115,17 @@ class Encoder:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             return fn(inputs.to(self.device, non_blocking=True)).float()
 
+    def project(self, modality: str, features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw tower features (``image_features`` / ``text_features``, e.g. read from the feature cache) -> what
+        ``image_batch`` / ``text_batch`` return for the same inputs: only the heads run."""
+        head = {"image": self.image_head, "text": self.text_head}[modality]
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
+        return self._project(features, head)
+
     def _run(self, fn: Callable, inputs: torch.Tensor, head: ProjectionHead | None) -> tuple[np.ndarray, np.ndarray | None]:
-        features = self._features(fn, inputs)
+        return self._project(self._features(fn, inputs), head)
+
+    def _project(self, features: torch.Tensor, head: ProjectionHead | None) -> tuple[np.ndarray, np.ndarray | None]:
         spread = None
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             if head is not None and head.probabilistic:
@@ -151,12 +165,13 @@ def save_checkpoint(
 ) -> Path:
     """Write an hnsel checkpoint atomically; ``heads`` values are ProjectionHeads or {spec, state_dict}.
 
-    The model config is stored whenever it is known, so the checkpoint loads without ``--model-name``.
+    The model config is stored whenever it is known, so the checkpoint loads without ``--model-name``: the config as
+    written (its ``hnsel`` section and ``package:`` paths kept, never this machine's resolved paths), so it loads anywhere.
     """
     import open_clip
 
     if model_config is None:
-        model_config = open_clip.get_model_config(model_name)
+        model_config = _WRITTEN.get(model_name) or builtin_config(model_name) or open_clip.get_model_config(model_name)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -251,6 +266,8 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT
     elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise InputError("checkpoint file not found; pass an existing file, an open_clip tag or 'none'", path=pretrained)
     name, config = _resolve_for(model_name, ckpt, weights_file)
+    if pretrained == DEFAULT_PRETRAINED and is_tower_config(config):  # the default tag: a tower model's own weights
+        pretrained, weights_id = "none", f"random:{_INIT_SEED}"
     torch_device = resolve_device(device)
     base_tag = str(ckpt.get("pretrained", "none")) if ckpt else pretrained
     section = towers.split_config(config, name)[1]
@@ -271,7 +288,7 @@ def load_encoder(model_name: str | None = None, pretrained: str | None = DEFAULT
 
     info = {
         "model_name": name,
-        "pretrained": str(weights_file) if weights_file else pretrained,
+        "pretrained": str(weights_file.resolve()) if weights_file else pretrained,  # absolute: the store's record loads from anywhere
         "dim": int(dim),
         "config_sha256": _json_sha256(config),
         "weights": weights_id,
@@ -293,7 +310,8 @@ def _resolve_for(model_name: str | None, ckpt: dict | None, weights_file: Path |
         if model_name is None and weights_file is not None:
             raise HnselError(f"{weights_file} is a plain state dict that does not say its model: pass --model-name (an open_clip name or a JSON config)")
         return resolve_model_name(model_name or DEFAULT_MODEL_NAME)
-    ck_name, ck_config = str(ckpt["model_name"]), ckpt.get("model_config")
+    ck_name = str(ckpt["model_name"])
+    ck_config = upgrade_config(ck_name, ckpt.get("model_config"))  # old checkpoints of a built-in model: its config again
     if model_name is None:
         if ck_config is None:
             return resolve_model_name(ck_name)
@@ -357,6 +375,9 @@ def resolve_model_name(model_name: str) -> tuple[str, dict]:
     """An open_clip model name or a JSON config path -> (registered name, config dict)."""
     import open_clip
 
+    builtin = builtin_name(model_name)
+    if builtin is not None:
+        return builtin, register_config(builtin, builtin_config(builtin), where=model_name)
     path = Path(model_name)
     if model_name.endswith(".json") or path.is_file():
         if not path.is_file():
@@ -369,8 +390,8 @@ def resolve_model_name(model_name: str) -> tuple[str, dict]:
     config = open_clip.get_model_config(model_name)
     if config is None:
         raise HnselError(
-            f"unknown model {model_name!r}: use an open_clip model name (see open_clip.list_models(), "
-            "e.g. ViT-B-32) or the path of a JSON model config"
+            f"unknown model {model_name!r}: use a built-in model ({', '.join(list_builtin_models())}), an open_clip model name "
+            "(see open_clip.list_models(), e.g. ViT-B-32) or the path of a JSON model config"
         )
     return model_name, config
 
@@ -384,12 +405,32 @@ def register_config(name: str, config: Mapping[str, Any], where: object = None) 
     if missing:
         raise InputError(f"model config lacks {missing}; an open_clip config has embed_dim, vision_cfg and text_cfg", path=where or name)
     clip_config, _ = towers.split_config(config, where or name)  # local tower paths resolved, hnsel's section apart
+    _WRITTEN[name] = copy.deepcopy(config)
     if open_clip.get_model_config(name) != clip_config:
         with tempfile.TemporaryDirectory(prefix="hnsel-model-") as tmp:
             file = Path(tmp) / f"{name}.json"
             file.write_text(json.dumps(clip_config), encoding="utf-8")
             open_clip.add_model_config(file)  # the registry keeps the parsed config after the file goes
     return config
+
+
+def _first_words(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception, cut at a word boundary (never mid-word) when longer than ``limit``."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip() or type(exc).__name__
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0].rstrip(" ,;:.") + " ..."
+
+
+_DOWNLOAD_SIGNS = ("failed to download", "cannot find the requested files", "offline", "connection", "resolve", "unreachable",
+                   "max retries", "name or service not known", "temporary failure")
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    """True when fetching pretrained weights failed for want of a network (or with the hub set offline)."""
+    text = str(exc).lower()
+    return any(sign in text for sign in _DOWNLOAD_SIGNS) or type(exc).__name__ in (
+        "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "HTTPError")
 
 
 def _tag_overrides(name: str, tag: str) -> dict[str, Any]:
@@ -437,12 +478,17 @@ def build_model(name: str, config: Mapping[str, Any], *, tag: str | None, weight
     except HnselError:
         raise
     except Exception as exc:  # download errors, bad files, offline hub: one line, never a traceback
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = _first_words(exc)
         if weights_file is not None:
             raise InputError(f"cannot load these weights into {name} ({first}); check --model-name", path=weights_file) from None
+        if _is_download_failure(exc):
+            raise HnselError(
+                f"cannot download the pretrained {tag!r} weights of {name} (no network, or HF_HUB_OFFLINE is set); offline, use the "
+                f"built-in model --model-name {OFFLINE_MODEL} (no download), or pass --pretrained /path/to/checkpoint.pt"
+            ) from None
         raise HnselError(
-            f"cannot load pretrained {tag!r} for {name} ({first}); with no network, download the weights "
-            "elsewhere and pass --pretrained /path/to/checkpoint"
+            f"cannot load pretrained {tag!r} for {name} ({first}); pass --pretrained /path/to/checkpoint.pt, or use the built-in "
+            f"offline model --model-name {OFFLINE_MODEL}"
         ) from None
     finally:
         logging.disable(muted)

@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..schema import DEFAULT_CACHE_DIR, ProgressFn
 from .images import image_batches
 
-__all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key"]
+__all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key", "cached_vectors", "encode_vectors"]
 
 
 
@@ -173,3 +173,78 @@ def backbone_features(
     captions, n_txt = _cached(cache, text_keys, lambda rows: _encode_texts(
         encoder, [texts[i] for i in rows], batch_size, on_progress))
     return images, captions, {"computed_images": n_img, "computed_texts": n_txt}
+
+
+# ---------------------------------------------------------------------------------------------
+# final vectors through the heads, with the backbone's part read from the cache where it is held
+# (``hnsel embed`` and ``hnsel reembed`` of a checkpoint whose towers are frozen: only the heads run)
+
+
+def _keys(modality: str, inputs: Sequence[str]) -> tuple[list[str | None], list[tuple[int, str]]]:
+    """Cache keys of image uris or captions; an image file that is gone has no key (it is a failure)."""
+    if modality == "text":
+        return [text_key(t) for t in inputs], []
+    keys: list[str | None] = []
+    failed = []
+    for i, uri in enumerate(inputs):
+        try:
+            keys.append(image_key(uri) if uri else None)
+        except ImageReadError as exc:
+            keys.append(None)
+            failed.append((i, exc.reason))
+        if not uri:
+            failed.append((i, "no uri stored"))
+    return keys, failed
+
+
+def _project(encoder: Any, modality: str, features: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    parts = [encoder.project(modality, features[s:s + batch_size]) for s in range(0, len(features), max(1, batch_size))]
+    spread = None if any(u is None for _, u in parts) else np.concatenate([u for _, u in parts])
+    return np.concatenate([v for v, _ in parts]), spread
+
+
+def cached_vectors(encoder: Any, cache: FeatureCache, modality: str, inputs: Sequence[str],
+                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(indices of ``inputs`` whose backbone features the cache holds, their final vectors, their variances or None)."""
+    keys, _ = _keys(modality, inputs)
+    rows = [i for i, k in enumerate(keys) if k is not None]
+    found, hits = cache.get([keys[i] for i in rows]) if rows else (None, np.zeros(0, bool))
+    if found is None or not hits.any():
+        return np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float32), None
+    vectors, spread = _project(encoder, modality, found[hits], batch_size)
+    return np.asarray(rows, np.int64)[hits], vectors, spread
+
+
+def encode_vectors(encoder: Any, modality: str, inputs: Sequence[str], *, cache: FeatureCache | None, batch_size: int = 64,
+                   num_workers: int = 0, on_progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list, int]:
+    """Final vectors of image uris or captions: (indices done, vectors, variances or None, [(index, reason)] not read,
+    how many came from the cache). Features the cache lacks go through the tower and into the cache."""
+    keys, failed = _keys(modality, inputs)
+    rows = [i for i, k in enumerate(keys) if k is not None]
+    found, hits = cache.get([keys[i] for i in rows]) if cache is not None and rows else (None, np.zeros(len(rows), bool))
+    missing = [rows[j] for j in np.flatnonzero(~hits)]
+    done, features = [rows[j] for j in np.flatnonzero(hits)], [found[hits]] if found is not None and hits.any() else []
+    label = "re-embedding images" if modality == "image" else "re-embedding captions"
+    if modality == "image":
+        for indices, batch, bad in image_batches([inputs[i] for i in missing], encoder.preprocess, batch_size, num_workers):
+            failed.extend((missing[i], reason) for i, reason in bad)
+            if batch is not None:
+                features.append(encoder.image_features(batch).numpy())
+                done.extend(missing[i] for i in indices)
+                if cache is not None:
+                    cache.put([keys[missing[i]] for i in indices], features[-1])
+            if on_progress is not None:
+                on_progress(label, len(done) + len(failed), len(inputs))
+    else:
+        for start in range(0, len(missing), batch_size):
+            part = missing[start:start + batch_size]
+            features.append(encoder.text_features([inputs[i] for i in part]).numpy())
+            done.extend(part)
+            if cache is not None:
+                cache.put([keys[i] for i in part], features[-1])
+            if on_progress is not None:
+                on_progress(label, len(done), len(inputs))
+    if not done:
+        return np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float32), None, failed, 0
+    vectors, spread = _project(encoder, modality, np.concatenate(features), batch_size)
+    return np.asarray(done, np.int64), vectors, spread, failed, int(hits.sum())

@@ -6,11 +6,16 @@ selected), ``uri`` on images, ``image_id`` and ``text`` on texts. ``{namespace}_
 records (the embedding model, the round log). Field and collection names can be mapped in ``hnsel.toml``
 to read a collection hnsel did not create (read-only).
 
+After ``hnsel reembed`` the vectors live in new collections (``{namespace}_images__m1``, ...): the meta record ``space``
+maps each configured name to the collection that holds the store's current embedding space, and ``Store.name``
+follows it, so every reader and writer uses the new pair from the moment one meta write switches both.
+
 Vocabulary follows pymilvus: ``collection_name``, ``data``, ``filter``, ``limit``, ``output_fields``, ``ids``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -21,7 +26,8 @@ import numpy as np
 from ..config import CollectionConfig, StoreConfig
 from ..errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from ..schema import (
-    ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
+    ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, SPACE_META_KEY, UNKNOWN_UNCERTAINTY, describe_model,
+    same_model,
 )
 
 __all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter"]
@@ -121,6 +127,7 @@ class Store:
         self._loaded: set[str] = set()
         self._fields: dict[str, set[str]] = {}
         self._synced = False
+        self._space: dict[str, str] | None = None  # configured collection name -> the collection in use (``space`` record)
 
     def rpc(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line."""
@@ -143,7 +150,40 @@ class Store:
 
     # --- naming -------------------------------------------------------------------------------
     def name(self, kind: str) -> str:
-        return self.config.collection_name(kind) if kind in KINDS else f"{self.config.namespace}_{kind}"
+        if kind not in KINDS:
+            return f"{self.config.namespace}_{kind}"
+        base = self.config.collection_name(kind)
+        return self.space().get(base, base)
+
+    def space(self) -> dict[str, str]:
+        """Configured collection name -> the collection holding the current embedding space (read once per Store)."""
+        if self._space is None:
+            self._space = {}
+            if self.has("meta"):  # a Strong read that leaves the next data read Strong too (``_consistency``)
+                rows = self.rpc("read the meta collection", "query", self._load("meta"), filter=in_filter("id", [SPACE_META_KEY]),
+                                output_fields=["value"], consistency_level="Strong")
+                self._space = dict((json.loads(rows[0]["value"]) if rows else {}).get("collections") or {})
+        return self._space
+
+    def view(self, names: Mapping[str, str]) -> "Store":
+        """The same connection with ``names`` (kind -> collection) in place of the current collections: ``hnsel reembed``
+        writes a new space into collections no reader uses until the switch."""
+        other = copy.copy(self)
+        other._space = {self.config.collection_name(k): v for k, v in names.items()}
+        other._loaded, other._fields = set(), {}
+        return other
+
+    def forget_space(self) -> None:
+        """Read the ``space`` record again at the next name look-up (after a switch)."""
+        self._space, self._loaded, self._fields = None, set(), {}
+
+    def drop_collection(self, collection_name: str) -> None:
+        if self.rpc(f"look up collection {collection_name}", "has_collection", collection_name):
+            self.rpc(f"drop collection {collection_name}", "drop_collection", collection_name)
+        self._loaded.discard(collection_name)
+
+    def list_collections(self) -> list[str]:
+        return list(self.rpc("list collections", "list_collections"))
 
     def fields(self, kind: str) -> CollectionConfig:
         return getattr(self.config, kind)
@@ -168,7 +208,8 @@ class Store:
         return f"({expr})" if expr else f"{f.pool} == {quote(f.pool_value(pool))}"
 
     def where(self, kind: str, *, pool: str | None = None, round: int | None = None, min_round: int | None = None,
-              below_round: int | None = None, image_ids: Sequence[str] | None = None, uris: Sequence[str] | None = None) -> str:
+              below_round: int | None = None, image_ids: Sequence[str] | None = None, uris: Sequence[str] | None = None,
+              empty: str | None = None) -> str:
         """A filter expression of ``kind``'s rows: every condition given must hold (``""``: all rows). The only
         place hnsel writes a filter; strings enter through ``quote``, numbers as ints."""
         f = self.fields(kind)
@@ -185,6 +226,8 @@ class Store:
             terms.append(in_filter(f.image_id, list(image_ids)))
         if uris is not None:
             terms.append(in_filter(f.uri, list(uris)))
+        if empty is not None:  # a VARCHAR field (canonical name) that holds the empty string: an image without uri
+            terms.append(f"{getattr(f, empty)} == {quote('')}")
         return " and ".join(terms)
 
     def excluding(self, kind: str, filter: str, ids: Sequence[str]) -> str:
@@ -311,6 +354,17 @@ class Store:
         if len(text) > 65535:
             raise StoreError(f"meta record {key!r} is {len(text)} characters; Milvus VARCHAR holds 65535")
         self.rpc(f"write meta record {key}", "upsert", self.name("meta"), [{"id": key, "value": text, "vector": [1.0, 0.0]}])
+
+    def set_metas(self, records: Mapping[str, Any]) -> None:
+        """Several JSON records in one upsert request: they change together (``hnsel reembed``'s switch)."""
+        self._ensure_meta()
+        rows = []
+        for key, value in records.items():
+            text = json.dumps(_finite(value), sort_keys=True, allow_nan=False)
+            if len(text) > 65535:
+                raise StoreError(f"meta record {key!r} is {len(text)} characters; Milvus VARCHAR holds 65535")
+            rows.append({"id": key, "value": text, "vector": [1.0, 0.0]})
+        self.rpc(f"write meta records {', '.join(records)}", "upsert", self.name("meta"), rows)
 
     def delete_meta(self, keys: Sequence[str]) -> None:
         if keys and self.has("meta"):

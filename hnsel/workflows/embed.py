@@ -27,7 +27,7 @@ from ..data.records import Dataset, ImageRecord, record_problem
 from ..data.shards import ShardSource
 from ..data.sources import open_source
 from ..model.encoder import Encoder, load_encoder
-from ..schema import DEFAULT_PRETRAINED
+from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from ..errors import InputError
 from ..store.bulk import BulkSink
 from .embed_own import check_duplicates, pair_stored, record_stored_digests
@@ -45,6 +45,7 @@ class EmbedReport:
     model: dict
     images_embedded: int = 0
     images_skipped: int = 0  # already in the store
+    image_features_cached: int = 0  # backbone features read from the feature cache: only the heads ran
     texts_embedded: int = 0
     texts_skipped: int = 0
     captions_dropped: int = 0  # captions of images put in the unpaired pool
@@ -119,7 +120,8 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
           encoder: Encoder | None = None, on_progress: ProgressFn | None = None, id_field: str | None = None,
           caption_field: str | None = None, image_column: str | None = None, ray: bool | str = False, ray_batch_size: int = 256,
           ray_concurrency: int | None = None, id_column: str | None = None, uri_column: str | None = None,
-          caption_column: str | None = None, allow_duplicates: bool = False) -> EmbedReport:
+          caption_column: str | None = None, allow_duplicates: bool = False,
+          cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR) -> EmbedReport:
     """Embed ``source`` into the store named by ``config``; see the module docstring for the guarantees.
 
     Manifests: ``id_column``, ``uri_column`` and ``caption_column`` name a user's own columns (``data.manifests``). A file
@@ -130,8 +132,15 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
     own discovery: ``RAY_ADDRESS``, a cluster started on this machine, else a local one) or an address runs the encoder
     as a Ray Data actor pool of ``ray_concurrency`` actors (one per GPU by default), ``ray_batch_size`` images a call;
     the actors build the model from ``model_name`` and ``pretrained`` (an ``encoder`` object is not shipped to them).
+
+    Neither ``model_name`` nor ``pretrained`` (both None): the store's own model record (``store_model``). A model with
+    heads over frozen towers reads the backbone features ``hnsel train`` cached under ``cache_dir`` (None: no cache).
     """
     from ..store import open_store
+    from .store_model import model_flags
+
+    if encoder is None:
+        model_name, pretrained = model_flags(config, model_name, pretrained)
 
     shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
                      "uri_column": uri_column, "caption_column": caption_column}
@@ -169,7 +178,7 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
                              batch_size=ray_batch_size, concurrency=ray_concurrency, overwrite=overwrite, on_progress=on_progress)
             else:
                 _run(dataset, encoder, _StoreSink(store), report, batch_size, num_workers, on_progress,
-                     skip=None if overwrite else store.existing_ids)
+                     skip=None if overwrite else store.existing_ids, cache=_feature_cache(encoder, cache_dir))
                 if isinstance(dataset, Dataset):
                     if not overwrite:
                         report.images_paired, captions = pair_stored(store, dataset, encoder, batch_size)
@@ -190,8 +199,33 @@ def _check_batching(batch_size: int, num_workers: int) -> None:
         raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
 
 
+def _feature_cache(encoder: Encoder, cache_dir: str | os.PathLike | None):
+    """The backbone feature cache of a model with heads (its towers frozen: the heads' input is what train cached)."""
+    if cache_dir is None or encoder.image_head is None:
+        return None
+    from ..model.features import FeatureCache, backbone_id
+
+    return FeatureCache(cache_dir, backbone_id(encoder))
+
+
+def _embed_cached(images: list[ImageRecord], encoder: Encoder, cache, sink, report: EmbedReport, batch_size: int) -> list[ImageRecord]:
+    """Write the images whose backbone features the cache holds (only the heads run); return the others."""
+    from ..model.features import cached_vectors
+
+    local = [i for i, r in enumerate(images) if r.data is None and r.uri]
+    rows, vectors, spread = _timed(report, "encode_seconds", cached_vectors, encoder, cache, "image", [images[i].uri for i in local])
+    done = [local[i] for i in rows]
+    for start in range(0, len(done), batch_size):
+        part = slice(start, start + batch_size)
+        _write_image_batch([images[i] for i in done[part]], vectors[part], encoder, sink, report, batch_size,
+                           None if spread is None else spread[part])
+    report.image_features_cached += len(done)
+    taken = set(done)
+    return [r for i, r in enumerate(images) if i not in taken]
+
+
 def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
-         on_progress: ProgressFn | None, skip: Callable[[str, Sequence[str]], set[str]] | None) -> None:
+         on_progress: ProgressFn | None, skip: Callable[[str, Sequence[str]], set[str]] | None, cache=None) -> None:
     if isinstance(dataset, ShardSource):
         _run_shards(dataset, encoder, sink, report, batch_size, num_workers, on_progress, skip)
         return
@@ -200,6 +234,8 @@ def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedRe
     if skip is not None:
         images = _not_stored(images, "images", skip)
         report.images_skipped = len(dataset.images) - len(images)
+    if images and cache is not None:
+        images = _embed_cached(images, encoder, cache, sink, report, batch_size)
     if images:
         _embed_images(images, encoder, sink, report, batch_size, num_workers, on_progress)
     texts = dataset.texts
@@ -332,8 +368,12 @@ def write_bulk(config: HnselConfig, source: str | os.PathLike, out_dir: str | os
                image_column: str | None = None, id_column: str | None = None, uri_column: str | None = None,
                caption_column: str | None = None, allow_duplicates: bool = False) -> EmbedReport:
     """Embed ``source`` into Parquet files for ``bulk_import`` (no store is opened); ``hnsel_bulk.json`` lists them."""
+    from .store_model import model_flags
+
     shard_options = {"id_field": id_field, "caption_field": caption_field, "image_column": image_column, "id_column": id_column,
                      "uri_column": uri_column, "caption_column": caption_column}
+    if encoder is None:
+        model_name, pretrained = model_flags(config, model_name, pretrained)
     dataset, encoder, report = _prepare(source, model_name, pretrained, device, batch_size, num_workers, images_dir, pool, split,
                                         errors_path, encoder, shard_options)
     if isinstance(dataset, Dataset):

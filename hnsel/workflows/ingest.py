@@ -9,16 +9,16 @@ from typing import Any
 
 from ..config import HnselConfig
 from ..errors import HnselError, InputError, ModelMismatchError
-from ..schema import KINDS, MODEL_META_KEY, POOLS, ProgressFn, describe_model
+from ..schema import KINDS, MODEL_META_KEY, POOLS, REEMBED_META_KEY, ProgressFn, describe_model
 from ..store import Store, open_store
-from ..store.leases import describe_owner, row_lock
+from ..store.leases import describe_owner, is_dead, row_lock
 from ..data.vector_files import FileSummary, VectorFile, normalised_batches, validate_file
 from .journal import begin_ingest, end_ingest, file_stamp
 from .repair import lost_marks, unfinished
 from ..store.pools import picked_in_meta, pool_mismatch
 from .rounds import list_rounds
 
-__all__ = ["ingest", "IngestReport", "status", "finish_ingest"]
+__all__ = ["ingest", "IngestReport", "status", "finish_ingest", "model_summary"]
 
 
 @dataclass
@@ -173,6 +173,17 @@ def finish_ingest(store: Store, key: str, record: dict, force: bool = False) -> 
     return True, f"{where} finished from its files ({report.images} images and {report.texts} texts written)"
 
 
+def model_summary(record: dict | None) -> dict | None:
+    """What ``hnsel status`` says of the store's model record: name, weights (a checkpoint's path) and the digest that
+    identifies them, heads, dimension; None for a store without a record (vectors ingested from files)."""
+    if not record:
+        return None
+    weights = str(record.get("weights") or "")
+    return {"model_name": record.get("model_name"), "pretrained": record.get("pretrained"), "dim": record.get("dim"),
+            "checkpoint_sha256": weights.partition(":")[2] if weights.startswith("sha256:") else None, "weights": weights or None,
+            "base_pretrained": record.get("base_pretrained"), "heads_sha256": record.get("heads_sha256")}
+
+
 def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
     """Counts per collection and pool, the vector dimension, and how many samples carry a round;
     with ``rounds``, also one summary per logged round (``rounds.list_rounds``)."""
@@ -188,6 +199,11 @@ def status(config: HnselConfig, rounds: bool = False) -> dict[str, Any]:
         warnings = [why for kind in KINDS if (why := pool_mismatch(store, kind))]
         if warnings:  # only when a pool mapping matches nothing
             out["warnings"] = warnings
+        out["model"] = model_summary(store.get_meta(MODEL_META_KEY))
+        out["collections"] = {kind: store.name(kind) for kind in KINDS}
+        pending = store.get_meta(REEMBED_META_KEY)
+        out["reembed"] = None if pending is None else {"model": model_summary(pending.get("model")), "collections": pending.get("collections"),
+                                                       "stopped": is_dead(pending), "holder": describe_owner(pending)}
         if rounds:
             out["rounds"] = list_rounds(store)
             out["unfinished"] = unfinished(store) + lost_marks(out["rounds"])

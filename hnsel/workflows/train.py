@@ -182,7 +182,9 @@ def train(
     else:
         columns = {"id_column": id_column, "uri_column": uri_column, "caption_column": caption_column}
         train_part, val = _source_sets(source, images_dir, split, val_split, columns)
-    encoder = load_encoder(model_name, pretrained, device)
+    from .store_model import model_flags
+
+    encoder = load_encoder(*model_flags(config, model_name, pretrained), device)  # no model flag: the store's own model
     base = dataclasses.replace(encoder, image_head=None, text_head=None)
     towers_locked = base.model_info.get("head_dim") is not None  # local towers (LiT): only the heads learn
     mode = ("head" if base.device.type == "cpu" or towers_locked else "full") if mode == "auto" else mode
