@@ -352,7 +352,7 @@ def test_a_text_round_goes_through_label_studio_too(tmp_path, label_studio):
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps({"id": f"q{i:02d}", "vector": v.tolist(), "pool": "unpaired", "text": f"query {i}"}) + "\n"
                                for i, v in enumerate(extra)))
-    api.ingest(config, texts=queries)
+    api.ingest(config, texts=queries, model_name=MODEL["model_name"])  # the store holds that model's vectors
     picked = list(api.select(config, budget=3, strategy="random", modality="text", seed=0, record=True).selection.ids)
     pushed = api.push_round(config, 2, url=url, api_key=TOKEN)
     assert (pushed.modality, pushed.tasks_added, pushed.storages_added) == ("text", 3, [])

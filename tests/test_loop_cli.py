@@ -5,9 +5,9 @@ them, and the built-in offline towers (``--model-name effnet-lite0-minilm``): em
 (annotators caption) -> annotate import -> train -> reembed -> select round 2 -> export and import its captions -> report.
 No id is picked twice and the round ledger survives the move to the new model.
 
-The user's files are written by ``_own_files`` in today's manifest format (id, uri, caption: a row per caption, an
-uncaptioned row for a photo without one); ``EMBED_FORMAT`` holds the embed flags that read them, the one place to change
-when manifests take column options.
+The user's files are written by ``_own_files`` in a user's own format (``filename,caption``: a row per caption, an
+uncaptioned row for a photo without one); ``EMBED_FORMAT`` holds the embed flags that read them (``--uri-column``; ids
+are the paths relative to ``--images-dir``, as for a folder).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ FLICKR = ROOT.parent / "shared" / "data" / "flickr8k-dev"
 pytestmark = pytest.mark.skipif(not FLICKR.is_dir() and not os.environ.get("CI"), reason="needs ../shared/data/flickr8k-dev")
 
 N_PHOTOS, N_CAPTIONED, BUDGET = 24, 10, 4
-EMBED_FORMAT: list[str] = []  # today's manifest columns (id, uri, caption) need no flag
+EMBED_FORMAT = ["--images-dir", "photos", "--uri-column", "filename"]  # the user's own columns: filename,caption
 
 
 def _flickr() -> dict[str, dict]:
@@ -46,12 +46,12 @@ def _own_files(folder: Path, photos: list[dict]) -> Path:
     path = folder / "captions.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "uri", "caption"])
+        writer.writerow(["filename", "caption"])
         for k, photo in enumerate(photos):
             shutil.copy(FLICKR / "images" / photo["filename"], folder / "photos" / photo["filename"])
             captions = [s["raw"] for s in photo["sentences"][:2]] if k < N_CAPTIONED else [""]
             for caption in captions:
-                writer.writerow([photo["filename"], f"photos/{photo['filename']}", caption])
+                writer.writerow([photo["filename"], caption])
     return path
 
 
