@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..config import CollectionConfig, StoreConfig
+from .connection import GRPC_OPTIONS, until_connected
 from ..errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from ..schema import (
     ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
@@ -80,9 +81,11 @@ def _connect(config: StoreConfig):
         if not path.parent.exists():
             raise ConfigError(f"--milvus-uri {config.uri!r}: folder {path.parent} does not exist; create it first")
     try:
-        # a Lite file starts a local server process, which can take long on a loaded machine (seen: > 30 s while another
-        # job wrote gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most
-        return MilvusClient(uri=config.uri, token=config.token or "", timeout=config.timeout if config.is_lite else min(30.0, config.timeout))
+        # a Lite file starts a local server, which can take long on a loaded machine (seen: > 30 s while another job wrote
+        # gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most. Refusals
+        # meanwhile are retried, and the keepalive is one the server accepts (store/connection.py says why)
+        return until_connected(lambda left: MilvusClient(uri=config.uri, token=config.token or "", timeout=left, grpc_options=dict(GRPC_OPTIONS)),
+                               config.timeout if config.is_lite else min(30.0, config.timeout))
     except Exception as exc:  # pymilvus raises several types for the same failures
         text = str(exc)
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
