@@ -121,3 +121,14 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     _run([python, "-m", "hnsel", "report", "--milvus-uri", db, "--out", work / "report"], cwd=work)
     page = work / "report" / "index.html"  # the page is built from the packaged static files (read at run time)
     assert page.is_file() and "<html" in page.read_text(encoding="utf-8").lower()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_only_make_test_installs_chromium():
+    """`make demo` (and setup) never reach the apt-get of Chromium; `make test` does, for the report's browser test."""
+    def plan(target: str) -> str:  # make -n prints every recipe line it would run, silent (@) ones included
+        return subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT).stdout
+
+    for target in ("demo", "setup", "demo-vectors"):
+        assert "chromium" not in plan(target), target
+    assert "apt-get" in plan("test") and "chromium-driver" in plan("test")
