@@ -122,3 +122,30 @@ def test_a_store_opens_after_refusals_and_a_server_that_never_answers_is_one_lin
     with pytest.raises(StoreError, match=r"^cannot connect to Milvus at http://127\.0\.0\.1:1\b") as info:
         open_store(StoreConfig(uri="http://127.0.0.1:1", namespace="t", timeout=3.0))
     assert "\n" not in str(info.value)
+
+
+def _unavailable(*args, **kwargs):
+    raise _Refused("<_InactiveRpcError: status = StatusCode.UNAVAILABLE, details = Received a GOAWAY with error code ENHANCE_YOUR_CALM>")
+
+
+def test_a_read_that_meets_a_dropped_connection_is_sent_again_on_a_fresh_one(store_uri, namespace):
+    """The first query fails as a dropped connection does; the store reconnects (a connection of its own) and the
+    read answers. A request that is not idempotent, or one that timed out, is not sent twice."""
+    with open_store(StoreConfig(uri=store_uri, namespace=namespace)) as store:
+        store.set_meta("k", {"v": 1})
+        first = store.client
+        first.query = _unavailable
+        assert store.get_meta("k") == {"v": 1} and store.client is not first
+        store.client.create_collection = _unavailable
+        with pytest.raises(StoreError, match="is unreachable"):
+            store.rpc("create a collection", "create_collection", "x")
+        calls = []
+
+        def slow(*args, **kwargs):
+            calls.append(1)
+            raise _Refused("DEADLINE_EXCEEDED: Deadline Exceeded")
+
+        store.client.query = slow
+        with pytest.raises(StoreError, match="did not answer"):
+            store.get_meta("k")
+        assert calls == [1]

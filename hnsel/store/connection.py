@@ -5,6 +5,8 @@
   calls run and none while idle, and after two strikes answers GOAWAY ``too_many_pings``, dropping the connection
   under a long ``hnsel simulate``. hnsel pings after 6 minutes without traffic and never while idle; a Milvus
   server (which allows pings every 5 s) is served the same way.
+- A request that can be sent twice (reads, upserts and deletes by id) and meets a dropped connection is sent once
+  more on a fresh connection of the store's own.
 - Opening a connection waits for the server: a refused or unready start (a Lite server starting on a loaded
   machine, a connection still backing off after a drop) is retried until the connect deadline, not reported at
   the first refusal (pymilvus's handshake does not wait for a channel to become ready).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, TypeVar
 
-__all__ = ["GRPC_OPTIONS", "TRANSIENT_SIGNS", "is_transient", "until_connected"]
+__all__ = ["GRPC_OPTIONS", "TRANSIENT_SIGNS", "IDEMPOTENT", "is_transient", "is_dropped", "until_connected"]
 
 T = TypeVar("T")
 
@@ -27,17 +29,28 @@ GRPC_OPTIONS: dict[str, int] = {
     "grpc.keepalive_permit_without_calls": 0,
 }
 
-# what pymilvus and gRPC say when a connection could not be made or was dropped, as opposed to a refused request
-TRANSIENT_SIGNS = ("UNAVAILABLE", "Fail connecting to server", "Connection refused", "Connection reset", "Socket closed",
-                   "GOAWAY", "too_many_pings", "failed to connect to all addresses", "DEADLINE_EXCEEDED", "Deadline Exceeded")
+# what pymilvus and gRPC say when a connection was dropped or could not be made, as opposed to a refused request
+DROPPED_SIGNS = ("UNAVAILABLE", "Fail connecting to server", "Connection refused", "Connection reset", "Socket closed",
+                 "GOAWAY", "too_many_pings", "failed to connect to all addresses")
+TRANSIENT_SIGNS = (*DROPPED_SIGNS, "DEADLINE_EXCEEDED", "Deadline Exceeded")  # while connecting, a slow start too
+# requests that may be sent twice with the same effect (upsert and delete by id included): retried on a fresh connection
+IDEMPOTENT = frozenset({"has_collection", "describe_collection", "load_collection", "query", "search", "get", "upsert", "delete"})
+
+
+def _text(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    name = getattr(code() if callable(code) else code, "name", "")
+    return f"{name} {getattr(exc, 'message', '') or ''} {exc}"
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection failed (try again later) rather than that Milvus refused the request."""
-    code = getattr(exc, "code", None)
-    name = getattr(code() if callable(code) else code, "name", "")
-    text = f"{name} {getattr(exc, 'message', '') or ''} {exc}"
-    return any(sign in text for sign in TRANSIENT_SIGNS)
+    """Whether ``exc`` says a connection could not be made yet (try again) rather than that Milvus refused it."""
+    return any(sign in _text(exc) for sign in TRANSIENT_SIGNS)
+
+
+def is_dropped(exc: BaseException) -> bool:
+    """Whether a request failed because its connection dropped (a slow answer, DEADLINE_EXCEEDED, is not retried)."""
+    return any(sign in _text(exc) for sign in DROPPED_SIGNS)
 
 
 def until_connected(open_client: Callable[[float], T], deadline_s: float, *, clock: Callable[[], float] = time.monotonic,

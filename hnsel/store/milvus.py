@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..config import CollectionConfig, StoreConfig
-from .connection import GRPC_OPTIONS, until_connected
+from .connection import GRPC_OPTIONS, IDEMPOTENT, is_dropped, until_connected
 from ..errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from ..schema import (
     ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
@@ -70,7 +70,8 @@ def _quiet_pymilvus() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _connect(config: StoreConfig):
+def _connect(config: StoreConfig, dedicated: bool = False):
+    """A client of ``config.uri``; ``dedicated``: a connection of its own, not the one pymilvus shares per address."""
     from pymilvus import MilvusClient
 
     _quiet_pymilvus()
@@ -84,8 +85,8 @@ def _connect(config: StoreConfig):
         # a Lite file starts a local server, which can take long on a loaded machine (seen: > 30 s while another job wrote
         # gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most. Refusals
         # meanwhile are retried, and the keepalive is one the server accepts (store/connection.py says why)
-        return until_connected(lambda left: MilvusClient(uri=config.uri, token=config.token or "", timeout=left, grpc_options=dict(GRPC_OPTIONS)),
-                               config.timeout if config.is_lite else min(30.0, config.timeout))
+        return until_connected(lambda left: MilvusClient(uri=config.uri, token=config.token or "", timeout=left, grpc_options=dict(GRPC_OPTIONS),
+                                                         dedicated=dedicated), config.timeout if config.is_lite else min(30.0, config.timeout))
     except Exception as exc:  # pymilvus raises several types for the same failures
         text = str(exc)
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
@@ -126,11 +127,24 @@ class Store:
         self._synced = False
 
     def rpc(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line."""
+        """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line. An
+        idempotent request that meets a dropped connection is sent once more on a fresh one."""
+        for attempt in (1, 2):
+            try:
+                return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
+            except Exception as exc:  # pymilvus and grpc raise many types for the same failures
+                if attempt == 2 or method not in IDEMPOTENT or not is_dropped(exc):
+                    raise _milvus_error(action, exc, self.config) from None
+            self._reconnect(action)
+
+    def _reconnect(self, action: str) -> None:
+        """A connection of the store's own: pymilvus shares one per address, and after a failed recovery of its own it
+        would hand the broken one back."""
+        self.close()
         try:
-            return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
-        except Exception as exc:  # pymilvus and grpc raise many types for the same failures
-            raise _milvus_error(action, exc, self.config) from None
+            self.client = _connect(self.config, dedicated=True)
+        except StoreError as exc:
+            raise StoreError(f"{exc} (the connection dropped while trying to {action})") from None
 
     def sync(self) -> None:
         """Make the next read Strong again: it then sees every write made so far, by any process."""
