@@ -19,11 +19,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..config import CollectionConfig, StoreConfig
-from .connection import GRPC_OPTIONS, IDEMPOTENT, is_dropped, until_connected
 from ..errors import ConfigError, ModelMismatchError, StoreError, StoreLockedError
 from ..schema import (
     ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, UNKNOWN_UNCERTAINTY, describe_model, same_model,
 )
+from .connection import GRPC_OPTIONS, IDEMPOTENT, is_dropped, until_connected
 
 __all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter"]
 
@@ -129,13 +129,16 @@ class Store:
     def rpc(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line. An
         idempotent request that meets a dropped connection is sent once more on a fresh one."""
-        for attempt in (1, 2):
-            try:
-                return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
-            except Exception as exc:  # pymilvus and grpc raise many types for the same failures
-                if attempt == 2 or method not in IDEMPOTENT or not is_dropped(exc):
-                    raise _milvus_error(action, exc, self.config) from None
-            self._reconnect(action)
+        try:
+            return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
+        except Exception as exc:  # pymilvus and grpc raise many types for the same failures
+            if method not in IDEMPOTENT or not is_dropped(exc):
+                raise _milvus_error(action, exc, self.config) from None
+        self._reconnect(action)
+        try:
+            return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
+        except Exception as exc:
+            raise _milvus_error(action, exc, self.config) from None
 
     def _reconnect(self, action: str) -> None:
         """A connection of the store's own: pymilvus shares one per address, and after a failed recovery of its own it
