@@ -1,5 +1,5 @@
 # hnsel: `make demo` runs the main job on the embedded Milvus Lite; `make test` runs the tests.
-# Both create .venv and install everything they need on first use (`make setup`).
+# Both create .venv and install everything they need on first use (`make setup`); only `make test` installs Chromium.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,10 +9,10 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup test demo demo-photos demo-vectors clean chromium
 
-setup: $(VENV)/.installed chromium
+setup: $(VENV)/.installed
 
 # Headless Chromium and its WebDriver for the report test (tests/test_report.py): Debian's packages, installed
-# only when missing (as root, or through sudo).
+# only when missing (as root, or through sudo), and only by `make test`: `make demo` never needs them.
 chromium:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q
 
 # The whole path on hnsel's own data, with a pretrained backbone: render 1,000 scenes (30 per fine category), train

@@ -5,20 +5,43 @@
 >>> result = api.select(config, budget=1000)            # doctest: +SKIP
 
 Names resolve lazily (PEP 562): ``api.status`` imports the store and nothing else, so a command that needs no
-model never pays for torch. Each name lives in the ``hnsel.workflows`` module of its job.
+model never pays for torch. Each name lives in the ``hnsel.workflows`` module of its job; the same names are
+imported under ``TYPE_CHECKING`` so editors and mypy see their real signatures (tests/test_packaging.py keeps
+the two lists equal).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and mypy see; at run time each name is imported on first use (``__getattr__``)
+    from .data.scenes import generate_scenes
+    from .data.synthetic import generate_vectors
+    from .data.shards import ShardSource, open_shards
+    from .report import ReportResult
+    from .report import build_report as report
+    from .store.problem import build_problem
+    from .workflows.annotate import ExportReport, ImportReport, export_round, import_annotations
+    from .workflows.embed import EmbedReport, embed, write_bulk
+    from .workflows.ingest import IngestReport, ingest, status
+    from .workflows.label_studio import PullReport, PushReport, pull_round, push_round
+    from .workflows.ray_cluster import connect as connect_ray
+    from .workflows.ray_embed import embed_shards
+    from .workflows.ray_select import select_hardneg
+    from .workflows.reembed import ReembedReport, reembed
+    from .workflows.repair import repair
+    from .workflows.rounds import release, show_round
+    from .workflows.select import SelectResult, select
+    from .workflows.simulate import SimulateReport, simulate
+    from .workflows.train import EvalReport, TrainReport, evaluate, train
 
 _WHERE = {
     "ingest": "workflows.ingest", "IngestReport": "workflows.ingest", "status": "workflows.ingest",
     "select": "workflows.select", "SelectResult": "workflows.select",
     "build_problem": "store.problem",
     "reembed": "workflows.reembed", "ReembedReport": "workflows.reembed",
-    "embed": "workflows.embed", "EmbedReport": "workflows.embed", "check_model": "workflows.embed", "write_bulk": "workflows.embed",
+    "embed": "workflows.embed", "EmbedReport": "workflows.embed", "write_bulk": "workflows.embed",
     "train": "workflows.train", "TrainReport": "workflows.train", "evaluate": "workflows.train", "EvalReport": "workflows.train",
     "release": "workflows.rounds", "show_round": "workflows.rounds",
     "repair": "workflows.repair",

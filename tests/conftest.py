@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SERVER_START_TIMEOUT = 60.0  # seconds; ~11 s is usual on 2 cores
+SERVER_START_TIMEOUT = 240.0  # seconds; ~11 s is usual on 2 idle cores, much longer when other jobs hold them
 SERVER_STOP_TIMEOUT = 30.0
 SERVER_START_ATTEMPTS = 2  # a second try with new ports if another run took one of ours meanwhile
 INTERNAL_PORT_FLAGS = (
@@ -173,6 +173,8 @@ def _wait_ready(proc: subprocess.Popen, data: Path) -> tuple[str | None, str]:
     """Poll until a client answers; ``(None, why)`` as soon as the server is known dead."""
     from pymilvus import MilvusClient
 
+    from hnsel.store.connection import GRPC_OPTIONS
+
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -183,7 +185,8 @@ def _wait_ready(proc: subprocess.Popen, data: Path) -> tuple[str | None, str]:
         if port:
             uri = f"http://127.0.0.1:{port}"
             try:
-                client = MilvusClient(uri, timeout=2)
+                # hnsel's keepalive: pymilvus shares this connection with every later client of the same address
+                client = MilvusClient(uri, timeout=5, grpc_options=dict(GRPC_OPTIONS))
                 client.list_collections()
                 client.close()
                 return uri, ""

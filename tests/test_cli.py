@@ -129,12 +129,12 @@ def test_second_process_on_a_lite_file_gets_a_clear_error(tmp_path, vectors):
     # Separate processes throughout: this test process may hold Milvus Lite files of its own.
     subprocess.run(hnsel + ["ingest", "--milvus-uri", str(db), "--images", str(images), "--texts", str(texts)], check=True, capture_output=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
+        import sys
         from pymilvus import MilvusClient
         client = MilvusClient({str(db)!r})
         print("open", flush=True)
-        time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+        sys.stdin.readline()  # holds the file until the test is done (a timed sleep ran out on busy cores)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         res = subprocess.run(hnsel + ["select", "--milvus-uri", str(db), "--budget", "5"], capture_output=True, text=True)

@@ -295,7 +295,7 @@ def test_a_paused_server_is_a_one_line_error_naming_what_to_check(hostile, tmp_p
             started = time.monotonic()
             with pytest.raises(StoreError, match="did not answer within 2 s") as info:
                 store.count("images")
-            assert time.monotonic() - started < 20
+            assert time.monotonic() - started < 60  # far under the ~85 s of pymilvus's own retries, with room for busy cores
             res = invoke(["status", "--config", toml])
         finally:
             os.kill(pid, signal.SIGCONT)

@@ -15,6 +15,20 @@ app = typer.Typer(
     cls=OneLineErrors,  # usage errors are one line and exit code 1, as README promises
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"hnsel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print hnsel's version and exit.", is_eager=True, callback=_print_version)) -> None:
+    """Pick the unpaired images (or captions) worth paying annotators for."""
+
+
 # Command modules register themselves on `app` (or add a sub-app) when imported.
 from . import store_cmds as _store_cmds  # noqa: E402,F401
 from . import select as _select  # noqa: E402,F401

@@ -29,6 +29,7 @@ from ..schema import (
     ID_MAX_LENGTH, KINDS, MODEL_META_KEY, OPTIONAL_FLOAT_FIELDS, SCALAR_FIELDS, SPACE_META_KEY, UNKNOWN_UNCERTAINTY, describe_model,
     same_model,
 )
+from .connection import GRPC_OPTIONS, IDEMPOTENT, is_dropped, until_connected
 
 __all__ = ["Store", "open_store", "collection_schema", "MAX_TOPK", "quote", "in_filter"]
 
@@ -75,7 +76,8 @@ def _quiet_pymilvus() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _connect(config: StoreConfig):
+def _connect(config: StoreConfig, dedicated: bool = False):
+    """A client of ``config.uri``; ``dedicated``: a connection of its own, not the one pymilvus shares per address."""
     from pymilvus import MilvusClient
 
     _quiet_pymilvus()
@@ -86,9 +88,11 @@ def _connect(config: StoreConfig):
         if not path.parent.exists():
             raise ConfigError(f"--milvus-uri {config.uri!r}: folder {path.parent} does not exist; create it first")
     try:
-        # a Lite file starts a local server process, which can take long on a loaded machine (seen: > 30 s while another
-        # job wrote gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most
-        return MilvusClient(uri=config.uri, token=config.token or "", timeout=config.timeout if config.is_lite else min(30.0, config.timeout))
+        # a Lite file starts a local server, which can take long on a loaded machine (seen: > 30 s while another job wrote
+        # gigabytes to the same disk): wait up to the request timeout for it; a remote server gets 30 s at most. Refusals
+        # meanwhile are retried, and the keepalive is one the server accepts (store/connection.py says why)
+        return until_connected(lambda left: MilvusClient(uri=config.uri, token=config.token or "", timeout=left, grpc_options=dict(GRPC_OPTIONS),
+                                                         dedicated=dedicated), config.timeout if config.is_lite else min(30.0, config.timeout))
     except Exception as exc:  # pymilvus raises several types for the same failures
         text = str(exc)
         if config.is_lite and ("Open local milvus failed" in text or "lock" in text.lower()):
@@ -130,11 +134,27 @@ class Store:
         self._space: dict[str, str] | None = None  # configured collection name -> the collection in use (``space`` record)
 
     def rpc(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line."""
+        """``self.client.<method>(...)`` with the configured timeout; any failure becomes one ``StoreError`` line. An
+        idempotent request that meets a dropped connection is sent once more on a fresh one."""
         try:
             return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
         except Exception as exc:  # pymilvus and grpc raise many types for the same failures
+            if method not in IDEMPOTENT or not is_dropped(exc):
+                raise _milvus_error(action, exc, self.config) from None
+        self._reconnect(action)
+        try:
+            return getattr(self.client, method)(*args, timeout=self.config.timeout, **kwargs)
+        except Exception as exc:
             raise _milvus_error(action, exc, self.config) from None
+
+    def _reconnect(self, action: str) -> None:
+        """A connection of the store's own: pymilvus shares one per address, and after a failed recovery of its own it
+        would hand the broken one back."""
+        self.close()
+        try:
+            self.client = _connect(self.config, dedicated=True)
+        except StoreError as exc:
+            raise StoreError(f"{exc} (the connection dropped while trying to {action})") from None
 
     def sync(self) -> None:
         """Make the next read Strong again: it then sees every write made so far, by any process."""
