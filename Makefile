@@ -1,5 +1,6 @@
 # hnsel: `make demo` runs the main job on the embedded Milvus Lite; `make test` runs the tests.
-# Both create .venv and install everything they need on first use (`make setup`); only `make test` installs Chromium.
+# Both create .venv and install everything they need on first use (`make setup`); only `make test` installs Chromium
+# and Label Studio's own venv (.venv-ls) for the tests that drive them.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,10 +21,9 @@ chromium:
 	fi
 
 # Label Studio (the server tests/test_label_studio.py starts): its own venv, as it pins Django, numpy and more below
-# what hnsel's venv holds. hnsel talks to it over HTTP only, so it never needs to import it.
+# what hnsel's venv holds. hnsel talks to it over HTTP only, so it never needs to import it; only `make test` installs it.
 LS_VENV ?= .venv-ls
 LABEL_STUDIO_PIP ?= label-studio>=1.20,<2
-setup: $(LS_VENV)/.installed
 
 $(LS_VENV)/.installed:
 	$(PYTHON) -m venv $(LS_VENV)
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: setup chromium
+test: setup chromium $(LS_VENV)/.installed
 	$(PY) -m pytest -q
 
 # The whole path on hnsel's own data, with a pretrained backbone: render 1,000 scenes (30 per fine category), train

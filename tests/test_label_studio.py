@@ -1,7 +1,7 @@
 """Label Studio: task files whose image URLs it can serve, ids refused unless they are strings, and ``hnsel annotate
 push|pull`` against a real ``label-studio start`` process, with annotations made through its API.
 
-The server is the PyPI ``label-studio`` in its own virtual environment (``.venv-ls``, made by ``make setup``: it pins
+The server is the PyPI ``label-studio`` in its own virtual environment (``.venv-ls``, made by ``make test``: it pins
 Django, numpy and more below what hnsel's venv holds). One process serves the whole session: its first start migrates
 a new SQLite database, which takes minutes on two busy cores. Set ``HNSEL_LABEL_STUDIO`` to the ``label-studio``
 executable to use another install. Without one the server tests are skipped, and fail under ``CI=true``.
@@ -50,7 +50,7 @@ def _find_label_studio() -> str:
     for exe in (os.environ.get("HNSEL_LABEL_STUDIO"), str(ROOT / ".venv-ls" / "bin" / "label-studio"), shutil.which("label-studio")):
         if exe and Path(exe).is_file():
             return exe
-    why = "label-studio is not installed (make setup puts it in .venv-ls; or set HNSEL_LABEL_STUDIO)"
+    why = "label-studio is not installed (make test puts it in .venv-ls; or set HNSEL_LABEL_STUDIO)"
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {why}: CI must run the Label Studio tests", pytrace=False)
     pytest.skip(why)

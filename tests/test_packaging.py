@@ -132,3 +132,14 @@ def test_only_make_test_installs_chromium():
     for target in ("demo", "setup", "demo-vectors"):
         assert "chromium" not in plan(target), target
     assert "apt-get" in plan("test") and "chromium-driver" in plan("test")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_only_make_test_installs_label_studio():
+    """Label Studio's own venv is made by `make test` alone (-B: as on a fresh clone, every install step planned)."""
+    def plan(target: str) -> str:
+        return subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT).stdout
+
+    for target in ("demo", "setup", "demo-vectors"):
+        assert "label-studio" not in plan(target), target
+    assert "pip install --quiet 'label-studio" in plan("test")
