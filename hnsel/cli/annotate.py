@@ -22,10 +22,11 @@ def export(
     format: Annotated[str, typer.Option("--format", help="csv, jsonl, or label-studio (tasks .json + .label_config.xml).")] = "csv",
     out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default round-NNNN.csv/.jsonl/.json here).")] = None,
     include_annotated: Annotated[bool, typer.Option("--include-annotated", help="Also the samples already annotated.")] = False,
+    decisions: Annotated[Optional[Path], typer.Option("--from", help="Export only the accepted picks of this decisions file (the report's download).")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Write round N's samples awaiting annotation: ids and uris (image modality) or captions (text modality)."""
-    report = api.export_round(get_config(config, milvus_uri, token, namespace), round_, format, out, include_annotated)
+    report = api.export_round(get_config(config, milvus_uri, token, namespace), round_, format, out, include_annotated, decisions=decisions)
     if json_output:
         print_json(report.__dict__)
     else:

@@ -23,7 +23,7 @@ from ..strategies.base import params_of
 
 __all__ = ["CSP", "render_page", "to_json", "write_static", "STATIC_DIR"]
 
-CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'self'; "
+CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
        "base-uri 'none'; form-action 'none'; connect-src 'none'")
 STATIC_DIR = "static"
 STATIC_FILES = ("report.js", "report.css")

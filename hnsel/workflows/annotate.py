@@ -28,6 +28,7 @@ from ..data.vector_files import unit_rows
 from ..tables import write_table
 from ..schema import KIND_OF, MODEL_META_KEY, text_problem
 from .journal import begin_import, end_import
+from .decisions import read_decisions
 from .rounds import round_log
 
 __all__ = ["export_round", "ExportReport", "import_annotations", "ImportReport"]
@@ -44,8 +45,9 @@ class ExportReport:
 
 
 def export_round(config: HnselConfig, number: int, format: str = "csv", out: str | os.PathLike | None = None,
-                 include_annotated: bool = False) -> ExportReport:
-    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``)."""
+                 include_annotated: bool = False, decisions: str | os.PathLike | None = None) -> ExportReport:
+    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``); with
+    ``decisions`` (the report's file, ``workflows.decisions``) only its accepted picks."""
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format {format!r}: use one of {', '.join(EXPORT_FORMATS)}")
     path = Path(out) if out is not None else Path(f"round-{number:04d}{EXPORT_FORMATS[format]}")
@@ -57,7 +59,8 @@ def export_round(config: HnselConfig, number: int, format: str = "csv", out: str
         expr = store.where(kind, round=number, pool=None if include_annotated else "unpaired")
         extra = ("uri",) if kind == "images" else ("text",)
         extra = tuple(c for c in extra if store.has_field(kind, c))
-        rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch), key=lambda r: r["id"])
+        only = set(read_decisions(store, decisions, number, kind).accepted) if decisions is not None else None
+        rows = sorted((r for batch in store.iter_rows(kind, expr, ("id", *extra)) for r in batch if only is None or r["id"] in only), key=lambda r: r["id"])
     if format == "label-studio":
         tasks = [{"data": ({"image": r.get("uri", ""), "image_id": r["id"]} if modality == "image" else {"text": r.get("text", ""), "text_id": r["id"]})
                   | {"round": number}} for r in rows]
