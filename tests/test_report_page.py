@@ -32,7 +32,7 @@ def rounds(tmp_path_factory) -> dict:
 
 def _report(s: dict, out: Path, *args: str) -> dict:
     res = runner.invoke(app, ["report", "--milvus-uri", s["uri"], "--out", str(out), "--layout", "pca", "--json", *args])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, (res.output, res.exc_info and __import__("traceback").format_exception(*res.exc_info))
     page = (out / "index.html").read_text(encoding="utf-8")
     return json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
 
@@ -104,7 +104,8 @@ def test_map_hover_lasso_grid_sort_search_and_no_network(rounds, tmp_path, chrom
     others = np.asarray(chrome.execute_script(
         "const gd = document.getElementById('map-plot');"
         "return gd.calcdata.flatMap(c => c.map(p => [p.x, p.y]));"), dtype=np.float64)
-    other_px = _pixels(chrome, [{"xy": list(o)} for o in others])
+    others = others[np.isfinite(others).all(axis=1)]
+    other_px = _pixels(chrome, [{"xy": [float(v) for v in o]} for o in others])
     gaps = np.linalg.norm(px[:, None, :] - other_px[None, :, :], axis=2)
     gaps[gaps < 0.5] = np.inf  # the pick itself
     target = int(np.argmax(gaps.min(axis=1)))
@@ -159,7 +160,9 @@ def test_map_hover_lasso_grid_sort_search_and_no_network(rounds, tmp_path, chrom
     urls = chrome.execute_script("return [...document.querySelectorAll('[src],[href]')].map(e => e.src || e.href)")
     assert urls and all(u.startswith("file://") for u in urls), [u for u in urls if not u.startswith("file://")]
     fetched = chrome.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    assert any(u.endswith("/static/plotly.min.js") for u in fetched) and [u for u in fetched if not u.startswith("file://")] == []
+    assert [u for u in fetched if not u.startswith("file://")] == []
+    scripts = chrome.execute_script("return typeof Plotly === 'object' ? [...document.scripts].map(s => s.src) : null")
+    assert [u.rsplit("/", 2)[-2:] for u in scripts if u] == [["static", "plotly.min.js"], ["static", "report.js"]]
     assert [e for e in chrome.get_log("browser") if "Content Security Policy" in e.get("message", "")] == []
     blocked = chrome.execute_async_script(
         "const done = arguments[arguments.length - 1];"

@@ -19,7 +19,9 @@ __all__ = ["map_data"]
 
 
 def _vectors(store: Store, kind: str, ids: list[str]) -> tuple[list[str], np.ndarray]:
-    rows = store.get(kind, ids, ["id", "vector"])
+    rows = store.get(kind, ids, ["id", "vector"]) if ids else []
+    if not rows:
+        return [], np.zeros((0, 0), dtype=np.float32)
     return [r["id"] for r in rows], np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
 
 
