@@ -278,14 +278,17 @@
     box.style.top = Math.max(0, (e.clientY || rect.top) - rect.top + 14) + "px";
     box.hidden = false;
   }
+  var timings = window.hnselTimings = {};  // for benchmarks/report_page.py: page ready, last map selection applied
   function onSelected(ev) {
     if (!ev || !ev.points) return;
+    var started = performance.now();
     var chosen = new Set();
     ev.points.forEach(function (pt) { var info = meta[pt.curveNumber]; if (info && info.picks) chosen.add(info.picks[pt.pointNumber]); });
     S.lasso = chosen;
     $("lasso-chip").hidden = false;
     $("lasso-info").textContent = "map selection: " + chosen.size + " picks (" + ev.points.length + " points)";
     refilter();
+    timings.selected = {at: started, ms: performance.now() - started, picks: chosen.size};
   }
   function clearLasso() {
     S.lasso = null; $("lasso-chip").hidden = true;
@@ -333,6 +336,7 @@
   updateCounts();
   refilter();
   Promise.all([drawMap(), drawCharts()]).then(function () {
+    timings.ready = performance.now();
     document.body.dataset.ready = "1";
   }, function (err) {
     document.body.dataset.ready = "error: " + err;

@@ -1,0 +1,176 @@
+"""How the report page holds up with many picks, in headless Chromium: page ready, a lasso of about 1,000 picks on
+the map, and scrolling the grid to its end.
+
+    python benchmarks/report_page.py --picks 10000 --out /tmp/report-bench [--layout pca|umap|auto]
+
+Builds a synthetic store (``make_pool``: ``--paired`` paired images with 3 captions each, ``--picks`` + 2,000
+unpaired images, a tiny PNG per image), records a hardneg round of ``--picks``, writes the report (timed), then in
+Debian's chromium (WebGL through SwiftShader, as on a machine without a GPU):
+- page ready: navigation start to the page's ``data-ready`` (JSON parsed, grid's first chunk drawn, map and charts plotted);
+- lasso: a real pointer drag of a rectangle-shaped lasso holding about 1,000 picks; the handler's time (points to picks,
+  filter, sort, first grid chunk) and the wall time from the drag's end to the grid showing exactly those picks;
+- grid scroll: ``scrollBy(0, 900)`` per animation frame down to the end of the grid (chunks appended on the way): the
+  frame intervals (median, 95th percentile, frames over 50 ms) and the time to reach the last pick.
+Prints a Markdown row and writes ``benchmarks/results/report_page.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hnsel import api, load_config  # noqa: E402
+from hnsel.data.synthetic import make_pool  # noqa: E402
+
+
+def build_store(base: Path, picks: int, paired: int) -> tuple:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    pool = make_pool(n_paired=paired, n_unpaired=picks + 2000, captions_per_image=3, dim=64, n_coarse=12, fine_per_coarse=8, seed=0)
+    (base / "img").mkdir(parents=True, exist_ok=True)
+    uris = []
+    for i, image_id in enumerate(pool.image_ids):
+        path = base / "img" / f"{image_id}.png"
+        Image.new("RGB", (32, 24), tuple(int(c) for c in np.random.default_rng(i).integers(0, 255, 3))).save(path)
+        uris.append(str(path))
+    vec = pa.list_(pa.float32())
+    pq.write_table(pa.table({"id": pool.image_ids.tolist(), "vector": pa.array(list(pool.image_vectors), type=vec),
+                             "pool": pool.image_pool.tolist(), "uri": uris}), base / "images.parquet")
+    pq.write_table(pa.table({"id": pool.text_ids.tolist(), "vector": pa.array(list(pool.text_vectors), type=vec),
+                             "pool": ["paired"] * len(pool.text_ids), "image_id": pool.text_image_ids.tolist(),
+                             "text": [f"a caption of {t}" for t in pool.text_ids]}), base / "texts.parquet")
+    config = load_config().with_overrides(uri=str(base / "hnsel.db"))
+    api.ingest(config, images=base / "images.parquet", texts=base / "texts.parquet")
+    api.select(config, budget=picks, strategy="hardneg", record=True)
+    return config, pool
+
+
+def browser(tmp: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--enable-unsafe-swiftshader", "--no-first-run", "--disable-background-networking",
+                 "--window-size=1300,1800", f"--user-data-dir={tmp / 'profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+def page_ready(driver, index: Path, timeout: float = 600) -> float:
+    driver.get(index.resolve().as_uri())
+    deadline = time.monotonic() + timeout
+    while driver.execute_script("return document.body.dataset.ready") == "0":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the page never became ready")
+        time.sleep(0.1)
+    assert driver.execute_script("return document.body.dataset.ready") == "1"
+    return float(driver.execute_script("return window.hnselTimings.ready"))
+
+
+def lasso(driver, picks: list[dict], target: int) -> dict:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    driver.execute_script("document.getElementById('map').scrollIntoView()")
+    px = np.asarray(driver.execute_script(
+        "const gd = document.getElementById('map-plot'), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
+        "const r = gd.getBoundingClientRect();"
+        "return arguments[0].map(p => [r.left + xa._offset + xa.l2p(p[0]), r.top + ya._offset + ya.l2p(p[1])]);",
+        [p["xy"] for p in picks]))
+    order = np.sort(px[:, 0])
+    split = (order[target - 1] + order[target]) / 2
+    x0, y0, y1 = px[:, 0].min() - 6, px[:, 1].min() - 6, px[:, 1].max() + 6
+    corners = [(x0, y0), (split, y0), (split, y1), (x0, y1), (x0, y0 + 1)]
+    actions = ActionBuilder(driver)
+    actions.pointer_action.move_to_location(int(x0), int(y0)).pointer_down()
+    for a, b in zip(corners, corners[1:]):
+        for t in range(1, 13):
+            actions.pointer_action.move_to_location(int(a[0] + (b[0] - a[0]) * t / 12), int(a[1] + (b[1] - a[1]) * t / 12))
+    actions.pointer_action.pointer_up()
+    started = time.perf_counter()
+    actions.perform()
+    expected = int((px[:, 0] < split).sum())
+    while driver.execute_script("return document.getElementById('picks').dataset.shown") != str(expected):
+        if time.perf_counter() - started > 120:
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    got = driver.execute_script("return window.hnselTimings.selected")
+    return {"expected": expected, "selected": got and got["picks"], "handler_ms": got and round(got["ms"], 1), "drag_to_grid_s": round(wall, 2)}
+
+
+SCROLL = """
+const done = arguments[arguments.length - 1], grid = document.getElementById('grid'), gaps = [], t0 = performance.now();
+let last = t0;
+function step(now) {
+  gaps.push(now - last); last = now;
+  const end = grid.getBoundingClientRect().bottom <= window.innerHeight + 2 && grid.children.length >= Number(document.getElementById('picks').dataset.shown);
+  if (end || now - t0 > 120000) { done({gaps: gaps, ms: now - t0, tiles: grid.children.length}); return; }
+  window.scrollBy(0, 900);
+  requestAnimationFrame(step);
+}
+requestAnimationFrame(step);
+"""
+
+
+def scroll(driver) -> dict:
+    driver.execute_script("document.getElementById('lasso-clear').click(); document.getElementById('grid').scrollIntoView()")
+    driver.set_script_timeout(180)
+    got = driver.execute_async_script(SCROLL)
+    gaps = np.asarray(got["gaps"][1:])
+    return {"frames": len(gaps), "median_frame_ms": round(float(np.median(gaps)), 1), "p95_frame_ms": round(float(np.percentile(gaps, 95)), 1),
+            "frames_over_50ms": int((gaps > 50).sum()), "to_the_end_s": round(got["ms"] / 1000, 2), "tiles": got["tiles"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--picks", type=int, default=10000)
+    parser.add_argument("--paired", type=int, default=500)
+    parser.add_argument("--lasso", type=int, default=1000)
+    parser.add_argument("--layout", default="pca")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    config, _ = build_store(args.out, args.picks, args.paired)
+    stored = time.perf_counter() - started
+    started = time.perf_counter()
+    result = api.report(config, out=args.out / "report", layout=args.layout)
+    built = time.perf_counter() - started
+    page = (args.out / "report" / "index.html").read_text(encoding="utf-8")
+    picks = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])["picks"]
+    driver = browser(args.out)
+    try:
+        ready = page_ready(driver, args.out / "report" / "index.html")
+        selected = lasso(driver, picks, args.lasso)
+        scrolled = scroll(driver)
+    finally:
+        driver.quit()
+    row = {"picks": result.picks, "layout": args.layout, "store_s": round(stored, 1), "report_s": round(built, 1), "page_ready_ms": round(ready),
+           "lasso": selected, "scroll": scrolled, "index_html_mb": round(len(page.encode()) / 1e6, 2), "load_before": round(load, 2),
+           "load_after": round(os.getloadavg()[0], 2)}
+    print(json.dumps(row, indent=1))
+    results = ROOT / "benchmarks" / "results" / "report_page.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(results.read_text()) if results.exists() else []
+    results.write_text(json.dumps(runs + [row], indent=1) + "\n")
+    print(f"| {row['picks']:,} | {args.layout} | {row['report_s']} | {row['index_html_mb']} | {row['page_ready_ms']:,} | "
+          f"{selected['selected']} of {selected['expected']} | {selected['handler_ms']} | {selected['drag_to_grid_s']} | "
+          f"{scrolled['median_frame_ms']} / {scrolled['p95_frame_ms']} | {scrolled['frames_over_50ms']} of {scrolled['frames']} | "
+          f"{scrolled['to_the_end_s']} | {row['load_before']} / {row['load_after']} |")
+
+
+if __name__ == "__main__":
+    main()
