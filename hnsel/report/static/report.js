@@ -37,7 +37,7 @@
   function decide(ids, value) {
     ids.forEach(function (id) { if (value) dec.set(id, value); else dec.delete(id); });
     saveDecisions();
-    document.querySelectorAll("[data-id]").forEach(function (n) { if (n.dataset.id !== undefined) paintDecision(n, dec.get(n.dataset.id)); });
+    document.querySelectorAll(".tile, .card").forEach(function (n) { paintDecision(n, dec.get(n.dataset.id)); });
   }
   function paintDecision(node, value) {
     node.classList.toggle("accepted", value === "a");
