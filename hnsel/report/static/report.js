@@ -241,7 +241,7 @@
     var m = D.map, n = 0;
     if (!m || !m.layers) return;
     m.layers.forEach(function (l) { n += l.ids.length; });
-    var type = n + picks.length > 5000 ? "scattergl" : "scatter";  // WebGL past a few thousand points: SVG slows down
+    var type = n + picks.length > 5000 && webgl() ? "scattergl" : "scatter";  // WebGL past a few thousand points: SVG slows down
     var style = {paired: ["#1f77b4", 4, 0.5, true], pool: ["#9aa3ad", 4, 0.45, true], round: ["#8c564b", 5, 0.8, "legendonly"]};
     m.layers.forEach(function (l) {
       var s = style[l.kind];
@@ -258,6 +258,10 @@
                    marker: {color: COLOURS[why] || "#444", size: 7, opacity: 0.9, line: {width: 0.5, color: "#fff"}}});
       meta.push({picks: idx, layer: "picks"});
     });
+  }
+  function webgl() {
+    try { var c = document.createElement("canvas"); return !!(c.getContext("webgl") || c.getContext("experimental-webgl")); }
+    catch (err) { return false; }
   }
   function hoverBox(pt) {
     var info = meta[pt.curveNumber], box = $("hover-box"), i = pt.pointNumber, id, lines = [];
@@ -301,7 +305,13 @@
     var layout = {dragmode: "lasso", hovermode: "closest", margin: {l: 10, r: 10, t: 10, b: 10}, height: 460, uirevision: "map",
                   legend: {orientation: "h", y: -0.02}, xaxis: {showticklabels: false, zeroline: false, showgrid: false},
                   yaxis: {showticklabels: false, zeroline: false, showgrid: false}, plot_bgcolor: "#fff", paper_bgcolor: "#fff"};
-    return Plotly.newPlot("map-plot", traces, layout, {displaylogo: false, responsive: true, scrollZoom: true}).then(function (gd) {
+    var config = {displaylogo: false, responsive: true, scrollZoom: true};
+    return Plotly.newPlot("map-plot", traces, layout, config).then(function (gd) {
+      if (!gd.querySelector(".no-webgl")) return gd;
+      traces.forEach(function (t) { t.type = "scatter"; });  // plotly could not start WebGL here: SVG, slower but working
+      return Plotly.newPlot(gd, traces, layout, config);
+    }).then(function (gd) {
+      gd.dataset.type = traces[0].type;
       gd.on("plotly_hover", function (ev) { if (ev && ev.points && ev.points.length) hoverBox(Object.assign({event: ev.event}, ev.points[0])); });
       gd.on("plotly_unhover", function () { $("hover-box").hidden = true; });
       gd.on("plotly_selected", onSelected);
