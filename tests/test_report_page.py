@@ -95,8 +95,11 @@ def test_map_hover_lasso_grid_sort_search_and_no_network(rounds, tmp_path, chrom
 
     data = _report(rounds, tmp_path / "r", "--round", "1")
     picks = data["picks"]
+    assert "unsafe-eval" not in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")  # a small map: SVG, the strict CSP
     _open(chrome, tmp_path / "r" / "index.html")
     assert _tiles(chrome) == [p["id"] for p in picks]  # the grid is the default for image picks, in rank order
+    rows = chrome.execute_script("return new Set([...document.querySelectorAll('#grid .tile')].slice(0, 100).map(t => t.offsetTop)).size")
+    assert rows <= 10  # at 1,300 px, 200 picks fill about two screens
     chrome.execute_script("document.getElementById('map').scrollIntoView()")
     px = _pixels(chrome, picks)
 
@@ -299,3 +302,27 @@ def test_hostile_ids_captions_and_file_names_render_as_text(tmp_path, chrome):
     assert chrome.execute_script("return window.__pwned") is None
     assert chrome.execute_script("return document.querySelectorAll('img[src=\"x\"], [onerror], script:not([src]):not([type])').length") == 0
     assert chrome.execute_script("return [...document.querySelectorAll('[href]')].filter(e => e.href.startsWith('javascript')).length") == 0
+
+
+def test_the_csp_allows_eval_only_for_a_webgl_map():
+    """plotly's WebGL renderer needs 'unsafe-eval'; a page gets it only past WEBGL_POINTS map points, never a remote source."""
+    from types import SimpleNamespace
+
+    from hnsel.report.page import CSP, CSP_WEBGL, WEBGL_POINTS, render_page
+    from hnsel.report.picks import Picks
+
+    def page(n: int) -> str:
+        picks = Picks([f"i{k}" for k in range(n)], [0.5] * n, [1] * n, ["score"] * n, "image", "round 1", 1, {"strategy": "hardneg", "params": {}})
+        layers = [{"kind": "paired", "name": "paired", "ids": ["p0"], "total": 1, "x": [0.0], "y": [0.0]},
+                  {"kind": "pool", "name": "pool", "ids": [], "total": 0, "x": [], "y": []}]
+        g = {"counts": {"images": {"paired": 1, "unpaired": n}, "texts": {"paired": 1, "unpaired": 0}}, "k": 1, "rounds": [],
+             "evidence": SimpleNamespace(anchors_seen=1), "map": {"layers": layers, "counts": {"picks": n, "fitted_picks": n}, "describe": "PCA"}}
+        return render_page(picks, g, {"picks": []}, None)
+
+    assert "'unsafe-eval'" in CSP_WEBGL and "'unsafe-eval'" not in CSP and CSP_WEBGL.replace(" 'unsafe-eval'", "") == CSP
+    strict, webgl = page(WEBGL_POINTS - 1), page(WEBGL_POINTS)  # one paired point besides the picks
+    assert f'content="{CSP}"'.replace("'", "&#39;") in strict and '"webgl":false' in strict
+    assert f'content="{CSP_WEBGL}"'.replace("'", "&#39;") in webgl and '"webgl":true' in webgl
+    for text in (CSP, CSP_WEBGL):
+        sources = " ".join(part for part in text.split(";"))
+        assert "http" not in sources and "*" not in sources and "'unsafe-inline'" not in text.split("script-src")[1].split(";")[0]

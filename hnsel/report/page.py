@@ -21,10 +21,14 @@ from markupsafe import Markup
 
 from ..strategies.base import params_of
 
-__all__ = ["CSP", "render_page", "to_json", "write_static", "STATIC_DIR"]
+__all__ = ["CSP", "CSP_WEBGL", "WEBGL_POINTS", "render_page", "to_json", "write_static", "STATIC_DIR"]
 
 CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
        "base-uri 'none'; form-action 'none'; connect-src 'none'")
+# Past this many map points the map is drawn with WebGL (SVG grows slow): plotly's WebGL renderer (regl) compiles its
+# drawing code with Function(), so such a page's script-src adds 'unsafe-eval'; still no remote source, no inline script.
+WEBGL_POINTS = 5000
+CSP_WEBGL = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-eval'")
 STATIC_DIR = "static"
 STATIC_FILES = ("report.js", "report.css")
 PLOTLY_JS = "plotly.min.js"
@@ -133,8 +137,10 @@ def render_page(picks, g: dict, data: dict, sim: dict | None) -> str:
     reasons = sorted(set(picks.reasons))
     if sim is not None:
         data = dict(data, sim={"curves": sim["curves"]})
+    points = len(picks.ids) + sum(len(layer["ids"]) for layer in (g["map"] or {}).get("layers", []))
+    data = dict(data, webgl=points > WEBGL_POINTS)
     return _environment().get_template("report.html").render(
-        csp=CSP, title=f"hnsel report: {picks.source}", generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        csp=CSP_WEBGL if data["webgl"] else CSP, title=f"hnsel report: {picks.source}", generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         n_picks=f"{len(picks.ids):,}", notes=picks.notes, strategy=log.get("strategy"), params=_params(log) if log else [],
         run=_run_rows(picks, g), auto=decision.get("reason") if isinstance(decision, dict) else None,
         meanings=[(r, REASON_MEANING.get(r, REASON_MEANING["unknown"])) for r in reasons],

@@ -6,7 +6,7 @@
   var COLOURS = {hardneg: "#d62728", score: "#d62728", density: "#e377c2", coverage: "#2ca02c", coreset: "#2ca02c",
                  diverse: "#9467bd", random: "#ff7f0e", fill: "#7f7f7f", unknown: "#444444"};
   var COVERAGE = {coverage: true, coreset: true};
-  var CHUNK = {grid: 600, cards: 60};  // items rendered at once; more as the page scrolls to the end
+  var CHUNK = {grid: 300, cards: 40};  // items rendered at once; more as the page scrolls to the end
   var imageSide = D.modality === "image", picks = D.picks, unit = imageSide ? "caption" : "image";
   picks.forEach(function (p, i) { p.i = i; });
   var S = {view: imageSide ? "grid" : "cards", sort: "rank", q: "", reason: "", status: "", decision: "", lasso: null};
@@ -238,10 +238,9 @@
   // ---- the map
   var traces = [], meta = [];
   function mapTraces() {
-    var m = D.map, n = 0;
+    var m = D.map;
     if (!m || !m.layers) return;
-    m.layers.forEach(function (l) { n += l.ids.length; });
-    var type = n + picks.length > 5000 && webgl() ? "scattergl" : "scatter";  // WebGL past a few thousand points: SVG slows down
+    var type = D.webgl && webgl() ? "scattergl" : "scatter";  // WebGL past a few thousand points (page.WEBGL_POINTS): SVG slows down
     var style = {paired: ["#1f77b4", 4, 0.5, true], pool: ["#9aa3ad", 4, 0.45, true], round: ["#8c564b", 5, 0.8, "legendonly"]};
     m.layers.forEach(function (l) {
       var s = style[l.kind];
