@@ -11,7 +11,9 @@ Debian's chromium (WebGL through SwiftShader, as on a machine without a GPU):
   drag (plotly redraws the lasso and selects on each move) and the page's handler (points to picks, filter, sort, first
   grid chunk);
 - grid scroll: ``scrollBy(0, 300)`` per animation frame (18,000 px/s at 60 fps, a fast fling) down to the end of the grid (chunks appended on the way): the
-  frame intervals (median, 95th percentile, frames over 50 ms) and the time to reach the last pick.
+  frame intervals (median, 95th percentile, frames over 50 ms) and the time to reach the last pick; then the same
+  scrolling of a plain tall page and of the same tiles as script-free HTML, for what a frame costs on the machine at
+  that moment and what the tiles alone cost.
 Prints a Markdown row and writes ``benchmarks/results/report_page.json``.
 """
 
@@ -128,6 +130,43 @@ requestAnimationFrame(step);
 """
 
 
+BASELINE = """
+const done = arguments[arguments.length - 1], gaps = [];
+let last = performance.now();
+function step(now) {
+  gaps.push(now - last); last = now;
+  if (gaps.length > 150) { done(gaps); return; }
+  window.scrollBy(0, 300);
+  requestAnimationFrame(step);
+}
+requestAnimationFrame(step);
+"""
+
+
+def baseline(driver) -> dict:
+    """The same scrolling on a plain tall page in the same browser: what a frame costs on this machine right now."""
+    driver.get("data:text/html,<body style='margin:0'><div style='height:200000px;background:linear-gradient(%23fff,%23888)'></div></body>")
+    driver.set_script_timeout(100)
+    gaps = np.asarray(driver.execute_async_script(BASELINE)[1:])
+    return {"median_frame_ms": round(float(np.median(gaps)), 1), "p95_frame_ms": round(float(np.percentile(gaps, 95)), 1)}
+
+
+def static_tiles(driver, out: Path, report: str, picks: list[dict], img: dict) -> dict:
+    """The same tiles as plain HTML (no script, all 10,000 in the page), scrolled the same way: what the grid's content
+    costs the browser without the report's incremental rendering."""
+    tiles = "".join(f'<div class="tile"><img class="tthumb" loading="lazy" src="{report}/{img.get(p["id"], "")}"><div class="tbar">'
+                    f'<span class="trank">#{p["r"]}</span></div></div>' for p in picks)
+    page = out / "plain-tiles.html"
+    page.write_text(f'<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" href="{report}/static/report.css"></head>'
+                    f'<body><main><div id="grid" class="grid">{tiles}</div></main></body></html>', encoding="utf-8")
+    driver.get(page.resolve().as_uri())
+    time.sleep(5)
+    driver.execute_script("document.getElementById('grid').scrollIntoView()")
+    driver.set_script_timeout(100)
+    gaps = np.asarray(driver.execute_async_script(BASELINE)[1:])
+    return {"median_frame_ms": round(float(np.median(gaps)), 1), "p95_frame_ms": round(float(np.percentile(gaps, 95)), 1)}
+
+
 def scroll(driver) -> dict:
     driver.execute_script("document.getElementById('lasso-clear').click(); document.getElementById('grid').scrollIntoView()")
     driver.set_script_timeout(100)
@@ -160,7 +199,8 @@ def main() -> None:
         built = round(time.perf_counter() - started, 1)
         print(f"store {stored} s, report {built} s", flush=True)
     page = (args.out / args.report / "index.html").read_text(encoding="utf-8")
-    picks = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])["picks"]
+    data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
+    picks = data["picks"]
     driver = browser(args.out)
     try:
         ready = page_ready(driver, args.out / args.report / "index.html")
@@ -168,6 +208,8 @@ def main() -> None:
         selected = lasso(driver, picks, args.lasso)
         print(f"lasso {selected}", flush=True)
         scrolled = scroll(driver)
+        scrolled["plain_page"] = baseline(driver)
+        scrolled["plain_tiles"] = static_tiles(driver, args.out, args.report, picks, data["img"])
     finally:
         driver.quit()
     row = {"picks": len(picks), "layout": args.layout, "report": args.report, "store_s": stored, "report_s": built, "page_ready_ms": round(ready),
@@ -181,7 +223,7 @@ def main() -> None:
     print(f"| {row['picks']:,} | {args.layout} | {built} | {row['index_html_mb']} | {row['page_ready_ms']:,} | "
           f"{selected['map']} | {selected['selected']} | {selected['handler_ms']} | {selected['drag_s']} | "
           f"{scrolled['median_frame_ms']} / {scrolled['p95_frame_ms']} | {scrolled['frames_over_50ms']} of {scrolled['frames']} | "
-          f"{scrolled['to_the_end_s']} | {row['load_before']} / {row['load_after']} |")
+          f"{scrolled['to_the_end_s']} | {scrolled['plain_page']['median_frame_ms']} | {scrolled['plain_tiles']['median_frame_ms']} | {row['load_before']} / {row['load_after']} |")
 
 
 if __name__ == "__main__":
