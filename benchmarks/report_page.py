@@ -7,7 +7,7 @@ Builds a synthetic store (``make_pool``: ``--paired`` paired images with 3 capti
 unpaired images, a tiny PNG per image), records a hardneg round of ``--picks``, writes the report (timed), then in
 Debian's chromium (WebGL through SwiftShader, as on a machine without a GPU):
 - page ready: navigation start to the page's ``data-ready`` (JSON parsed, grid's first chunk drawn, map and charts plotted);
-- lasso: a real pointer drag (48 moves) of a rectangle-shaped lasso holding about 1,000 picks: the wall time of the whole
+- lasso: a real pointer drag (48 moves, 16 ms each) of a rectangle-shaped lasso holding about 1,000 picks: the wall time of the whole
   drag (plotly redraws the lasso and selects on each move) and the page's handler (points to picks, filter, sort, first
   grid chunk);
 - grid scroll: ``scrollBy(0, 300)`` per animation frame (18,000 px/s at 60 fps, a fast fling) down to the end of the grid (chunks appended on the way): the
@@ -95,7 +95,7 @@ def lasso(driver, picks: list[dict], target: int) -> dict:
     split = (order[target - 1] + order[target]) / 2
     x0, y0, y1 = px[:, 0].min() - 6, px[:, 1].min() - 6, px[:, 1].max() + 6
     corners = [(x0, y0), (split, y0), (split, y1), (x0, y1), (x0, y0 + 1)]
-    actions = ActionBuilder(driver)
+    actions = ActionBuilder(driver, duration=16)  # one pointer move per frame, not selenium's default 250 ms
     actions.pointer_action.move_to_location(int(x0), int(y0)).pointer_down()
     for a, b in zip(corners, corners[1:]):
         for t in range(1, 13):
