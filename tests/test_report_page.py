@@ -134,6 +134,12 @@ def test_map_hover_lasso_grid_sort_search_and_no_network(rounds, tmp_path, chrom
     WebDriverWait(chrome, WAIT_S).until(lambda d: d.find_element("id", "picks").get_attribute("data-shown") == str(len(inside)))
     assert sorted(_tiles(chrome)) == sorted(inside)
     assert f"map selection: {len(inside)} picks" in chrome.find_element("id", "lasso-info").text
+    chrome.find_element("id", "reject-shown").click()  # a decision for the whole lasso selection, kept per round
+    assert chrome.find_element("id", "decision-info").text == f"0 accepted, {len(inside)} rejected of {len(picks)}"
+    kept = chrome.execute_script("return JSON.parse(localStorage.getItem(JSON.parse(document.getElementById('report-data').textContent).key))")
+    assert sorted(i for i, v in kept if v == "r") == sorted(inside) and len(kept) == len(inside)
+    chrome.find_element("id", "clear-shown").click()
+    assert chrome.find_element("id", "decision-info").text == f"0 accepted, 0 rejected of {len(picks)}"
     chrome.find_element("id", "lasso-clear").click()
     assert len(_tiles(chrome)) == len(picks)
 
