@@ -3,7 +3,6 @@ a real headless Chromium (Debian's chromium + chromium-driver, installed by `mak
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def rounds(tmp_path_factory) -> dict:
 
 def _report(s: dict, out: Path, *args: str) -> dict:
     res = runner.invoke(app, ["report", "--milvus-uri", s["uri"], "--out", str(out), "--layout", "pca", "--json", *args])
-    assert res.exit_code == 0, (res.output, res.exc_info and __import__("traceback").format_exception(*res.exc_info))
+    assert res.exit_code == 0, (res.output, res.exc_info and traceback.format_exception(*res.exc_info))
     page = (out / "index.html").read_text(encoding="utf-8")
     return json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
 
