@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from .. import api
+from ..errors import InputError
 from . import app
 from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json
 
@@ -61,14 +63,23 @@ def show(number: Annotated[int, typer.Argument(help="Round number.")], config: C
 
 @rounds_app.command("release")
 @handle_errors
-def release(number: Annotated[int, typer.Argument(help="Round number.")], config: ConfigOpt = None, milvus_uri: UriOpt = None,
+def release(number: Annotated[Optional[int], typer.Argument(help="Round number (or --round N).")] = None,
+            round_: Annotated[Optional[int], typer.Option("--round", help="Round number.")] = None,
+            decisions: Annotated[Optional[Path], typer.Option("--from", help="Release only the rejected picks of this decisions file (the report's download).")] = None,
+            config: ConfigOpt = None, milvus_uri: UriOpt = None,
             token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
-    """Give the round's not yet annotated samples back to the candidate pool (annotated ones stay paired)."""
-    result = api.release(get_config(config, milvus_uri, token, namespace), number)
+    """Give the round's not yet annotated samples back to the candidate pool (annotated ones stay paired); with --from, only the rejected."""
+    if number is not None and round_ is not None and number != round_:
+        raise InputError(f"round {number} and --round {round_} disagree; pass one")
+    number = number if number is not None else round_
+    if number is None:
+        raise InputError("which round? hnsel round release --round N (hnsel round list shows them)")
+    result = api.release(get_config(config, milvus_uri, token, namespace), number, decisions=decisions)
     if json_output:
         print_json(result)
     else:
-        console.print(f"round {number}: released {result['released']} samples back to the pool; {result['annotated']} annotated stay")
+        which = f"the rejected picks of {decisions}" if decisions is not None else "samples"
+        console.print(f"round {number}: released {result['released']} {which} back to the pool; {result['annotated']} annotated stay", markup=False)
 
 
 @rounds_app.command("repair")
