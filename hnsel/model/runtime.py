@@ -28,7 +28,8 @@ import torch
 from ..errors import HnselError
 
 __all__ = ["RUNTIMES", "RUNTIME_ENV", "DEFAULT_ONNX_DIR", "MIN_COSINE", "accelerate", "forward_threads", "cpu_cores", "threads",
-           "onnx_image_tower", "OnnxImageTower", "image_budget"]
+           "onnx_image_tower", "OnnxImageTower", "image_budget",
+           "check_runtime"]
 
 RUNTIME_ENV = "HNSEL_IMAGE_RUNTIME"
 RUNTIMES = ("auto", "onnx", "torch")
@@ -130,11 +131,21 @@ def onnx_image_tower(visual: torch.nn.Module, num_threads: int, cache_dir: str |
     path = Path(cache_dir) / f"{_tower_key(visual, size)}.onnx"
     if not path.is_file():
         _export(visual, size, path)
-    tower = OnnxImageTower(_session(path, num_threads), path)
+    try:
+        session = _session(path, num_threads)
+    except Exception:  # a damaged cached file is only a cache miss
+        _export(visual, size, path)
+        session = _session(path, num_threads)
+    tower = OnnxImageTower(session, path)
     cosine = _agrees(tower, visual, size)
     if not cosine >= MIN_COSINE:
         raise ValueError(f"ONNX Runtime features differ from torch's (cosine {cosine:.6f} < {MIN_COSINE})")
     return tower
+
+
+def check_runtime(runtime: str | None = None) -> str:
+    """``runtime`` (else ``HNSEL_IMAGE_RUNTIME``, else auto), refused with a one-line error when unknown."""
+    return _runtime_choice(runtime)
 
 
 def _runtime_choice(runtime: str | None) -> str:

@@ -173,6 +173,9 @@ def _check_batching(batch_size: int, num_workers: int) -> None:
         raise InputError(f"--batch-size {batch_size}: use 1 or more")
     if num_workers < 0:
         raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
+    from ..model.runtime import check_runtime
+
+    check_runtime()  # an unknown HNSEL_IMAGE_RUNTIME is refused before the store is touched
 
 
 def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
