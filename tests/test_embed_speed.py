@@ -166,3 +166,16 @@ def _has_onnxruntime() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_train_features_go_through_the_same_fast_tower(photos, tmp_path, monkeypatch):
+    from hnsel.model.features import backbone_features
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    encoder = load_encoder(TOWERS, "none", "cpu")
+    images, _, stats = backbone_features(encoder, photo_paths(), ["a dog"], cache_dir=None)
+    assert encoder.image_runtime == ("onnx" if _has_onnxruntime() else "torch-channels-last")
+    plain = load_encoder(TOWERS, "none", "cpu").image_features(photos).numpy()
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    assert images.shape == plain.shape and min_cosine(unit(images), unit(plain)) >= 0.999
