@@ -164,7 +164,8 @@ def accelerate(encoder: Any, num_workers: int = 0, runtime: str | None = None, c
     """Give a CPU ``encoder`` its fastest exact image forward pass (``encoder.image_forward``); returns its name.
 
     ``onnx`` (ONNX Runtime, ``forward_threads(num_workers)`` threads), ``torch-channels-last``, or ``torch`` (other
-    devices, or ``runtime``/``HNSEL_IMAGE_RUNTIME`` ``torch``). Called again, it keeps what it chose the first time."""
+    devices, or ``runtime``/``HNSEL_IMAGE_RUNTIME`` ``torch``). Called again, it keeps what it chose the first time: call it
+    once the weights are final (an exported tower does not follow later training of ``encoder.model``)."""
     choice = _runtime_choice(runtime)
     if getattr(encoder, "image_runtime", None):
         return encoder.image_runtime
