@@ -188,9 +188,11 @@ def accelerate(encoder: Any, num_workers: int = 0, runtime: str | None = None, c
 @contextlib.contextmanager
 def image_budget(encoder: Any, num_workers: int) -> Iterator[str]:
     """While images stream in from ``num_workers`` decoders: the fastest exact image tower, and on CPU torch's
-    threads cut to the cores the decoders leave (restored after). Yields the image runtime's name."""
+    threads cut to the cores the decoders leave (restored after) when torch runs that tower. On ONNX Runtime the tower
+    has its own budgeted threads and torch runs only the text tower (the paired captions), which keeps them all.
+    Yields the image runtime's name."""
     name = accelerate(encoder, num_workers)
-    if encoder.device.type != "cpu":
+    if encoder.device.type != "cpu" or name == "onnx":
         yield name
         return
     with threads(forward_threads(num_workers)):
