@@ -181,7 +181,7 @@ def test_train_features_go_through_the_same_fast_tower(photos, tmp_path, monkeyp
     assert images.shape == plain.shape and min_cosine(unit(images), unit(plain)) >= 0.999
 
 
-def test_on_onnx_runtime_torch_keeps_its_threads_for_the_captions(tmp_path, monkeypatch):
+def test_on_onnx_runtime_both_the_session_and_torch_are_budgeted(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)  # the exported tower is cached under ./.hnsel-cache/onnx
     monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
@@ -189,5 +189,6 @@ def test_on_onnx_runtime_torch_keeps_its_threads_for_the_captions(tmp_path, monk
     encoder = load_encoder(TOWERS, "none", "cpu")
     before = torch.get_num_threads()
     with runtime.image_budget(encoder, num_workers=2) as name:
-        assert name == "onnx" and torch.get_num_threads() == before
+        assert name == "onnx" and torch.get_num_threads() == 1  # the paired captions' text tower beside the decoders
+    assert torch.get_num_threads() == before
     assert encoder.image_forward.session.get_session_options().intra_op_num_threads == 1  # the tower's budget: 3 - 2

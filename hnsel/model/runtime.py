@@ -188,11 +188,11 @@ def accelerate(encoder: Any, num_workers: int = 0, runtime: str | None = None, c
 @contextlib.contextmanager
 def image_budget(encoder: Any, num_workers: int) -> Iterator[str]:
     """While images stream in from ``num_workers`` decoders: the fastest exact image tower, and on CPU torch's
-    threads cut to the cores the decoders leave (restored after) when torch runs that tower. On ONNX Runtime the tower
-    has its own budgeted threads and torch runs only the text tower (the paired captions), which keeps them all.
-    Yields the image runtime's name."""
+    threads cut to the cores the decoders leave (restored after). On ONNX Runtime torch runs only the paired captions'
+    text tower in the meantime, and the cut still pays on shared cores: spare torch threads spin (BENCHMARKS.md, 320
+    captions: 2.9-3.7 s on one thread, 5.0-6.1 s on two). Yields the runtime's name."""
     name = accelerate(encoder, num_workers)
-    if encoder.device.type != "cpu" or name == "onnx":
+    if encoder.device.type != "cpu":
         yield name
         return
     with threads(forward_threads(num_workers)):
