@@ -63,6 +63,8 @@ class Encoder:
     image_head: ProjectionHead | None = None
     text_head: ProjectionHead | None = None
     amp: bool = field(default=False)
+    image_forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # a faster exact image tower (model.runtime.accelerate)
+    image_runtime: str | None = None  # what runs it: "onnx", "torch-channels-last"; None: model.encode_image
 
     @property
     def dim(self) -> int:
@@ -92,7 +94,7 @@ class Encoder:
 
     def image_batch(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """Preprocessed images -> (unit rows, each sample's summed variance or None without probabilistic heads)."""
-        return self._run(self.model.encode_image, batch, self.image_head)
+        return self._run(self.image_forward or self.model.encode_image, batch, self.image_head)
 
     def text_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Captions -> (unit rows, each sample's summed variance or None without probabilistic heads)."""
@@ -105,7 +107,7 @@ class Encoder:
 
     def image_features(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw tower features of preprocessed images: what the image head is trained on (float32, on cpu)."""
-        return self._features(self.model.encode_image, batch).cpu()
+        return self._features(self.image_forward or self.model.encode_image, batch).cpu()
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """Raw tower features of captions: what the text head is trained on (float32, on cpu)."""

@@ -29,6 +29,7 @@ from ..data.images import ImageReadError, is_remote
 from ..errors import InputError
 from ..schema import DEFAULT_CACHE_DIR, ProgressFn
 from .images import image_batches
+from .runtime import accelerate
 
 __all__ = ["FeatureCache", "backbone_id", "backbone_features", "image_key", "text_key", "cached_vectors", "encode_vectors"]
 
@@ -117,6 +118,7 @@ class FeatureCache:
 
 
 def _encode_images(encoder: Any, uris: Sequence[str], batch_size: int, num_workers: int, on_progress: ProgressFn | None) -> np.ndarray:
+    accelerate(encoder, num_workers)  # the same exact fast image tower as hnsel embed (model.runtime)
     out, done = [], 0
     for _, batch, failed in image_batches(uris, encoder.preprocess, batch_size, num_workers):
         if failed:

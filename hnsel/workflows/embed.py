@@ -59,6 +59,7 @@ class EmbedReport:
     load_seconds: float = 0.0  # waiting for decoded images
     encode_seconds: float = 0.0
     write_seconds: float = 0.0
+    image_runtime: str | None = None  # what ran the image tower: onnx, torch-channels-last, torch (model.runtime)
 
     @property
     def images_per_second(self) -> float:
@@ -197,6 +198,9 @@ def _check_batching(batch_size: int, num_workers: int) -> None:
         raise InputError(f"--batch-size {batch_size}: use 1 or more")
     if num_workers < 0:
         raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
+    from ..model.runtime import check_runtime
+
+    check_runtime()  # an unknown HNSEL_IMAGE_RUNTIME is refused before the store is touched
 
 
 def _feature_cache(encoder: Encoder, cache_dir: str | os.PathLike | None):
@@ -242,6 +246,7 @@ def _run(dataset: Dataset | ShardSource, encoder: Encoder, sink, report: EmbedRe
     if skip is not None and texts:
         texts = _not_stored(texts, "texts", skip)
         report.texts_skipped = len(dataset.texts) - len(texts)
+    texts = _by_length(texts, lambda t: t.text or "")
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         vectors, spread = _timed(report, "encode_seconds", encoder.text_batch, [t.text for t in chunk])
@@ -306,6 +311,16 @@ def _batches(records: Sequence[ImageRecord], encoder: Encoder, batch_size: int, 
 
 def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
                   on_progress: ProgressFn | None) -> None:
+    """The images through the fastest exact image tower, torch's threads beside the decoders budgeted (model.runtime)."""
+    from ..model.runtime import image_budget
+
+    with image_budget(encoder, num_workers) as runtime:
+        report.image_runtime = runtime
+        _embed_image_batches(records, encoder, sink, report, batch_size, num_workers, on_progress)
+
+
+def _embed_image_batches(records: list[ImageRecord], encoder: Encoder, sink, report: EmbedReport, batch_size: int, num_workers: int,
+                         on_progress: ProgressFn | None) -> None:
     batches, done = _batches(records, encoder, batch_size, num_workers), 0
     while True:
         item = _timed(report, "load_seconds", next, batches, None)
@@ -321,6 +336,12 @@ def _embed_images(records: list[ImageRecord], encoder: Encoder, sink, report: Em
             on_progress("embedding images", done, len(records))
 
 
+def _by_length(items: list, text: Callable[[Any], str]) -> list:
+    """Captions of about one length batched together: a batch's tokens are trimmed to its longest caption
+    (``Encoder.tokens``), so sorted batches carry little padding. Writes are upserts by id: the order is free."""
+    return sorted(items, key=lambda item: len(text(item)))
+
+
 def _uncertainty(spread: np.ndarray | None) -> dict:
     """The ``uncertainty`` column of a probabilistic model's rows (docs/ascmr.md); nothing for a plain model."""
     return {} if spread is None else {"uncertainty": spread}
@@ -330,6 +351,7 @@ def _write_image_batch(records: list[ImageRecord], vectors: np.ndarray, encoder:
                        spread: np.ndarray | None = None) -> None:
     """Paired captions first, then the images: a stored image implies its captions are stored."""
     captions = [(r.id, cid, text) for r in records if r.pool == "paired" for cid, text in zip(r.caption_ids, r.captions)]
+    captions = _by_length(captions, lambda c: c[2])
     for start in range(0, len(captions), batch_size):
         part = captions[start:start + batch_size]
         text_vectors, text_spread = _timed(report, "encode_seconds", encoder.text_batch, [c[2] for c in part])
