@@ -238,7 +238,7 @@ def test_cli_ray_embed_parquet_json(lake, tiny_config, tmp_path, ray_local):
     single = _config(str(tmp_path / "single.db"))
     embed(single, lake["parquet"], pretrained=checkpoint, device="cpu", batch_size=4)
     uri = str(tmp_path / "ray.db")
-    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-batch-size", "4", "--pretrained", checkpoint,
+    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-image-batch", "4", "--pretrained", checkpoint,
                                       "--device", "cpu", "--milvus-uri", uri, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -196,7 +196,7 @@ def device_option(help: str = DEVICE_HELP, **unsupported: str) -> Any:
 
 
 DeviceOpt = Annotated[str, device_option()]  # the encoder's commands: every choice
-RoundOpt = Annotated[Optional[int], typer.Option("--round", help="Round number (hnsel round list).")]
+RoundOpt = Annotated[Optional[int], typer.Option("--round", help="Round number (hnsel round list).", min=1)]
 
 
 def deprecated(old: str, new: str) -> None:

@@ -244,7 +244,7 @@ class HardNegative:
         if self.batch not in BATCHES:
             raise SelectionError(f"--batch {self.batch!r}: use one of {', '.join(BATCHES)}")
         if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1 or self.searchers < 1:
-            raise SelectionError("--batch-size must be at least 2; --chunk-size, --depth and --searchers at least 1")
+            raise SelectionError("--train-batch must be at least 2; --chunk-size, --depth and --searchers at least 1")
         if not self.paired_mb >= 0:
             raise SelectionError(f"--paired-mb must be 0 or more, got {self.paired_mb}")
         if not self.rerank >= 0:

@@ -34,7 +34,7 @@ def check_embed_ray(source: Any, address: bool | str, batch_size: int, concurren
     from ..data.sources import detect_format
 
     if batch_size < 1:
-        raise InputError(f"--ray-batch-size {batch_size}: use 1 or more")
+        raise InputError(f"--ray-image-batch {batch_size}: use 1 or more")
     if concurrency is not None and concurrency < 1:
         raise InputError(f"--ray-concurrency {concurrency}: use 1 or more (default: one actor per GPU, else CPUs - 1)")
     kind = detect_format(source, image_column)
