@@ -188,3 +188,18 @@ def test_api_select_without_record_records_a_round(store, tmp_path):
     res = runner.invoke(app, ["select", "--budget", "2", "--strategy", "coreset", "--batch-size", "7", "--json", "--milvus-uri", store[1]])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["params"]["batch_size"] == 7 and "--candidate-batch (coreset)" in res.stderr
+
+
+def test_make_test_runs_ruff_and_the_tree_passes_it():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("make"):
+        plan = subprocess.run(["make", "-n", "test"], cwd=root, capture_output=True, text=True, timeout=300).stdout
+        assert "ruff check hnsel tests" in plan
+    pytest.importorskip("ruff")
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "hnsel", "tests"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
