@@ -166,7 +166,7 @@ def test_round_by_option_and_by_the_deprecated_position(store):
     assert old.stderr.strip() == "warning: `hnsel round show 1` is deprecated and goes in the next release; use `hnsel round show --round 1`"
     plain = runner.invoke(app, ["round", "show", "--round", "1", *db])
     assert plain.exit_code == 0 and plain.stderr == "" and "hardneg" in plain.stdout
-    for args, message in ((["round", "show", *db], "Missing option '--round'"), (["round", "show", "1", "--round", "1", *db], "give the round once"),
+    for args, message in ((["round", "show", *db], "Missing option '--round'"), (["round", "show", "1", "--round", "2", *db], "give the round once"),
                           (["select", "--budget", "2", "--strategy", "hardneg", "--candidate-batch", "9", *db],
                            "strategy 'hardneg' takes no parameter(s) --candidate-batch")):
         res = runner.invoke(app, args)

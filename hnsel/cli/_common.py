@@ -224,8 +224,8 @@ def either(new_value: Any, old_value: Any, new_param: str, old: str, new: str) -
 def round_number(option: int | None, positional: int | None) -> int:
     """``--round N``, or the deprecated positional ``N`` (one release, one deprecation line); exactly one of them."""
     ctx = _click_globals.get_current_context()
-    if positional is not None and option is not None:
-        raise _click.UsageError(f"give the round once: --round {option}", ctx)
+    if positional is not None and option is not None and positional != option:
+        raise _click.UsageError(f"round {positional} and --round {option} disagree: give the round once, as --round N", ctx)
     if positional is not None:
         deprecated(f"`{ctx.command_path} {positional}`", f"`{ctx.command_path} --round {positional}`")
         return positional

@@ -32,11 +32,12 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default round-NNNN.csv/.jsonl/.json here).")] = None,
     include_annotated: Annotated[bool, typer.Option("--include-annotated", help="Also the samples already annotated.")] = False,
     document_root: DocRootOpt = None, url_prefix: PrefixOpt = None,
+    decisions: Annotated[Optional[Path], typer.Option("--from", help="Export only the accepted picks of this decisions file (the report's download).")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Write round N's samples awaiting annotation: ids and uris (image modality) or captions (text modality)."""
     report = api.export_round(get_config(config, milvus_uri, token, namespace), round_, format, out, include_annotated,
-                              document_root=document_root, url_prefix=url_prefix)
+                              document_root=document_root, url_prefix=url_prefix, decisions=decisions)
     if json_output:
         print_json(report.__dict__)
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -72,15 +72,18 @@ def show(number: OldRoundArg = None, round_: RoundOpt = None, config: ConfigOpt 
 
 @rounds_app.command("release")
 @handle_errors
-def release(number: OldRoundArg = None, round_: RoundOpt = None, config: ConfigOpt = None, milvus_uri: UriOpt = None,
+def release(number: OldRoundArg = None, round_: RoundOpt = None,
+            decisions: Annotated[Optional[Path], typer.Option("--from", help="Release only the rejected picks of this decisions file (the report's download).")] = None,
+            config: ConfigOpt = None, milvus_uri: UriOpt = None,
             token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
-    """Give the round's not yet annotated samples back to the candidate pool (annotated ones stay paired)."""
+    """Give the round's not yet annotated samples back to the candidate pool (annotated ones stay paired); with --from, only the rejected."""
     number = round_number(round_, number)
-    result = api.release(get_config(config, milvus_uri, token, namespace), number)
+    result = api.release(get_config(config, milvus_uri, token, namespace), number, decisions=decisions)
     if json_output:
         print_json(result)
     else:
-        console.print(f"round {number}: released {result['released']} samples back to the pool; {result['annotated']} annotated stay")
+        which = f"the rejected picks of {decisions}" if decisions is not None else "samples"
+        console.print(f"round {number}: released {result['released']} {which} back to the pool; {result['annotated']} annotated stay", markup=False)
 
 
 @rounds_app.command("repair")

@@ -8,6 +8,7 @@ empty or holds exactly such a report, so a user's folder is never removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,8 +27,10 @@ from ..schema import KINDS, ProgressFn
 from ..store import Store, open_store
 from ..tables import FULL_DISK, check_input_file, write_failed
 from ..workflows.rounds import list_rounds
-from .evidence import hardneg_evidence, nearest_paired, paired_state, sample_ids
-from .page import render_page
+from .evidence import hardneg_evidence, nearest_paired, paired_state
+from .layout import LAYOUTS
+from .mapdata import map_data
+from .page import render_page, write_static
 from .picks import Picks, latest_round, load_round, load_selection
 from .thumbs import make_thumbnails
 
@@ -145,46 +148,7 @@ def _status(row: dict | None, round_: int | None) -> str:
     return "pending" if r == round_ else f"selected in round {r}"
 
 
-def _pca_map(store: Store, state, pick_vectors: np.ndarray, pick_index: np.ndarray, n: int, rng: np.random.Generator) -> dict:
-    """2-D PCA of a seeded sample of paired samples, the unpaired pool and the picks (at most ``n`` of each)."""
-    side = state.side
-    if state.paired is not None:
-        total = len(state.paired.ids)
-        rows = np.sort(rng.choice(total, size=min(n, total), replace=False)) if total else np.zeros(0, dtype=np.int64)
-        paired = state.paired.vectors[rows]
-    else:
-        ids, total = sample_ids(([r["id"] for r in b] for b in store.iter_rows(side, state.paired_filter, ("id",), 16384)), n, rng)
-        paired = _vectors(store, side, ids)
-    excluded = state.excluded
-    pool_ids, pool_total = sample_ids(([r["id"] for r in b if r["id"] not in excluded]
-                                       for b in store.iter_rows(side, store.pool_filter(side, "unpaired"), ("id",), 16384)), n, rng)
-    pool = _vectors(store, side, pool_ids)
-    chosen = np.sort(rng.choice(len(pick_index), size=min(n, len(pick_index)), replace=False)) if len(pick_index) else np.zeros(0, dtype=np.int64)
-    picks = pick_vectors[chosen]
-    parts = [p.reshape(len(p), -1) for p in (paired, pool, picks) if len(p)]
-    if not parts:
-        return {}
-    x = np.vstack(parts).astype(np.float64)
-    mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    comps = vt[:2] if len(vt) >= 2 else np.vstack([vt, np.zeros_like(vt)])[:2]
-    proj = (x - mean) @ comps.T
-    lo, hi = proj.min(axis=0), proj.max(axis=0)
-    proj = (proj - lo) / np.where(hi > lo, hi - lo, 1.0)
-    a, b = len(paired), len(paired) + len(pool)
-    explained = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-12)).tolist()
-    return {"paired": np.round(proj[:a], 4).tolist(), "pool": np.round(proj[a:b], 4).tolist(),
-            "picks": [[round(float(p[0]), 4), round(float(p[1]), 4), int(pick_index[i])] for p, i in zip(proj[b:], chosen)],
-            "totals": {"paired": int(total), "pool": int(pool_total), "picks": int(len(pick_index))},
-            "shown": {"paired": int(len(paired)), "pool": int(len(pool)), "picks": int(len(chosen))}, "explained": explained}
-
-
-def _vectors(store: Store, kind: str, ids: list[str]) -> np.ndarray:
-    rows = store.get(kind, ids, ["id", "vector"])
-    return np.asarray([r["vector"] for r in rows], dtype=np.float32)
-
-
-def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on_progress: ProgressFn | None) -> dict:
+def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on_progress: ProgressFn | None, layout: str = "auto") -> dict:
     rows = _pick_rows(store, picks)
     present = np.array([i for i, x in enumerate(picks.ids) if x in rows], dtype=np.int64)
     if len(present) < len(picks.ids):
@@ -204,18 +168,19 @@ def _gather(store: Store, picks: Picks, top: int, map_points: int, seed: int, on
     nearest = nearest_paired(state, vectors)
     if on_progress:
         on_progress("nearest paired samples and map", 1, 2)
-    pca = _pca_map(store, state, vectors, present, map_points, np.random.default_rng(seed))
+    rounds = list_rounds(store)
+    layout_ = map_data(store, state, vectors, present, len(picks.ids), rounds, picks.round, map_points, layout, seed)
     if on_progress:
         on_progress("nearest paired samples and map", 2, 2)
-    return {"rows": rows, "present": present, "evidence": evidence, "nearest": nearest, "map": pca, "k": k,
-            "rounds": list_rounds(store), "side": state.side, "anchor_kind": state.anchor_kind,
+    return {"rows": rows, "present": present, "evidence": evidence, "nearest": nearest, "map": layout_, "k": k,
+            "rounds": rounds, "side": state.side, "anchor_kind": state.anchor_kind,
             "counts": {kind: {pool: store.count(kind, store.pool_filter(kind, pool)) for pool in ("paired", "unpaired")} for kind in KINDS}}
 
 
 def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
     """The page's JSON: one compact record per pick; plus the image and text ids it shows.
 
-    A record: ``r`` rank, ``id``, ``s`` recorded score, ``v`` recorded violations, ``why`` reason, ``st`` status now;
+    A record: ``r`` rank, ``id``, ``s`` recorded score, ``v`` recorded violations, ``why`` reason, ``st`` status now, ``xy`` its map point;
     when the pick is in the store, ``nv``/``sur`` its violations and summed surplus recomputed, ``near`` [nearest paired
     id, cosine distance], ``ev`` [[anchor id, similarity, threshold, id that sets the threshold, anchor's own sample]].
     """
@@ -224,6 +189,7 @@ def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
     side_set, anchor_set = (images, texts) if image_side else (texts, images)
     out = []
     at = {int(i): n for n, i in enumerate(g["present"])}
+    points = g["map"].get("picks") or [None] * len(picks.ids)
     for i, pick_id in enumerate(picks.ids):
         row = g["rows"].get(pick_id)
         score = picks.scores[i]
@@ -231,6 +197,8 @@ def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
                                "v": picks.violations[i], "why": picks.reasons[i],
                                "st": _status(row, picks.round)}
         side_set.add(pick_id)
+        if points[i] is not None:
+            rec["xy"] = points[i]
         if i in at:
             n = at[i]
             rec["nv"] = int(g["evidence"].violations[n])
@@ -254,13 +222,17 @@ def _page_data(picks: Picks, g: dict) -> tuple[dict, set, set]:
 
 def build_report(config: HnselConfig, *, round: int | None = None, selection: str | os.PathLike | None = None,
                  out: str | os.PathLike = "report", simulation: str | os.PathLike | None = None, top: int = 3,
-                 map_points: int = 2000, seed: int | None = None, on_progress: ProgressFn | None = None) -> ReportResult:
-    """Write ``out/index.html`` and ``out/thumbs/`` for a recorded round (default: the latest) or a selection file."""
+                 map_points: int = 2000, seed: int | None = None, on_progress: ProgressFn | None = None,
+                 layout: str = "auto") -> ReportResult:
+    """Write ``out/index.html``, ``out/static/`` and ``out/thumbs/`` for a recorded round (default: the latest) or a
+    selection file. ``layout``: the map's 2-D layout, ``auto`` (UMAP where umap-learn is installed), ``umap`` or ``pca``."""
     started = time.perf_counter()
     if round is not None and selection is not None:
         raise InputError("pass --round N or --selection FILE, not both")
     if top < 1 or map_points < 1:
         raise InputError("--evidence and --map-points must be at least 1")
+    if layout not in LAYOUTS:
+        raise InputError(f"--layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     given, out = out, _check_out(out)
     if selection is not None and not Path(selection).exists():
         raise InputError("no such selection file", path=selection)
@@ -277,16 +249,21 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
     try:
         with open_store(config.store) as store:
             picks = load_selection(store, selection) if selection is not None else load_round(store, latest_round(store) if round is None else round)
-            g = _gather(store, picks, top, map_points, seed, on_progress)
+            g = _gather(store, picks, top, map_points, seed, on_progress, layout)
             data, images, texts = _page_data(picks, g)
+            if picks.modality == "text":  # the map's hover shows each caption
+                texts |= {i for layer in g["map"].get("layers", []) for i in layer["ids"]}
             uris, text_rows = _labels(store, images, texts)
         thumbs = make_thumbnails(uris, tmp, previous=out if out.is_dir() else None, on_progress=on_progress)
         data["img"] = {i: t.get("src") or {"error": t["error"]} for i, t in thumbs.items()}
         data["txt"] = {i: r.get("text", "") for i, r in text_rows.items()}
         data["uri"] = uris
-        data["map"] = g["map"]
+        data["map"] = {k: v for k, v in g["map"].items() if k != "picks"}  # each pick's point is in its record
         data["modality"] = picks.modality
         data["strategy"] = (picks.log or {}).get("strategy")
+        data["round"] = picks.round
+        data["key"] = _storage_key(config, picks)
+        write_static(tmp)
         (tmp / "index.html").write_text(render_page(picks, g, data, sim), encoding="utf-8")
         _write_marker(tmp)
         _replace(tmp, out, given)
@@ -300,6 +277,13 @@ def build_report(config: HnselConfig, *, round: int | None = None, selection: st
     unreadable = sum(1 for t in thumbs.values() if "error" in t)
     return ReportResult(out, out / "index.html", len(picks.ids), picks.source, len(thumbs) - unreadable, unreadable,
                         time.perf_counter() - started, list(picks.notes))
+
+
+def _storage_key(config: HnselConfig, picks: Picks) -> str:
+    """The browser's local-storage key of this round's decisions: one per store, namespace and round (its picks' hash,
+    so a round number used again after a roll-back starts with no decisions)."""
+    where = hashlib.sha256(f"{config.store.safe_uri}\0{config.store.namespace}".encode("utf-8")).hexdigest()[:12]
+    return f"hnsel-decisions:{where}:{picks.round}:{(picks.log or {}).get('picks_sha256', '')[:12]}"
 
 
 def _replace(tmp: Path, out: Path, given: Any) -> None:

@@ -31,6 +31,7 @@ from ..data.vector_files import unit_rows
 from ..tables import write_table
 from ..schema import ID_MAX_LENGTH, KIND_OF, MODEL_META_KEY, text_problem
 from .journal import begin_import, end_import
+from .decisions import read_decisions
 from .rounds import round_log, round_picks
 
 __all__ = ["export_round", "ExportReport", "import_annotations", "import_rows", "ImportReport", "round_samples", "label_studio_tasks",
@@ -49,8 +50,10 @@ class ExportReport:
 
 
 def export_round(config: HnselConfig, number: int, format: str = "csv", out: str | os.PathLike | None = None,
-                 include_annotated: bool = False, *, document_root: str | None = None, url_prefix: str | None = None) -> ExportReport:
-    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``).
+                 include_annotated: bool = False, *, document_root: str | None = None, url_prefix: str | None = None,
+                 decisions: str | os.PathLike | None = None) -> ExportReport:
+    """Write round ``number``'s samples still waiting for annotation (all of them with ``include_annotated``); with
+    ``decisions`` (the report's file, ``workflows.decisions``) only its accepted picks.
 
     Label Studio tasks name each image by a URL it can serve (``ImageUrls``): local files under ``document_root``
     (default ``config.label_studio``'s, else ``/``) through its local-files storage, or ``url_prefix``.
@@ -61,6 +64,10 @@ def export_round(config: HnselConfig, number: int, format: str = "csv", out: str
     if path.suffix.lower() != EXPORT_FORMATS[format]:
         raise InputError(f"--format {format} writes a {EXPORT_FORMATS[format]} file; name it so or pick the matching --format", path=path)
     modality, rows = round_samples(config, number, include_annotated)
+    if decisions is not None:
+        with open_store(config.store) as store:
+            only = set(read_decisions(store, decisions, number, round_log(store, number)["kind"]).accepted)
+        rows = [r for r in rows if r["id"] in only]
     notes: list[str] = []
     if format == "label-studio":
         urls = image_urls(config, document_root, url_prefix)

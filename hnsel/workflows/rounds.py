@@ -27,6 +27,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -294,8 +295,9 @@ def show_round(config: HnselConfig, number: int) -> dict:
         return dict(log, config=config_, annotated=counts["paired"], pending=counts["unpaired"])
 
 
-def release(config: HnselConfig, number: int) -> dict:
-    """Give round ``number``'s still unannotated samples back to the pool (round -1); annotated ones stay."""
+def release(config: HnselConfig, number: int, decisions: str | os.PathLike | None = None) -> dict:
+    """Give round ``number``'s still unannotated samples back to the pool (round -1); annotated ones stay.
+    With ``decisions`` (the report's file, ``workflows.decisions``), only its rejected picks are released."""
     with open_store(config.store) as store:
         log = round_log(store, number)
         kind = log["kind"]
@@ -303,11 +305,19 @@ def release(config: HnselConfig, number: int) -> dict:
             raise StoreError(f"round {number} is still {log['state']} ({describe_owner(log)}); wait for it, or run `hnsel round repair` "
                              "if that process stopped, then release")
         if store.rounds_in_meta(kind):  # no marks to clear: the round stops excluding its picks
+            if decisions is not None:
+                raise StoreError(f"round {number} is kept in hnsel's meta collection (a read_only collection): it is released whole; "
+                                 "drop --from, or export only the accepted with hnsel annotate export --from")
             released = int(log.get("size") or 0) if log.get("state") != "released" else 0
             store.set_meta(round_key(number), dict(log, released=int(log.get("released", 0)) + released, state="released"))
             return {"round": number, "released": released, "annotated": 0}
+        only = None
+        if decisions is not None:
+            from .decisions import read_decisions  # it reads the round's picks from here
+
+            only = set(read_decisions(store, decisions, number, kind).rejected)
         expr = store.where(kind, round=number, pool="unpaired")
-        ids = [row["id"] for batch in store.iter_rows(kind, expr, ("id",)) for row in batch]
+        ids = [row["id"] for batch in store.iter_rows(kind, expr, ("id",)) for row in batch if only is None or row["id"] in only]
         released = store.set_round(kind, ids, -1)
         store.set_meta(round_key(number), dict(log, released=int(log.get("released", 0)) + released,
                                                state="released" if released or log.get("state") == "released" else log.get("state")))
