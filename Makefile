@@ -38,6 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup chromium $(LS_VENV)/.installed
+	$(PY) -m ruff check hnsel tests
 	$(PY) -m pytest -q
 
 # The whole path on hnsel's own data, with a pretrained backbone: render 1,000 scenes (30 per fine category), train
@@ -51,7 +52,7 @@ PRETRAINED ?= none
 SCENES := $(DEMO)/scenes/dataset_scenes.json
 demo: setup
 	rm -rf $(DEMO)/hnsel.db $(DEMO)/report
-	$(HNSEL) datasets scenes $(DEMO)/scenes --n 1000 --per-category 30 --seed 0 --val 0.2 --test 0.06
+	$(HNSEL) datasets scenes $(DEMO)/scenes --num-images 1000 --per-category 30 --seed 0 --val 0.2 --test 0.06
 	$(HNSEL) train $(SCENES) --split val --val-split test --model-name $(MODEL) --pretrained $(PRETRAINED) --mode head --loss infonce --out $(DEMO)/model
 	$(HNSEL) embed $(SCENES) --split val --pool paired --pretrained $(DEMO)/model/checkpoint.pt --milvus-uri $(DEMO)/hnsel.db
 	$(HNSEL) embed $(SCENES) --split train --pool unpaired --pretrained $(DEMO)/model/checkpoint.pt --milvus-uri $(DEMO)/hnsel.db

@@ -138,7 +138,7 @@ def select_runs(uri: str, args) -> list[dict]:
         load = load_average()
         t0 = time.perf_counter()
         result = api.select(config, budget=args.budget, strategy="hardneg", engine="milvus",
-                            **({"ray": True, "ray_workers": workers} if workers else {}))
+                            **({"ray": True, "ray_workers": workers} if workers else {}), record=False)
         wall = time.perf_counter() - t0
         ids = list(result.selection.ids)
         reference = reference or ids

@@ -11,7 +11,7 @@ SEEDS=${SEEDS:-"0 1 2 3 4"}
 mkdir -p "$OUT"
 COMMON=(--images-dir "$F/images" --split train --test-split test --init 0.1 --rounds 4 --budget 120
         --model-name configs/effnet-lite0-minilm.json --pretrained none
-        --loss "${LOSS:-infonce}" --head linear --epochs 30 --batch-size 128 --lr 0.001 --device cpu --json)
+        --loss "${LOSS:-infonce}" --head linear --epochs 30 --train-batch 128 --lr 0.001 --device cpu --json)
 run() { hnsel simulate "$F/dataset_flickr8k_dev.json" --out "$OUT/$1" --seeds "$SEEDS" "${COMMON[@]}" --strategies "$2" > "$OUT/$1.log" 2>&1; }
 # Three processes, as it ran (a run interrupted by a Milvus Lite start-up time-out under load resumes when the same
 # command runs again: results.json is rewritten after every round).

@@ -8,7 +8,7 @@ OUT=${OUT:-experiments/flickr8k}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 COMMON=(--images-dir "$F/images" --split train --test-split test
         --model-name configs/effnet-lite0-minilm.json --pretrained none
-        --loss infonce --head linear --epochs 30 --batch-size 128 --lr 0.001 --device cpu --json)
+        --loss infonce --head linear --epochs 30 --train-batch 128 --lr 0.001 --device cpu --json)
 ROUNDS=(--init 0.1 --rounds 4 --budget 120)
 sim() { hnsel simulate "$F/dataset_flickr8k_dev.json" --seeds "$SEEDS" "${COMMON[@]}" "$@" > /dev/null; }
 # probabilistic heads (variances stored for ascmr) for every strategy compared

@@ -8,7 +8,7 @@ OUT=${OUT:-experiments/scenes}
 PER_CATEGORY=${PER_CATEGORY:-10}
 hnsel datasets scenes "$DATA" --n 2500 --per-category "$PER_CATEGORY" --seed 0 --image-size 64 --captions 2 --val 0 --test 0.2
 COMMON=(--init 0.1 --rounds 4 --budget 100 --model-name configs/hnsel-small.json --pretrained none
-        --loss infonce --head linear --epochs 30 --batch-size 128 --cache-dir /tmp/sim/cache --device cpu --json)
+        --loss infonce --head linear --epochs 30 --train-batch 128 --cache-dir /tmp/sim/cache --device cpu --json)
 run() { hnsel simulate "$DATA/dataset_scenes.json" --out "$OUT/$1" --seeds "$2" "${COMMON[@]}" --strategies "$3" > "$OUT/$1.log" 2>&1; }
 EXTRA=${EXTRA:-"hardneg:k=5,weight=count hardneg:batch=mini"}  # variants, seeds 0-2 only
 for seed in 0 1 2; do run "seed$seed" "$seed" "hardneg random coreset density $EXTRA" & done

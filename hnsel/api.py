@@ -2,7 +2,8 @@
 
 >>> from hnsel import api, load_config
 >>> config = load_config()
->>> result = api.select(config, budget=1000)            # doctest: +SKIP
+>>> result = api.select(config, budget=1000)            # doctest: +SKIP  (records round N, as `hnsel select` does)
+>>> look = api.select(config, budget=20, record=False)  # doctest: +SKIP  (records nothing)
 
 Names resolve lazily (PEP 562): ``api.status`` imports the store and nothing else, so a command that needs no
 model never pays for torch. Each name lives in the ``hnsel.workflows`` module of its job; the same names are

@@ -185,7 +185,7 @@ def test_two_round_loop_through_the_cli(tmp_path, pool_files):
     assert (again["texts_written"], again["images_paired"]) == (0, 0) and json.loads(run("status", "--json", *db).stdout) == status
     second = json.loads(run("select", "--budget", 8, "--strategy", "coreset", "--json", *db).stdout)
     assert second["round"] == 2 and not {p["id"] for p in second["picks"]} & set(picked)
-    assert "released 4" in run("round", "release", 1, *db).stdout
+    assert "released 4" in run("round", "release", "--round", 1, *db).stdout
     rounds = json.loads(run("round", "list", "--json", *db).stdout)
     assert [(r["round"], r["annotated"], r["pending"], r["released"]) for r in rounds] == [(1, 4, 0, 4), (2, 0, 8, 0)]
     left = 90 - 4 - 8  # annotated and round-2 samples are not candidates; released ones are again

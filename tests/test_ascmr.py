@@ -360,7 +360,7 @@ def test_ascmr_through_milvus_equals_the_exact_problem_with_stored_uncertainties
         store.upsert("texts", {"id": [f"t{i:02d}" for i in range(len(owner))], "vector": txt, "pool": ["paired"] * len(owner),
                                "image_id": [f"p{o:02d}" for o in owner], "uncertainty": tu})
         store.set_meta(MATCH_META_KEY, {"scale": 6.0, "shift": 5.0})
-    result = api.select(config, budget=8, strategy="ascmr", params={"neighbors": 20, "density_neighbors": 5}, seed=1)
+    result = api.select(config, budget=8, strategy="ascmr", params={"neighbors": 20, "density_neighbors": 5}, seed=1, record=False)
     problem = make_problem(cand, txt, cu, tu)
     problem.anchors = (lambda f: (lambda n: (AnchorChunk(c.ids, c.vectors, tuple(frozenset([f"p{owner[int(i[1:])]:02d}"]) for i in c.ids),
                                                         c.uncertainty) for c in f(n))))(problem.anchors)

@@ -161,7 +161,7 @@ def test_store_commands_never_import_torch(tmp_path, vectors):
         from hnsel.cli import app
         run = lambda *a: CliRunner().invoke(app, [*a, "--milvus-uri", {str(db)!r}])
         for args in (["ingest", "--images", {str(images)!r}, "--texts", {str(texts)!r}], ["status", "--json"],
-                     ["select", "--budget", "3", "--strategy", "hardneg", "--engine", "milvus", "--json"], ["round", "list"], ["round", "show", "1"]):
+                     ["select", "--budget", "3", "--strategy", "hardneg", "--engine", "milvus", "--json"], ["round", "list"], ["round", "show", "--round", "1"]):
             result = run(*args)
             assert result.exit_code == 0, (args, result.output)
         print(sorted(m for m in ("torch", "open_clip", "timm", "transformers") if m in sys.modules))

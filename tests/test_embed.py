@@ -265,5 +265,5 @@ def test_cli_embed_and_errors(tmp_path, tiny_config, scenes):
     (tmp_path / "bad.csv").write_text("id,path\na,a.png\n")
     result = runner.invoke(app, ["embed", str(tmp_path / "bad.csv"), "--milvus-uri", uri, "--pretrained", "none"])
     assert result.exit_code == 1 and "--uri-column path" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["datasets", "scenes", str(tmp_path / "sc"), "--n", "6", "--per-category", "3", "--json"])
+    result = runner.invoke(app, ["datasets", "scenes", str(tmp_path / "sc"), "--num-images", "6", "--per-category", "3", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["categories"] == 2

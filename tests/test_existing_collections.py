@@ -79,7 +79,7 @@ def test_unmapped_pools_are_named_with_the_values_the_field_holds(existing):
             "(unpaired) match none; pool values seen: labeled, unlabeled") in photos
     with pytest.raises(SelectionError, match=r"_photos: 52 rows, 52 in no pool.*pool values seen: labeled, unlabeled; map the pools under "
                                              r"\[store.images\]"):
-        api.select(config, budget=3, strategy="random")
+        api.select(config, budget=3, strategy="random", record=False)
 
 
 @pytest.mark.parametrize("pools", [{"paired": "labeled", "unpaired": "unlabeled"},
@@ -114,7 +114,7 @@ def test_a_round_kept_in_meta_survives_a_new_process_and_release(existing, tmp_p
     exported = runner.invoke(app, ["annotate", "export", "--round", "1", "--config", str(toml), "--out", str(tmp_path / "r1.csv")])
     assert exported.exit_code == 0, exported.output
     assert {line.split(",")[1] for line in (tmp_path / "r1.csv").read_text().splitlines()[1:]} == picks[0]
-    assert runner.invoke(app, ["round", "release", "1", "--config", str(toml)]).exit_code == 0
+    assert runner.invoke(app, ["round", "release", "--round", "1", "--config", str(toml)]).exit_code == 0
     result = runner.invoke(app, ["select", "--config", str(toml), "--budget", "25", "--strategy", "random", "--no-record", "--json"])
     assert result.exit_code == 0, result.output
     unlabeled = {f"ph{i:03d}" for i in range(N_LABELED, N_LABELED + N_UNLABELED)}

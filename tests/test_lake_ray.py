@@ -179,7 +179,7 @@ def test_bad_input_is_one_line_and_leaves_the_store(lake, tiny_config, tmp_path,
 def test_ray_refusals_name_the_fix(tmp_path):
     server = _config("http://127.0.0.1:1")
     with pytest.raises(SelectionError, match="--ray needs --batch full"):
-        api.select(server, budget=1, strategy="hardneg", params={"batch": "mini"}, ray=True)
+        api.select(server, budget=1, strategy="hardneg", params={"batch": "mini"}, ray=True, record=False)
     with pytest.raises(InputError, match="--ray reads WebDataset shards or Parquet"):
         embed(_config(str(tmp_path / "x.db")), str(tmp_path), ray=True)
 
@@ -238,7 +238,7 @@ def test_cli_ray_embed_parquet_json(lake, tiny_config, tmp_path, ray_local):
     single = _config(str(tmp_path / "single.db"))
     embed(single, lake["parquet"], pretrained=checkpoint, device="cpu", batch_size=4)
     uri = str(tmp_path / "ray.db")
-    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-batch-size", "4", "--pretrained", checkpoint,
+    result = CliRunner().invoke(app, ["embed", lake["parquet"], "--ray", "--ray-image-batch", "4", "--pretrained", checkpoint,
                                       "--device", "cpu", "--milvus-uri", uri, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -273,8 +273,8 @@ def server_pool(milvus_server, tmp_path_factory) -> HnselConfig:
 @pytest.mark.parametrize("modality", ["image", "text"])
 def test_select_ray_equals_select_on_flat(server_pool, ray_local, modality):
     params = {"chunk_size": 16, "weight": "surplus"}
-    one = api.select(server_pool, budget=20, strategy="hardneg", params=params, modality=modality, engine="milvus")
-    many = api.select(server_pool, budget=20, strategy="hardneg", params=params, modality=modality, engine="milvus", ray=True, ray_workers=2)
+    one = api.select(server_pool, budget=20, strategy="hardneg", params=params, modality=modality, engine="milvus", record=False)
+    many = api.select(server_pool, budget=20, strategy="hardneg", params=params, modality=modality, engine="milvus", ray=True, ray_workers=2, record=False)
     a, b = one.selection, many.selection
     assert list(b.ids) == list(a.ids) and list(b.reasons) == list(a.reasons) and list(b.violations) == list(a.violations)
     np.testing.assert_allclose(b.scores, a.scores, rtol=1e-12)

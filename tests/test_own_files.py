@@ -205,7 +205,7 @@ def test_eval_and_simulate_read_the_own_file_through_the_same_flags(tmp_path, ph
     refused = runner.invoke(app, ["eval", str(csv_path), "--images-dir", str(photos), "--split", "all", *model])
     assert refused.exit_code == 1 and "--uri-column filename" in refused.stderr
     trained = runner.invoke(app, ["train", str(csv_path), "--images-dir", str(photos), "--uri-column", "filename", "--split", "all",
-                                  "--epochs", "1", "--batch-size", "2", "--val-fraction", "0", "--out", str(tmp_path / "m"), *model, "--json"])
+                                  "--epochs", "1", "--train-batch", "2", "--val-fraction", "0", "--out", str(tmp_path / "m"), *model, "--json"])
     assert trained.exit_code == 0, trained.output
     assert (json.loads(trained.stdout)["n_images"], json.loads(trained.stdout)["n_texts"]) == (3, 4)  # d.jpg has no caption
     # simulate reads the same mapping; this file has no split column, so it stops at the splits, not at the columns

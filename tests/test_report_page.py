@@ -268,7 +268,7 @@ def test_bad_decisions_files_are_one_line_and_change_nothing(rounds, tmp_path):
             assert res.exit_code == 1 and len(lines) == 1 and message in lines[0] and str(path) in lines[0], (command, res.stderr)
             assert not (tmp_path / "x.csv").exists()
     res = runner.invoke(app, ["round", "release", "3", "--round", "2", "--milvus-uri", s["uri"]])
-    assert res.exit_code == 1 and "round 3 and --round 2 disagree" in res.stderr
+    assert res.exit_code == 2 and "round 3 and --round 2 disagree" in res.stderr  # a usage error (docs/cli.md)
     with open_store(s["config"].store) as store:
         assert store.get_rounds("images", ids) == before
 

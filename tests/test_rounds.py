@@ -46,7 +46,7 @@ def test_record_skip_and_release(store_uri, namespace, pool_files):
         (1, "hardneg", 10, 0, 10), (2, "random", 10, 0, 10)]
     assert api.release(config, 1) == {"round": 1, "released": 10, "annotated": 0}
     assert sum(r == 1 for r in rounds_of(config).values()) == 0
-    third = api.select(config, budget=80, strategy="random", seed=0)  # 90 - 10 still in round 2: all of round 1 is back
+    third = api.select(config, budget=80, strategy="random", seed=0, record=False)  # 90 - 10 still in round 2: all of round 1 is back
     assert set(first.selection.ids) <= set(third.selection.ids)
     assert api.status(config, rounds=True)["rounds"][0]["released"] == 10
     with pytest.raises(SelectionError, match="round 7 is not in the round log"):
@@ -64,7 +64,7 @@ def test_log_reproduces_the_selection(tmp_path, pool_files):
                              "chunk_size": 512, "depth": 64, "paired_mb": 1024, "window": "hard", "searchers": 2, "rerank": 2.0}
     assert log["seed"] == 5 and log["modality"] == "image"
     assert "token" not in log["config"]["store"] and log["config"]["store"]["namespace"] == "run_a"
-    again = api.select(b, budget=log["budget"], strategy=log["strategy"], params=log["params"], modality=log["modality"], seed=log["seed"])
+    again = api.select(b, budget=log["budget"], strategy=log["strategy"], params=log["params"], modality=log["modality"], seed=log["seed"], record=False)
     assert picks_hash(again.selection.ids) == log["picks_sha256"]  # same data, same seed, same picks
     with open_store(a.store) as store:
         assert len(json.dumps(store.get_meta(round_key(1)))) < 4000  # ids are not copied into the log
@@ -98,5 +98,5 @@ def test_read_only_store_keeps_its_rounds_in_the_meta_collection(tmp_path, pool_
     assert again.round == 2 and not set(again.selection.ids) & set(result.selection.ids)  # never offered twice
     assert api.status(mapped)["selected"] == 10
     assert api.release(mapped, 1) == {"round": 1, "released": 5, "annotated": 0}
-    third = api.select(mapped, budget=85, strategy="random", seed=0)  # 90 - round 2's 5: round 1's picks are back
+    third = api.select(mapped, budget=85, strategy="random", seed=0, record=False)  # 90 - round 2's 5: round 1's picks are back
     assert set(result.selection.ids) <= set(third.selection.ids)

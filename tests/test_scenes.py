@@ -22,7 +22,7 @@ def _doc(report):
 
 def test_same_seed_same_files_other_seed_differs(tmp_path):
     a = generate_scenes(tmp_path / "a", n=12, seed=3, per_category=2, image_size=64)
-    b = generate_scenes(tmp_path / "b", n=12, seed=3, per_category=2, image_size=64)
+    generate_scenes(tmp_path / "b", n=12, seed=3, per_category=2, image_size=64)
     c = generate_scenes(tmp_path / "c", n=12, seed=4, per_category=2, image_size=64)
     assert (tmp_path / "a" / "dataset_scenes.json").read_bytes() == (tmp_path / "b" / "dataset_scenes.json").read_bytes()
     for i in range(12):

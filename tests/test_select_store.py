@@ -92,7 +92,7 @@ def test_exact_engine_select_equals_dense(shared, pool, modality, weight):
     cand_ids, ref_scores, ref_counts = reference(pool, extra, modality, 1, weight)
     budget = int((ref_scores > 0).sum())
     result = api.select(config, budget=budget, strategy="hardneg", params={"weight": weight}, modality=modality, seed=0,
-                        engine="exact", device="cpu")
+                        engine="exact", device="cpu", record=False)
     sel = result.selection
     assert sel.stats["engine"] == "exact" and sel.stats["engine_choice"] == {"engine": "exact", "requested": "exact", "reason": "--engine exact"}
     order = np.lexsort((cand_ids.astype(str), -ref_scores))[:budget]
@@ -105,7 +105,7 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     config, extra = loaded
     cand_ids, ref_scores, _ = reference(pool, extra, "image", 1, "surplus")
     budget = int((ref_scores > 0).sum()) + 5  # some picks must be random fill
-    result = api.select(config, budget=budget, strategy="hardneg", seed=3, out=tmp_path / "picks.parquet")
+    result = api.select(config, budget=budget, strategy="hardneg", seed=3, out=tmp_path / "picks.parquet", record=False)
     merit = np.lexsort((cand_ids.astype(str), -ref_scores))[: budget - 5]
     assert list(result.selection.ids[: budget - 5]) == list(cand_ids[merit])
     assert list(result.selection.reasons).count("fill") == 5
@@ -113,7 +113,7 @@ def test_select_picks_dense_top_and_writes_file(loaded, pool, tmp_path):
     assert list(table) == ["rank", "id", "score", "violations", "reason", "uri"]
     assert table["id"] == list(result.selection.ids) and table["rank"][:3] == [1, 2, 3]
     assert table["uri"][0].startswith("synthetic://")
-    again = api.select(config, budget=budget, strategy="hardneg", seed=3)
+    again = api.select(config, budget=budget, strategy="hardneg", seed=3, record=False)
     assert list(again.selection.ids) == list(result.selection.ids)
 
 
@@ -122,7 +122,7 @@ def test_select_reports_where_its_time_went(shared, engine):
     """``timings_s``: one entry per phase the engine ran, in the order they ran; all but the searches on other threads add
     up to the selection's wall time."""
     config, _ = shared
-    summary = api.select(config, budget=5, strategy="hardneg", seed=0, engine=engine, device="cpu").summary()
+    summary = api.select(config, budget=5, strategy="hardneg", seed=0, engine=engine, device="cpu", record=False).summary()
     timings = summary["timings_s"]
     ran = ["list_candidates", "paired_side", "anchor_stream", "thresholds"]
     ran += ["search_wait", "searches_in_threads", "aggregation", "rerank"] if engine == "milvus" else ["candidate_stream", "products"]

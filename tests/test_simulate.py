@@ -99,7 +99,7 @@ def test_strategy_specs_parse_and_bad_ones_fail_before_work():
 def test_cli_resumes_with_json_and_refuses_a_bad_strategy_in_one_line(setup, first):
     base, source, model = setup
     common = [source, "--out", str(base / "a"), "--seeds", "3", "--init", "0.25", "--rounds", str(ROUNDS), "--budget", str(BUDGET),
-              "--model-name", model, "--epochs", "1", "--batch-size", "8", "--cache-dir", str(base / "cache"), "--device", "cpu"]
+              "--model-name", model, "--epochs", "1", "--train-batch", "8", "--cache-dir", str(base / "cache"), "--device", "cpu"]
     result = CliRunner().invoke(app, ["simulate", *common, "--strategies", "hardneg random", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -94,11 +96,13 @@ def _finite(value: Any) -> Any:
 
 # click's exceptions, wherever this typer takes click from (recent typers vendor it as typer._click)
 _click = sys.modules[typer.BadParameter.__module__]
+_click_core = importlib.import_module(typer.BadParameter.__module__.rpartition(".")[0] + ".core")  # ParameterSource
+_click_globals = importlib.import_module(typer.BadParameter.__module__.rpartition(".")[0] + ".globals")  # get_current_context
 
 
 class OneLineErrors(typer.core.TyperGroup):
     """The root command group: a usage error (unknown option, a value of the wrong type, a missing argument) is
-    one line on stderr and exit code 1, like every other error, instead of click's boxed message and exit code 2."""
+    one line on stderr and exit code 2 (click's convention; runtime errors exit 1), instead of click's boxed message."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
@@ -110,7 +114,7 @@ class OneLineErrors(typer.core.TyperGroup):
             path = exc.ctx.command_path if exc.ctx is not None else "hnsel"
             err_console.print(f"[bold red]error[/bold red]: {escape(path)}: {escape(' '.join(exc.format_message().split()))} "
                               f"(`{escape(path)} --help` lists the options)", highlight=False, soft_wrap=True)
-            code = 1
+            code = 2
         except _click.ClickException as exc:
             err_console.print(f"[bold red]error[/bold red]: {escape(' '.join(exc.format_message().split()))}", highlight=False, soft_wrap=True)
             code = 1
@@ -160,7 +164,78 @@ def progress_bar(enabled: bool, rate: bool = False) -> Iterator[ProgressFn | Non
         yield None if session is None else session[1]
 
 
+# ---------------------------------------------------------------------------------------------
+# the convention every command follows (docs/cli.md)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # --device's one set of values, for every command
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?|mps")
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+
+
+class DeviceParser:
+    """``--device``'s value type: one of ``DEVICE_CHOICES``, refused at parse time (a usage error, exit code 2) when
+    malformed or when the command cannot run there (``unsupported``: choice -> why)."""
+
+    def __init__(self, unsupported: dict[str, str] | None = None) -> None:
+        self.unsupported = dict(unsupported or {})
+        self.choices = tuple(c for c in DEVICE_CHOICES if c not in self.unsupported)
+
+    def __call__(self, value: str) -> str:
+        if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+            raise typer.BadParameter(f"{value!r} is not a device; use {', '.join(self.choices)}")
+        why = self.unsupported.get("cuda:N" if value.startswith("cuda:") else value)
+        if why:
+            raise typer.BadParameter(f"{value!r}: {why}; use {', '.join(self.choices)}")
+        return value
+
+
+def device_option(help: str = DEVICE_HELP, **unsupported: str) -> Any:
+    """The ``--device`` option of every command; ``unsupported``: a choice this command cannot run on, and why."""
+    parser = DeviceParser(unsupported)
+    return typer.Option("--device", help=help, parser=parser, metavar="[" + "|".join(parser.choices) + "]")
+
+
+DeviceOpt = Annotated[str, device_option()]  # the encoder's commands: every choice
+RoundOpt = Annotated[Optional[int], typer.Option("--round", help="Round number (hnsel round list).", min=1)]
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr: an old spelling still works for one release."""
+    err_console.print(f"warning: {old} is deprecated and goes in the next release; use {new}", markup=False, highlight=False, soft_wrap=True)
+
+
+def renamed(old: str, new: str) -> Any:
+    """A hidden option under an old spelling of ``new``; ``either`` reads it (one release, one deprecation line)."""
+    return typer.Option(old, hidden=True, help=f"Deprecated spelling of {new}.")
+
+
+def either(new_value: Any, old_value: Any, new_param: str, old: str, new: str) -> Any:
+    """The value given under the new spelling or under the old one (``renamed``: one deprecation line on stderr);
+    both at once is a usage error."""
+    if old_value is None:
+        return new_value
+    ctx = _click_globals.get_current_context()
+    if ctx.get_parameter_source(new_param) is _click_core.ParameterSource.COMMANDLINE:
+        raise _click.UsageError(f"{old} is the old spelling of {new}: give {new} only", ctx)
+    deprecated(old, new)
+    return old_value
+
+
+def round_number(option: int | None, positional: int | None) -> int:
+    """``--round N``, or the deprecated positional ``N`` (one release, one deprecation line); exactly one of them."""
+    ctx = _click_globals.get_current_context()
+    if positional is not None and option is not None and positional != option:
+        raise _click.UsageError(f"round {positional} and --round {option} disagree: give the round once, as --round N", ctx)
+    if positional is not None:
+        deprecated(f"`{ctx.command_path} {positional}`", f"`{ctx.command_path} --round {positional}`")
+        return positional
+    if option is None:
+        raise _click.UsageError("Missing option '--round'", ctx)
+    return option
+
+
 __all__ = [
+    "DEVICE_CHOICES", "DEVICE_HELP", "DeviceParser", "device_option", "DeviceOpt", "RoundOpt", "deprecated", "renamed", "either", "round_number",
     "console", "err_console", "ConfigOpt", "UriOpt", "TokenOpt", "NamespaceOpt", "JsonOpt", "ProgressFn",
     "get_config", "handle_errors", "fail", "print_json", "OneLineErrors", "show_progress", "progress_bar", "progress_session", "RateColumn", "StoreError",
 ]

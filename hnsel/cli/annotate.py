@@ -9,7 +9,7 @@ import typer
 
 from .. import api
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json
+from ._common import ConfigOpt, DeviceOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json
 
 annotate_app = typer.Typer(help="Export a round for annotators (a file, or a Label Studio project); import their captions (all or nothing).",
                            no_args_is_help=True)
@@ -74,7 +74,7 @@ def pull(
     url: LsUrlOpt = None, api_key: LsKeyOpt = None, project: ProjectOpt = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model to embed captions (default: the store's model record).")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Its weights (default: the store's model record).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Import the finished annotations of a Label Studio project (all or nothing); pulling again writes nothing new."""
@@ -97,7 +97,7 @@ def import_(
     file: Annotated[Path, typer.Argument(help="CSV/JSONL with image_id, caption [, caption_id, vector] (or text_id, image_id), or a Label Studio JSON export.")],
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="open_clip model to embed captions (default: the store's model record).")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Its weights (default: the store's model record).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Add the annotators' captions as paired texts and pair their images; any bad row refuses the whole file."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from .. import api
 from . import app
-from ._common import JsonOpt, console, handle_errors, print_json, progress_bar, show_progress
+from ._common import JsonOpt, console, either, handle_errors, print_json, progress_bar, renamed, show_progress
 
 datasets_app = typer.Typer(help="Datasets hnsel generates itself (no download).", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -19,7 +19,8 @@ app.add_typer(datasets_app, name="datasets")
 @handle_errors
 def scenes(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write images/ and dataset_scenes.json (Karpathy-style) into.")],
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
+    n: Annotated[int, typer.Option("--num-images", help="Number of images to render.")] = 1000,
+    n_old: Annotated[Optional[int], renamed("--n", "--num-images")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed gives the same files.")] = 0,
     per_category: Annotated[int, typer.Option("--per-category", help="Images per fine category (1 to 50): 1 is coverage-limited, many is finely categorised.")] = 1,
     image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels (64 to 128).")] = 96,
@@ -29,6 +30,7 @@ def scenes(
     json_output: JsonOpt = False,
 ) -> None:
     """Render finely-categorised scenes (shape, colour, size, position, count, texture) with paraphrased captions."""
+    n = either(n, n_old, "n", "--n", "--num-images")
     with progress_bar(show_progress(json_output)) as on_progress:
         report = api.generate_scenes(out_dir, n, seed, per_category=per_category, image_size=image_size, captions=captions,
                                  val=val, test=test, on_progress=on_progress)

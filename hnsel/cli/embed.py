@@ -15,7 +15,8 @@ from .. import api
 from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from . import app
 from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, fail, get_config, handle_errors, progress_bar, show, show_progress
+from ._common import (DEVICE_HELP, ConfigOpt, DeviceOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, device_option, either, fail, get_config,
+                      handle_errors, progress_bar, renamed, show, show_progress)
 
 
 def _default_workers() -> int:
@@ -32,8 +33,9 @@ def embed(
     split: Annotated[Optional[str], typer.Option("--split", help="Embed one split of a Karpathy source (train, val, test, restval).")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Built-in model (effnet-lite0-minilm: offline, no download), open_clip model name or JSON config path (default: the checkpoint's model, else the store's model, else ViT-B-32).")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help=f"open_clip tag, local checkpoint path (open_clip or hnsel), or 'none' for random weights (default: the store's model record, else {DEFAULT_PRETRAINED}; a built-in tower model's own weights).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps. Mixed precision on cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass and per write.")] = 64,
+    device: Annotated[str, device_option(DEVICE_HELP + " Mixed precision on cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--image-batch", help="Images (and captions) per forward pass and per write.")] = 64,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--image-batch")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Image-decoding processes (default: cores - 1, at most 4; 0 decodes in this process).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-embed ids already in the store (default: skip them, which resumes an interrupted job).")] = False,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Write unreadable images (id, uri, reason) to this .csv or .jsonl file.")] = None,
@@ -43,7 +45,8 @@ def embed(
     image_column: Annotated[Optional[str], typer.Option("--image-column", help="Shards: the Parquet column holding image bytes (bytes or {bytes, path}; default: image, else jpg), or the WebDataset extension (default: jpg, jpeg, png, webp).", rich_help_panel="Shards")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Run the encoder on Ray (shards only): Ray Data reads the shards in parallel and an actor pool encodes (one actor per GPU, else CPU actors). Cluster: RAY_ADDRESS, one started on this machine, else a new local one.", rich_help_panel="Ray")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
-    ray_batch_size: Annotated[int, typer.Option("--ray-batch-size", help="Images per actor call and per write with --ray.", rich_help_panel="Ray")] = 256,
+    ray_batch_size: Annotated[int, typer.Option("--ray-image-batch", help="Images per actor call and per write with --ray.", rich_help_panel="Ray")] = 256,
+    ray_batch_size_old: Annotated[Optional[int], renamed("--ray-batch-size", "--ray-image-batch")] = None,
     ray_concurrency: Annotated[Optional[int], typer.Option("--ray-concurrency", help="Encoder actors with --ray (default: one per GPU; without GPUs, CPUs - 1).", rich_help_panel="Ray")] = None,
     id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     allow_duplicates: Annotated[bool, typer.Option("--allow-duplicates", help="Store a file whose content is already stored (or listed) under "
@@ -53,6 +56,8 @@ def embed(
 ) -> None:
     """Embed SOURCE's images and captions with an OpenCLIP model and store them (resumable; bad images are skipped and listed)."""
     cfg = get_config(config, milvus_uri, token, namespace)
+    batch_size = either(batch_size, batch_size_old, "batch_size", "--batch-size", "--image-batch")
+    ray_batch_size = either(ray_batch_size, ray_batch_size_old, "ray_batch_size", "--ray-batch-size", "--ray-image-batch")
     workers = _default_workers() if num_workers is None else num_workers
     common = dict(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size, num_workers=workers,
                   images_dir=images_dir, pool=pool, split=split, errors_path=errors, id_field=id_field, caption_field=caption_field,
@@ -116,8 +121,9 @@ def _print_report(summary: dict) -> None:
 def reembed(
     pretrained: Annotated[str, typer.Option("--pretrained", help="The new weights: a checkpoint of hnsel train (OUT/checkpoint.pt), an open_clip tag, or 'none'.")],
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model of --pretrained (default: the checkpoint's own model).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or captions per forward pass.")] = 64,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--image-batch", help="Images (and captions) per forward pass.")] = 64,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--image-batch")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Image-decoding processes (default: cores - 1, at most 4).")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache (hnsel train's): features found there skip the towers; new ones are added.")] = DEFAULT_CACHE_DIR,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
@@ -125,6 +131,7 @@ def reembed(
     """Re-embed every stored image and caption with a new model and switch both collections at once, keeping every round,
     annotation and release (a kill leaves the old space in use; run it again to resume)."""
     cfg = get_config(config, milvus_uri, token, namespace)
+    batch_size = either(batch_size, batch_size_old, "batch_size", "--batch-size", "--image-batch")
     workers = _default_workers() if num_workers is None else num_workers
     with progress_bar(show_progress(json_output), rate=True) as on_progress:
         report = api.reembed(cfg, pretrained=pretrained, model_name=model_name, device=device, batch_size=batch_size, num_workers=workers,

@@ -12,7 +12,8 @@ from .. import api
 from ..schema import DEFAULT_CACHE_DIR, DEFAULT_PRETRAINED
 from . import app
 from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import (ConfigOpt, DeviceOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, either, get_config, handle_errors, print_json, progress_bar,
+                      renamed, show_progress)
 
 
 @app.command(name="eval")
@@ -26,14 +27,16 @@ def eval_(
     pretrained: Annotated[str, typer.Option("--pretrained", help="open_clip tag, checkpoint path (hnsel train writes OUT/checkpoint.pt), or 'none'.")] = DEFAULT_PRETRAINED,
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Image folder for JSON sources and relative manifest URIs.")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache (shared with hnsel train).")] = DEFAULT_CACHE_DIR,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--image-batch", help="Images (and captions) per forward pass.")] = 64,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--image-batch")] = None,
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes.")] = 0,
     id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Recall@1, @5, @10 for image-to-text and text-to-image, and R-sum (every caption of an image is a match)."""
     cfg = get_config(config, milvus_uri, token, namespace)
+    batch_size = either(batch_size, batch_size_old, "batch_size", "--batch-size", "--image-batch")
     with progress_bar(show_progress(json_output)) as on_progress:
         report = api.evaluate(cfg, source, store=store, split=None if split == "all" else split, pool=pool, model_name=model_name,
                               pretrained=pretrained, images_dir=images_dir, cache_dir=cache_dir, device=device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,12 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import api
-from ..errors import InputError
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json
+from ._common import ConfigOpt, JsonOpt, NamespaceOpt, RoundOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, round_number
 
 rounds_app = typer.Typer(help="Active-learning rounds: what each selection picked and how much is annotated.", no_args_is_help=True)
 app.add_typer(rounds_app, name="round")
+# `round show N` / `round release N`: the positional round of earlier releases, kept one release with a deprecation line
+OldRoundArg = Annotated[Optional[int], typer.Argument(help="Deprecated: use --round N.", hidden=True, show_default=False)]
 
 
 def rounds_table(rounds: list[dict]) -> Table:
@@ -26,7 +28,7 @@ def rounds_table(rounds: list[dict]) -> Table:
         state = "" if r.get("state") in ("recorded", "released") else f" ({r.get('state')}{', stopped' if r.get('stopped') else ''})"
         table.add_row(str(r["round"]), str(r["modality"]), str(r["strategy"]) + state, str(r["size"]), str(r["annotated"]), str(r["pending"]),
                       str(r["released"]), str(r["seed"]))
-    table.caption = "hnsel round show N: parameters, seed and config of a round"
+    table.caption = "hnsel round show --round N: parameters, seed and config of a round"
     return table
 
 
@@ -55,25 +57,27 @@ def list_(config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt =
 
 @rounds_app.command("show")
 @handle_errors
-def show(number: Annotated[int, typer.Argument(help="Round number.")], config: ConfigOpt = None, milvus_uri: UriOpt = None,
-         token: TokenOpt = None, namespace: NamespaceOpt = None) -> None:
-    """The round's log as JSON: strategy, parameters, seed, resolved config, picks hash, counts."""
-    print_json(api.show_round(get_config(config, milvus_uri, token, namespace), number))
+def show(number: OldRoundArg = None, round_: RoundOpt = None, config: ConfigOpt = None, milvus_uri: UriOpt = None,
+         token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
+    """The round's log: strategy, parameters, seed, resolved config, picks hash, counts (all of it with --json)."""
+    log = api.show_round(get_config(config, milvus_uri, token, namespace), round_number(round_, number))
+    if json_output:
+        print_json(log)
+        return
+    table = Table(title=f"round {log.get('round')}", show_header=False)
+    for key, value in log.items():
+        table.add_row(escape(str(key)), escape(value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)))
+    console.print(table)
 
 
 @rounds_app.command("release")
 @handle_errors
-def release(number: Annotated[Optional[int], typer.Argument(help="Round number (or --round N).")] = None,
-            round_: Annotated[Optional[int], typer.Option("--round", help="Round number.")] = None,
+def release(number: OldRoundArg = None, round_: RoundOpt = None,
             decisions: Annotated[Optional[Path], typer.Option("--from", help="Release only the rejected picks of this decisions file (the report's download).")] = None,
             config: ConfigOpt = None, milvus_uri: UriOpt = None,
             token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False) -> None:
     """Give the round's not yet annotated samples back to the candidate pool (annotated ones stay paired); with --from, only the rejected."""
-    if number is not None and round_ is not None and number != round_:
-        raise InputError(f"round {number} and --round {round_} disagree; pass one")
-    number = number if number is not None else round_
-    if number is None:
-        raise InputError("which round? hnsel round release --round N (hnsel round list shows them)")
+    number = round_number(round_, number)
     result = api.release(get_config(config, milvus_uri, token, namespace), number, decisions=decisions)
     if json_output:
         print_json(result)

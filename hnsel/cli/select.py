@@ -12,10 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import api
+from ..errors import ConfigError
 from ..strategies import list_strategies
 from ..strategies.base import params_of
 from . import app
-from ._common import ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import (ConfigOpt, JsonOpt, NamespaceOpt, TokenOpt, UriOpt, console, deprecated, device_option, get_config, handle_errors, print_json, progress_bar,
+                      renamed, show_progress)
 
 
 def select(
@@ -25,21 +27,23 @@ def select(
     record: Annotated[bool, typer.Option("--record/--no-record", help="Record the picks as the next round, so later selections skip them.")] = True,
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write picks to .csv, .jsonl or .parquet: rank, id, score, violations, reason, uri.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="File to write the picks to (.csv, .jsonl or .parquet): rank, id, score, violations, reason, uri.")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
     engine: Annotated[str, typer.Option("--engine", help="Hard-negative scores by Milvus neighbour searches (milvus), by every similarity in blockwise "
                                         "products, the candidates streamed once from Milvus (exact: the exact answer at any index type), or auto: "
                                         "exact with a CUDA device or when it is estimated faster, else milvus.")] = "auto",
-    device: Annotated[str, typer.Option("--device", help="Where --engine exact runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, device_option("Where --engine exact runs: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+                                         mps="the exact engine runs on cpu or cuda")] = "auto",
     ray: Annotated[bool, typer.Option("--ray", help="hardneg only, on a Milvus server: Ray tasks score shards of the paired anchors, the scores are added here (same picks). Cluster: RAY_ADDRESS, one started on this machine, else a new local one.", rich_help_panel="Ray")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
     ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Ray tasks (anchor shards) with --ray (default: the cluster's CPUs).", rich_help_panel="Ray")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")] = None,
     **strategy_params: Any,
 ) -> None:
     """Select BUDGET unpaired samples: by default `auto`, part covering regions the paired set has not reached, part hard negatives of the paired captions (Top-1, Surplus, full batch)."""
     cfg = get_config(config, milvus_uri, token, namespace)
-    params = {name: value for name, value in strategy_params.items() if value is not None}
+    params = _strategy_params(strategy, strategy_params, batch_size_old)
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
                             record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers)
@@ -52,23 +56,48 @@ def select(
     _print_selection(summary, top if out is None else min(top, 10))
 
 
+_FLAGS: dict[str, str] = {}  # select()'s parameter name of each strategy option -> its flag (filled by _strategy_options)
+
+
+def _strategy_params(strategy: str, given: dict[str, Any], batch_size_old: int | None) -> dict[str, Any]:
+    """The chosen strategy's parameters by name, from the options given (one per flag: the same name can have another
+    flag in another strategy, as hardneg's --train-batch and coreset's --candidate-batch are both ``batch_size``)."""
+    given = {key: value for key, value in given.items() if value is not None}
+    if strategy not in list_strategies():
+        return given  # api.select names the unknown strategy
+    names = {p.flag: p.name for p in params_of(strategy)}
+    wrong = [_FLAGS[key] for key in given if _FLAGS[key] not in names]
+    if wrong:
+        raise ConfigError(f"strategy {strategy!r} takes no parameter(s) {', '.join(wrong)}; it takes {', '.join(sorted(names)) or 'none'}")
+    params = {names[_FLAGS[key]]: value for key, value in given.items()}
+    if batch_size_old is not None:
+        if "batch_size" in params:
+            raise typer.BadParameter("--batch-size is the old spelling of --train-batch / --candidate-batch: give one of them only")
+        deprecated("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")
+        params["batch_size"] = batch_size_old
+    return params
+
+
 def _strategy_options() -> list[inspect.Parameter]:
-    """One ``hnsel select`` option per parameter any registered strategy declares (``strategies.base.param``): a new
-    strategy needs no edit here. A name several strategies declare is one option, passed to whichever is chosen."""
+    """One ``hnsel select`` option per parameter flag any registered strategy declares (``strategies.base.param``): a new
+    strategy needs no edit here. A flag several strategies declare is one option, passed to whichever is chosen."""
     specs: dict[str, list] = {}
     takers: dict[str, list[str]] = {}
     for name in list_strategies():
         for p in params_of(name):
-            specs.setdefault(p.name, []).append(p)
+            specs.setdefault(p.flag, []).append(p)
             takers.setdefault(p.help, []).append(name)
     options = []
-    for name, same in specs.items():
-        if len({(p.type, p.flag) for p in same}) > 1:
-            raise TypeError(f"strategy parameter {name!r} is declared with different types or flags: {same}")
+    shared = {name for name in {p.name for same in specs.values() for p in same} if sum(same[0].name == name for same in specs.values()) > 1}
+    for flag, same in specs.items():
+        if len({(p.type, p.name) for p in same}) > 1:
+            raise TypeError(f"strategy flag {flag} is declared with different types or names: {same}")
         helps = dict.fromkeys(p.help for p in same)
         text = " ".join(f"{', '.join(dict.fromkeys(takers[h]))}: {h}" for h in helps)
         option = typer.Option(same[0].flag, help=text, rich_help_panel="Strategy parameters")
-        options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[same[0].type], option]))
+        key = flag.lstrip("-").replace("-", "_") if same[0].name in shared else same[0].name  # `lam` of --lambda stays a Python name
+        _FLAGS[key] = flag
+        options.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[same[0].type], option]))
     return options
 
 

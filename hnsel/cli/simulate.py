@@ -12,7 +12,7 @@ from .. import api
 from ..schema import DEFAULT_CACHE_DIR
 from . import app
 from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
-from ._common import ConfigOpt, JsonOpt, console, get_config, handle_errors, print_json, progress_bar, show_progress
+from ._common import ConfigOpt, DeviceOpt, JsonOpt, console, either, get_config, handle_errors, print_json, progress_bar, renamed, show_progress
 
 
 def _list(text: str, what: str) -> list[str]:
@@ -41,19 +41,21 @@ def simulate(
     loss: Annotated[str, typer.Option("--loss", help="Head training loss: infonce, vsepp, ...")] = "infonce",
     head: Annotated[str, typer.Option("--head", help="Head kind: linear or mlp.")] = "linear",
     epochs: Annotated[int, typer.Option("--epochs", help="Head training epochs per round (all of them: no early stopping, the last epoch is kept).")] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Head training batch size (captions).")] = 128,
+    batch_size: Annotated[int, typer.Option("--train-batch", help="Head training batch: captions per optimiser step.")] = 128,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Head training learning rate.")] = 1e-3,
     probabilistic: Annotated[float, typer.Option("--probabilistic", help="Weight of the Gaussian heads' match loss (0: plain heads). With it, each "
                                                  "sample's variance is stored beside its vector and ascmr reads it (docs/ascmr.md).")] = 0.0,
     milvus_uri: Annotated[Optional[str], typer.Option("--milvus-uri", help="Store for the runs (default OUT/store.db, one namespace per strategy and seed).")] = None,
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Folder the source's image paths are relative to.")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache.")] = DEFAULT_CACHE_DIR,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     id_column: IdColumnOpt = None, uri_column: UriColumnOpt = None, caption_column: CaptionColumnOpt = None,
     config: ConfigOpt = None, json_output: JsonOpt = False,
 ) -> None:
     """Simulate active learning with an oracle: train, select, reveal captions, evaluate; per strategy and seed."""
     cfg = get_config(config)
+    batch_size = either(batch_size, batch_size_old, "batch_size", "--batch-size", "--train-batch")
     with progress_bar(show_progress(json_output)) as on_progress:
         report = api.simulate(cfg, source, out=out, strategies=_list(strategies, "strategy"), seeds=[int(s) for s in _list(seeds, "seed")],
                               init=init, rounds=rounds, budget=budget, split=split, test_split=test_split, model_name=model_name,

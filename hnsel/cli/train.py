@@ -16,15 +16,18 @@ from . import app
 from ._columns import CaptionColumnOpt, IdColumnOpt, UriColumnOpt, column_options
 from ._common import (
     ConfigOpt,
+    DeviceOpt,
     JsonOpt,
     NamespaceOpt,
     TokenOpt,
     UriOpt,
     console,
+    either,
     err_console,
     get_config,
     handle_errors,
     progress_session,
+    renamed,
     show,
     show_progress,
 )
@@ -78,7 +81,8 @@ def train(
     head: Annotated[str, typer.Option("--head", help="Head mode: linear or mlp (residual, identity at start).")] = "linear",
     hidden: Annotated[int, typer.Option("--hidden", help="Hidden width of the mlp head.")] = 1024,
     epochs: Annotated[int, typer.Option("--epochs", help="Most epochs (passes over the captions).")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Captions per batch.")] = 256,
+    batch_size: Annotated[int, typer.Option("--train-batch", help="Training batch: captions per optimiser step.")] = 256,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (default 1e-3 head, 1e-5 full).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay (default 0 head, 0.1 full).")] = None,
     patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs without a better validation R-sum.")] = 3,
@@ -89,7 +93,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Image folder for JSON sources and relative manifest URIs.")] = None,
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Backbone feature cache.")] = DEFAULT_CACHE_DIR,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOpt = "auto",
     num_workers: Annotated[int, typer.Option("--num-workers", help="Image-decoding processes for feature extraction.")] = 0,
     probabilistic: Annotated[float, typer.Option("--probabilistic", help="Head mode: Gaussian heads (a mean and a variance per sample) trained with this "
                                                  "weight on a match loss beside --loss; embed then stores each sample's variance (docs/ascmr.md).")] = 0.0,
@@ -98,6 +102,7 @@ def train(
 ) -> None:
     """Train on the paired set with early stopping on validation R-sum; write a checkpoint hnsel embed and eval load."""
     cfg = get_config(config, milvus_uri, token, namespace)
+    batch_size = either(batch_size, batch_size_old, "batch_size", "--batch-size", "--train-batch")
     with epoch_progress(show_progress(json_output)) as (on_progress, on_epoch):
         report = api.train(
             cfg, source, out=out, store=store, model_name=model_name, pretrained=pretrained, mode=mode,

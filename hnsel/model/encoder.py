@@ -139,15 +139,18 @@ class Encoder:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    if device not in DEVICES:
-        raise HnselError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    """``auto`` picks cuda, then mps, then cpu; ``cuda:N`` is the N-th CUDA device; an explicit device that is absent is an error."""
+    index = device[5:] if isinstance(device, str) and device.startswith("cuda:") else None
+    if device not in DEVICES and not (index and index.isascii() and index.isdigit()):
+        raise HnselError(f"--device {device!r} is not one of {', '.join(DEVICES)} or cuda:N")
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if (device == "cuda" and not torch.cuda.is_available()) or (device == "mps" and not has_mps):
+    if (device.startswith("cuda") and not torch.cuda.is_available()) or (device == "mps" and not has_mps):
         raise HnselError(f"--device {device}: no {device} device on this machine; use --device auto or cpu")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise HnselError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
 
 

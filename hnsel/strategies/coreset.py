@@ -131,7 +131,7 @@ class CoreSet:
     """
 
     search_limit: int = param(4096, "Hits per range-search update before it falls back to a streamed pass.")
-    batch_size: int = param(4096, "Candidate vectors per streamed batch.")
+    batch_size: int = param(4096, "Candidate vectors per streamed batch.", flag="--candidate-batch")
     cache_mb: float = param(256, "Hold the candidates' vectors in memory when they fit in this many MB (0: never).")
 
     def __post_init__(self) -> None:

@@ -223,7 +223,7 @@ class HardNegative:
     k: int = param(1, "Top-k condition: a candidate violates an anchor when more similar than its k-th most similar negative.")
     weight: str = param("surplus", "Score per violated anchor: surplus (s - xi, how far past the threshold) or count (1).")
     batch: str = param("full", "Thresholds over every paired negative (full) or over seeded training batches (mini).")
-    batch_size: int = param(128, "Training batch size of the mini-batch thresholds.")
+    batch_size: int = param(128, "Training batch size of the mini-batch thresholds.", flag="--train-batch")
     chunk_size: int = param(512, "Anchors per search request (and per threshold chunk).")
     depth: int = param(64, "First search depth per anchor (milvus engine); deepened where every hit still violates.")
     paired_mb: float = param(1024, "Full-batch thresholds exact in memory when the paired side fits in this many MB "
@@ -244,7 +244,7 @@ class HardNegative:
         if self.batch not in BATCHES:
             raise SelectionError(f"--batch {self.batch!r}: use one of {', '.join(BATCHES)}")
         if self.batch_size < 2 or self.chunk_size < 1 or self.depth < 1 or self.searchers < 1:
-            raise SelectionError("--batch-size must be at least 2; --chunk-size, --depth and --searchers at least 1")
+            raise SelectionError("--train-batch must be at least 2; --chunk-size, --depth and --searchers at least 1")
         if not self.paired_mb >= 0:
             raise SelectionError(f"--paired-mb must be 0 or more, got {self.paired_mb}")
         if not self.rerank >= 0:

@@ -195,7 +195,7 @@ def embed(config: HnselConfig, source: str | os.PathLike, *, model_name: str | N
 
 def _check_batching(batch_size: int, num_workers: int) -> None:
     if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: use 1 or more")
+        raise InputError(f"--image-batch {batch_size}: use 1 or more")
     if num_workers < 0:
         raise InputError(f"--num-workers {num_workers}: use 0 (decode in this process) or more")
     from ..model.runtime import check_runtime

@@ -73,7 +73,7 @@ def _check_pending(store: Store, images: VectorFile, summary: FileSummary, texts
             number = pending[image_id]
             raise InputError(f"image {image_id!r} is pending in round {number} (selected, not annotated): made paired without a caption it "
                              f"would count as annotated; add its captions to --texts, import them with `hnsel annotate import`, or "
-                             f"release the round first (hnsel round release {number})", path=images.path)
+                             f"release the round first (hnsel round release --round {number})", path=images.path)
 
 
 def _check_model(store: Store, files: dict[str, VectorFile], model_name: str | None) -> None:

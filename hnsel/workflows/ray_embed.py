@@ -34,7 +34,7 @@ def check_embed_ray(source: Any, address: bool | str, batch_size: int, concurren
     from ..data.sources import detect_format
 
     if batch_size < 1:
-        raise InputError(f"--ray-batch-size {batch_size}: use 1 or more")
+        raise InputError(f"--ray-image-batch {batch_size}: use 1 or more")
     if concurrency is not None and concurrency < 1:
         raise InputError(f"--ray-concurrency {concurrency}: use 1 or more (default: one actor per GPU, else CPUs - 1)")
     kind = detect_format(source, image_column)
@@ -201,6 +201,7 @@ def embed_shards(cluster: Cluster, store, shards, encoder, report, *, model_name
             row["id"] for rows in store.iter_rows("images", "", ("id",)) for row in rows)))
     shape = tuple(encoder.preprocess(Image.new("RGB", (8, 8))).shape)
     actor_device = device if device != "auto" else ("cuda" if gpu else "cpu")
+    actor_device = "cuda" if actor_device.startswith("cuda:") else actor_device  # Ray gives each actor its own GPU, seen as cuda
     report.ray = {**cluster.describe(), "workers": workers, "device": actor_device, "batch_size": batch_size,
                   "writes": "workers (Milvus server)" if on_server else "driver (Milvus Lite)"}
     # Without GPUs the actors share the cores with the read tasks: their CPUs are cut so a read task always fits

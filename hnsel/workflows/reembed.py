@@ -159,7 +159,7 @@ def _fill(store: Store, new: Store, kind: str, encoder: Encoder, cache: FeatureC
           batch_size: int, num_workers: int, on_progress: ProgressFn | None) -> None:
     """One pass over ``kind``'s old rows: rows missing from the new collection are embedded, rows whose fields
     changed are rewritten with their new vector; rows the old collection no longer holds are deleted."""
-    fields, (source, modality) = _fields(store, kind), _INPUT[kind]
+    fields = _fields(store, kind)
     extra = [c for c in OPTIONAL_FLOAT_FIELDS if new.has_field(kind, c)]
     seen: set[str] = set()
     failures: list[tuple[str, str, str]] = []

@@ -212,7 +212,7 @@ def restore_marks(store: Store, log: dict | None) -> tuple[bool, str] | None:
     picks = round_picks(store, number)
     if picks is None or log.get("released") or picks_hash(picks["ids"]) != log.get("picks_sha256"):
         return False, (f"round {number}: its log says {expected} samples, its rows carry {carried}, and the lost marks cannot be told from "
-                       f"released ones; release the round (hnsel round release {number}) and select again")
+                       f"released ones; release the round (hnsel round release --round {number}) and select again")
     rounds = store.get_rounds(kind, picks["ids"])
     lost = [i for i in picks["ids"] if rounds.get(i) == -1]
     if not lost:  # the unmarked picks were picked again by later rounds meanwhile: nothing left to restore

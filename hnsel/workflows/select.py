@@ -54,11 +54,12 @@ class SelectResult:
 
 def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
-           max_limit: int | None = None, record: bool = False, engine: str = "auto", device: str = "auto", ray: bool | str = False,
+           max_limit: int | None = None, record: bool = True, engine: str = "auto", device: str = "auto", ray: bool | str = False,
            ray_workers: int | None = None) -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
-    ``record``: keep the picks as the next round (``rounds``) so later selections skip them; on a
+    ``record`` (default True, as the CLI): keep the picks as the next round (``rounds``) so later selections skip them
+    (``record=False``: a look that changes nothing); on a
     read_only collection nothing is written and ``SelectResult.note`` says so. A recording selection first
     finishes or rolls back what stopped processes left unfinished (``SelectResult.repaired``), then claims its
     round number and waits for earlier rounds still recording, so concurrent selections never share picks.

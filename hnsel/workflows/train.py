@@ -133,7 +133,7 @@ def _check_args(source, store: bool, mode: str, epochs: int, batch_size: int) ->
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
     if epochs < 1 or batch_size < 2:
-        raise ConfigError(f"--epochs {epochs} / --batch-size {batch_size}: use at least 1 epoch and 2 pairs per batch")
+        raise ConfigError(f"--epochs {epochs} / --train-batch {batch_size}: use at least 1 epoch and 2 pairs per batch")
 
 
 def train(
