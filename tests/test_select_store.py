@@ -135,7 +135,10 @@ def test_select_reports_where_its_time_went(shared, engine):
 def test_status_counts(shared, pool):
     config, _ = shared
     info = api.status(config)
-    assert info == {"images": {"paired": 20, "unpaired": 150}, "texts": {"paired": 60, "unpaired": 60}, "dim": 16, "selected": 0}
+    # vectors ingested from files: no model record, no re-embed under way, the configured collections in use
+    assert info == {"images": {"paired": 20, "unpaired": 150}, "texts": {"paired": 60, "unpaired": 60}, "dim": 16, "selected": 0,
+                    "model": None, "reembed": None,
+                    "collections": {"images": config.store.collection_name("images"), "texts": config.store.collection_name("texts")}}
 
 
 def test_reingest_replaces_rows(loaded, tmp_path):
