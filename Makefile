@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup chromium $(LS_VENV)/.installed
 	$(PY) -m ruff check hnsel tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The whole path on hnsel's own data, with a pretrained backbone: render 1,000 scenes (30 per fine category), train
 # LiT heads (InfoNCE) on the 200 paired ones over frozen pretrained towers (EfficientNet-Lite0 from timm, MiniLM from
