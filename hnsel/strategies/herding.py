@@ -43,11 +43,13 @@ def neighbour_lists(problem: SelectionProblem, neighbours: int, batch_size: int)
     rows, cols, sims = [], [], []
     done = 0
     for indices, vectors in problem.candidate_batches(batch_size):
-        for row, (ids, s) in zip(indices, problem.index.search(vectors, neighbours, "candidates")):
-            at, found = positions(problem.candidate_ids, np.asarray(ids, dtype=object), sorter)
-            rows.append(np.full(len(at), row, dtype=np.int64))
-            cols.append(at)
-            sims.append(np.asarray(s, dtype=np.float32)[found])
+        hits = problem.index.search(vectors, neighbours, "candidates")
+        counts = np.array([len(ids) for ids, _ in hits], dtype=np.int64)
+        flat_ids = np.concatenate([np.asarray(ids, dtype=object) for ids, _ in hits]) if counts.sum() else np.zeros(0, dtype=object)
+        at, found = positions(problem.candidate_ids, flat_ids, sorter)  # one binary search per batch
+        rows.append(np.repeat(np.asarray(indices, dtype=np.int64), counts)[found])
+        cols.append(at)
+        sims.append(np.concatenate([np.asarray(s, dtype=np.float32) for _, s in hits])[found] if counts.sum() else np.zeros(0, np.float32))
         done += len(indices)
         problem.progress("herding neighbours", done, n)
     if not rows:
