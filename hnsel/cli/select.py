@@ -28,6 +28,8 @@ def select(
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="File to write the picks to (.csv, .jsonl or .parquet): rank, id, score, violations, reason, uri.")] = None,
+    dedup_radius: Annotated[float, typer.Option("--dedup-radius", help="No pick within this cosine distance of a paired sample or of another "
+                                                "pick, whatever the strategy (0: off); dropped picks are refilled by the strategy's next ones.")] = 0.0,
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
     engine: Annotated[str, typer.Option("--engine", help="Hard-negative scores by Milvus neighbour searches (milvus), by every similarity in blockwise "
                                         "products, the candidates streamed once from Milvus (exact: the exact answer at any index type), or auto: "
@@ -46,7 +48,8 @@ def select(
     params = _strategy_params(strategy, strategy_params, batch_size_old)
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
-                            record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers)
+                            record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers,
+                            dedup_radius=dedup_radius)
     summary = result.summary()
     if json_output:
         if out is not None:
