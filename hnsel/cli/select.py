@@ -40,7 +40,7 @@ def select(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
     ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Ray tasks (anchor shards) with --ray (default: the cluster's CPUs).", rich_help_panel="Ray")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
-    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")] = None,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset, herding, design)")] = None,
     **strategy_params: Any,
 ) -> None:
     """Select BUDGET unpaired samples: by default `auto`, part covering regions the paired set has not reached, part hard negatives of the paired captions (Top-1, Surplus, full batch)."""
@@ -76,7 +76,7 @@ def _strategy_params(strategy: str, given: dict[str, Any], batch_size_old: int |
     if batch_size_old is not None:
         if "batch_size" in params:
             raise typer.BadParameter("--batch-size is the old spelling of --train-batch / --candidate-batch: give one of them only")
-        deprecated("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")
+        deprecated("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset, herding, design)")
         params["batch_size"] = batch_size_old
     return params
 

@@ -109,7 +109,7 @@ class Design:
 
     dim: int = param(64, "Principal dimensions of the candidates kept for the design algebra (dim x dim matrices).")
     ridge: float = param(1.0, "Ridge weight lambda of A = lambda I + the paired and picked outer products.")
-    batch_size: int = param(4096, "Candidate vectors per streamed batch.")
+    batch_size: int = param(4096, "Candidate vectors per streamed batch.", flag="--candidate-batch")
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.batch_size < 1:

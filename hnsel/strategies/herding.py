@@ -125,7 +125,7 @@ class Herding:
 
     neighbours: int = param(32, "Neighbours per candidate in the sparse kernel (top-k searches; more: closer to the full kernel).")
     bandwidth: float | None = param(None, "Kernel bandwidth h (default: the median distance of a candidate to its farthest listed neighbour).")
-    batch_size: int = param(1024, "Candidate vectors per streamed batch of neighbour searches.")
+    batch_size: int = param(1024, "Candidate vectors per streamed batch of neighbour searches.", flag="--candidate-batch")
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.batch_size < 1:
