@@ -187,7 +187,7 @@ def test_api_select_without_record_records_a_round(store, tmp_path):
     assert [r["round"] for r in api.status(config, rounds=True)["rounds"]] == [1]
     res = runner.invoke(app, ["select", "--budget", "2", "--strategy", "coreset", "--batch-size", "7", "--json", "--milvus-uri", store[1]])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["params"]["batch_size"] == 7 and "--candidate-batch (coreset)" in res.stderr
+    assert json.loads(res.stdout)["params"]["batch_size"] == 7 and "--candidate-batch (coreset, herding, design)" in res.stderr
 
 
 def test_make_test_runs_ruff_and_the_tree_passes_it():

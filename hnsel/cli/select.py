@@ -28,6 +28,8 @@ def select(
     modality: Annotated[str, typer.Option("--modality", help="image: pick unpaired images; text: pick unpaired captions.")] = "image",
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for every random choice (default: config seed, 0).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="File to write the picks to (.csv, .jsonl or .parquet): rank, id, score, violations, reason, uri.")] = None,
+    dedup_radius: Annotated[float, typer.Option("--dedup-radius", help="No pick within this cosine distance of a paired sample or of another "
+                                                "pick, whatever the strategy (0: off); dropped picks are refilled by the strategy's next ones.")] = 0.0,
     top: Annotated[int, typer.Option("--top", help="Rows of the table printed without --out.")] = 20,
     engine: Annotated[str, typer.Option("--engine", help="Hard-negative scores by Milvus neighbour searches (milvus), by every similarity in blockwise "
                                         "products, the candidates streamed once from Milvus (exact: the exact answer at any index type), or auto: "
@@ -38,7 +40,7 @@ def select(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to use (implies --ray): host:6379, ray://host:10001, auto or local.", rich_help_panel="Ray")] = None,
     ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Ray tasks (anchor shards) with --ray (default: the cluster's CPUs).", rich_help_panel="Ray")] = None,
     config: ConfigOpt = None, milvus_uri: UriOpt = None, token: TokenOpt = None, namespace: NamespaceOpt = None, json_output: JsonOpt = False,
-    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")] = None,
+    batch_size_old: Annotated[Optional[int], renamed("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset, herding, design)")] = None,
     **strategy_params: Any,
 ) -> None:
     """Select BUDGET unpaired samples: by default `auto`, part covering regions the paired set has not reached, part hard negatives of the paired captions (Top-1, Surplus, full batch)."""
@@ -46,7 +48,8 @@ def select(
     params = _strategy_params(strategy, strategy_params, batch_size_old)
     with progress_bar(show_progress(json_output)) as on_progress:
         result = api.select(cfg, budget=budget, strategy=strategy, params=params, modality=modality, seed=seed, out=out, on_progress=on_progress,
-                            record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers)
+                            record=record, engine=engine, device=device, ray=ray_address or ray, ray_workers=ray_workers,
+                            dedup_radius=dedup_radius)
     summary = result.summary()
     if json_output:
         if out is not None:
@@ -73,7 +76,7 @@ def _strategy_params(strategy: str, given: dict[str, Any], batch_size_old: int |
     if batch_size_old is not None:
         if "batch_size" in params:
             raise typer.BadParameter("--batch-size is the old spelling of --train-batch / --candidate-batch: give one of them only")
-        deprecated("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset)")
+        deprecated("--batch-size", "--train-batch (hardneg) or --candidate-batch (coreset, herding, design)")
         params["batch_size"] = batch_size_old
     return params
 

@@ -1,6 +1,6 @@
 """Selection strategies, pluggable by name: ``get_strategy(name, **params)``, ``list_strategies()``."""
 
-from . import ascmr, auto, coreset, density, hardneg, random  # noqa: F401  (importing registers them)
+from . import ascmr, auto, coreset, density, design, hardneg, herding, random  # noqa: F401  (importing registers them)
 from .base import (AnchorChunk, ArrayVectors, ExactIndex, NeighborIndex, Selection, SelectionProblem, VectorSource, get_strategy, list_strategies,
                    register)
 

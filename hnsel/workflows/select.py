@@ -20,6 +20,7 @@ from ..store import Store, build_problem, open_store
 from ..store.problem import require_collections, side_kinds
 from ..strategies import Selection, get_strategy
 from ..strategies.exact import ENGINES, check_device_name
+from ..strategies.guard import DEDUP_RADIUS, check_radius, guarded_select
 from ..tables import check_table_path, write_table
 from .repair import refuse_partial_ingest, repair_dead
 from .rounds import abandon_round, record_round, recordable, reserve_round
@@ -55,7 +56,7 @@ class SelectResult:
 def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dict[str, Any] | None = None, modality: str = "image",
            seed: int | None = None, out: str | Path | None = None, on_progress: ProgressFn | None = None,
            max_limit: int | None = None, record: bool = True, engine: str = "auto", device: str = "auto", ray: bool | str = False,
-           ray_workers: int | None = None) -> SelectResult:
+           ray_workers: int | None = None, dedup_radius: float = DEDUP_RADIUS) -> SelectResult:
     """Pick ``budget`` candidates with a registered strategy; optionally write them to ``out``.
 
     ``record`` (default True, as the CLI): keep the picks as the next round (``rounds``) so later selections skip them
@@ -70,11 +71,15 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
 
     ``ray``: ``True`` or a Ray address: hardneg's scores are computed by ``ray_workers`` Ray tasks over shards of the
     anchors against the Milvus server, then added and ranked here (``ray_select.select_hardneg``: the same picks).
+
+    ``dedup_radius``: no pick within this cosine distance of a paired sample or of another pick (0: off; see
+    ``strategies.guard``), whatever the strategy.
     """
     seed = config.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SelectionError(f"--seed {seed}: use an integer of 0 or more")
     chosen = get_strategy(strategy, **(params or {}))
+    dedup_radius = check_radius(dedup_radius)
     if ray:
         from .ray_select import check_select_ray
 
@@ -99,7 +104,7 @@ def select(config: HnselConfig, budget: int, strategy: str = "auto", params: dic
                 lease = reserve_round(store, config, modality, seed, budget, strategy, params or {}, _waiting(on_progress))
         try:
             selection, uris, written, timings = _select_and_write(store, chosen, modality, budget, seed, out, on_progress, max_limit, engine,
-                                                                  device, ray, ray_workers)
+                                                                  device, ray, ray_workers, dedup_radius)
             number = record_round(store, lease, selection) if lease is not None else None
         except BaseException:
             if lease is not None:
@@ -163,7 +168,7 @@ def _waiting(on_progress: ProgressFn | None) -> Callable[[str], None] | None:
 def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, seed: int, out: str | Path | None,
                       on_progress: ProgressFn | None, max_limit: int | None, engine: str = "auto",
                       device: str = "auto", ray: bool | str = False,
-                      ray_workers: int | None = None) -> tuple[Selection, list[str], Path | None, dict[str, float]]:
+                      ray_workers: int | None = None, dedup_radius: float = DEDUP_RADIUS) -> tuple[Selection, list[str], Path | None, dict[str, float]]:
     side, _ = side_kinds(modality)
     problem = build_problem(store, modality, on_progress, max_limit)
     problem.engine, reason = choose_engine(engine, len(problem.candidate_ids), problem.n_anchors, store.dim or 0, store.config.is_lite)
@@ -171,9 +176,12 @@ def _select_and_write(store: Store, chosen: Any, modality: str, budget: int, see
     if ray:
         from .ray_select import select_hardneg
 
-        selection = select_hardneg(store, problem, chosen, budget, np.random.default_rng(seed), modality, address=ray, workers=ray_workers)
+        def run(ask: int) -> Selection:
+            return select_hardneg(store, problem, chosen, ask, np.random.default_rng(seed), modality, address=ray, workers=ray_workers)
     else:
-        selection = chosen.select(problem, budget, np.random.default_rng(seed))
+        def run(ask: int) -> Selection:
+            return chosen.select(problem, ask, np.random.default_rng(seed))
+    selection = guarded_select(run, problem, budget, dedup_radius)
     selection.stats["engine_choice"] = {"engine": problem.engine, "requested": engine, "reason": reason}
     with problem.timed("write"):
         field_name = "uri" if side == "images" else "text"

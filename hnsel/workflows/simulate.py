@@ -36,6 +36,7 @@ from ..model.features import backbone_features
 from ..model.losses import parse_loss
 from ..store import open_store
 from ..strategies import get_strategy
+from ..strategies.guard import DEDUP_PARAM, check_radius
 from ..tables import write_text_atomic
 from ..model.train import apply_heads, head_uncertainty, train_heads
 from .select import select
@@ -67,7 +68,8 @@ def _value(text: str) -> Any:
 
 
 def parse_strategy(text: str) -> StrategySpec:
-    """``name`` or ``name:key=value,key=value``; checked against the registry (one-line SelectionError)."""
+    """``name`` or ``name:key=value,key=value``; checked against the registry (one-line SelectionError). ``dedup_radius=R``
+    is not the strategy's: it turns on the near-duplicate guard (``strategies.guard``) for that entry."""
     name, _, rest = text.strip().partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -75,7 +77,8 @@ def parse_strategy(text: str) -> StrategySpec:
         if not eq or not key.strip():
             raise ConfigError(f"--strategies {text!r}: write parameters as name:key=value,key=value (got {item!r})")
         params[key.strip()] = _value(value.strip())
-    get_strategy(name, **params)  # unknown names and parameters fail here, before any work
+    check_radius(params.get(DEDUP_PARAM, 0.0))
+    get_strategy(name, **{k: v for k, v in params.items() if k != DEDUP_PARAM})  # unknown names and parameters fail here, before any work
     return StrategySpec(text.strip(), name, params)
 
 
@@ -205,7 +208,9 @@ def _round(ctx: dict, run: dict, spec: StrategySpec, mask: np.ndarray, number: i
         t2 = time.perf_counter()
         _write_store(config, data, heads, mask, captions)
         t3 = time.perf_counter()
-        result = select(config, ctx["budget"], spec.name, spec.params, seed=round_seed, record=False)
+        params = {k: v for k, v in spec.params.items() if k != DEDUP_PARAM}
+        result = select(config, ctx["budget"], spec.name, params, seed=round_seed, record=False,
+                        dedup_radius=spec.params.get(DEDUP_PARAM, 0.0))
         entry.update(picks=[str(i) for i in result.selection.ids], embed_seconds=t3 - t2, select_seconds=time.perf_counter() - t3,
                      stats={k: v for k, v in result.selection.stats.items() if _plain(v)})
     return entry
