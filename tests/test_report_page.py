@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from hnsel import api
 from hnsel.cli import app
 from hnsel.store import open_store
+from hnsel.strategies.base import params_of
 from test_report import _browser, dense_reference, make_store
 
 runner = CliRunner()
@@ -190,7 +191,8 @@ def test_coverage_picks_are_explained_and_earlier_rounds_are_a_layer(rounds, tmp
     assert "cover the pool" in chrome.find_element("id", "reasons").text
     params = chrome.find_element("id", "params").text
     rows = [r.split(" ")[0] for r in params.splitlines()[1:]]
-    assert rows == ["--" + name.replace("_", "-") for name in sorted(rounds["second"].selection.params)]
+    flags = {p.name: p.flag for p in params_of("coreset")}  # each parameter by its own flag (batch_size: --candidate-batch)
+    assert rows == [flags[name] for name in sorted(rounds["second"].selection.params)]
     legend = chrome.execute_script("return document.getElementById('map-plot').data.map(t => [t.name, t.visible])")
     assert legend[2][0].startswith("round 1 picks (hardneg)") and legend[2][1] == "legendonly"
     chrome.find_element("id", "view-cards").click()
