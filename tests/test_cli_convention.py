@@ -14,22 +14,12 @@ from hnsel import api
 from hnsel.cli import app
 from hnsel.cli._common import DEVICE_CHOICES, DeviceParser
 from hnsel.data.synthetic import make_pool, write_pool
+from test_cli import all_commands  # the one walk of the click tree
 
 runner = CliRunner()
 BATCH_WORDS = ("image", "train", "candidate", "ray-image")  # what a batch is: --image-batch, --train-batch, ...
 
 
-def all_commands():
-    """(path, click command) for every leaf command, sub-apps included."""
-
-    def walk(cmd, path):
-        if getattr(cmd, "commands", None):  # a group (typer may vendor its own click: no isinstance on click.Group)
-            for name, sub in cmd.commands.items():
-                yield from walk(sub, path + [name])
-        else:
-            yield path, cmd
-
-    return list(walk(typer.main.get_command(app), []))
 
 
 COMMANDS = {" ".join(p): c for p, c in all_commands()}
