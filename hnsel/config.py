@@ -267,10 +267,5 @@ def _label_studio(raw: Any, path: Path, env: Mapping[str, str]) -> LabelStudioCo
     known = [f.name for f in dataclasses.fields(LabelStudioConfig)]
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: [label_studio] must be a table with {', '.join(known)}")
-    unknown = set(raw) - set(known)
-    if unknown:
-        raise ConfigError(f"{path} [label_studio]: unknown key(s) {sorted(unknown)}; known keys are {known}")
-    wrong = [k for k, v in raw.items() if not isinstance(v, str)]
-    if wrong:
-        raise ConfigError(f"{path} [label_studio]: {wrong[0]} must be a string, got {raw[wrong[0]]!r}")
+    check_types(LabelStudioConfig, raw, f"{path} [label_studio]")  # the one schema of hnsel.toml
     return LabelStudioConfig(**(dict(raw) | {key: env[var] for key, var in LABEL_STUDIO_ENV.items() if env.get(var)}))
